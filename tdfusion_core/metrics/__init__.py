@@ -1,0 +1,1 @@
+"""Metrics: fusion quality (image statistics) and task quality (segmentation, detection)."""

@@ -1,0 +1,137 @@
+"""Name registries built from the registration hooks: tasks, fusion nets, loss generators, datasets.
+
+Each registry maps a name to a factory and remembers which plugin registered it. Looking up an unknown name raises
+:class:`RegistryError` listing the available names.
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch.nn as nn
+
+    from tdfusion_core.task import Task
+
+
+class RegistryError(LookupError):
+    """An unknown name, a clash between plugins, or an invalid registration."""
+
+
+#: registry kind -> hook name
+HOOKS: dict[str, str] = {
+    "task": "tdfusion_register_tasks",
+    "fusion_net": "tdfusion_register_fusion_nets",
+    "loss_generator": "tdfusion_register_loss_generators",
+    "dataset": "tdfusion_register_datasets",
+}
+
+_cache: dict[str, dict[str, tuple[Any, str]]] = {}
+
+
+def clear_caches() -> None:
+    """Forget built registries; they are rebuilt from the plugin manager on next use."""
+    _cache.clear()
+
+
+def _validate(kind: str, name: str, factory: Any, plugin_name: str) -> None:
+    if not callable(factory):
+        raise RegistryError(f"plugin {plugin_name!r} registered {kind} {name!r} as {factory!r}, which is not callable")
+    if kind == "task" and inspect.isclass(factory):
+        from tdfusion_core.task import Task, check_task_class
+
+        if not issubclass(factory, Task):
+            raise RegistryError(
+                f"plugin {plugin_name!r} registered task {name!r} as {factory.__qualname__}, "
+                "which does not subclass tdfusion_core.task.Task"
+            )
+        check_task_class(factory)
+
+
+def _build(kind: str) -> dict[str, tuple[Any, str]]:
+    from tdfusion_core.plugins import get_plugin_manager
+
+    pm = get_plugin_manager()
+    hook = getattr(pm.hook, HOOKS[kind])
+    entries: dict[str, tuple[Any, str]] = {}
+    for impl in reversed(hook.get_hookimpls()):
+        plugin_name = pm.get_name(impl.plugin) or repr(impl.plugin)
+        mapping = impl.function() or {}
+        for name, factory in mapping.items():
+            if name in entries:
+                raise RegistryError(
+                    f"{kind} name {name!r} is registered by both {entries[name][1]!r} and {plugin_name!r}"
+                )
+            _validate(kind, name, factory, plugin_name)
+            entries[name] = (factory, plugin_name)
+    return entries
+
+
+def entries(kind: str) -> dict[str, tuple[Any, str]]:
+    """All registered ``name -> (factory, plugin name)`` of one kind (``task``, ``fusion_net``, ...)."""
+    if kind not in HOOKS:
+        raise RegistryError(f"unknown registry kind {kind!r}; kinds: {', '.join(HOOKS)}")
+    if kind not in _cache:
+        _cache[kind] = _build(kind)
+    return _cache[kind]
+
+
+def available(kind: str) -> list[str]:
+    """Sorted names registered for ``kind``."""
+    return sorted(entries(kind))
+
+
+def lookup(kind: str, name: str) -> Callable[..., Any]:
+    """The factory registered as ``name``; an unknown name raises an error listing the available names."""
+    table = entries(kind)
+    if name not in table:
+        names = sorted(table)
+        close = difflib.get_close_matches(name, names, n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        label = kind.replace("_", " ")
+        raise RegistryError(
+            f"unknown {label} {name!r}. Available: {', '.join(names) or '(none)'}.{hint} "
+            "Installed plugins add more; see `tdfusion plugins`."
+        )
+    return table[name][0]
+
+
+def names_registered_by(plugin: Any) -> dict[str, list[str]]:
+    """``{kind: [names]}`` registered by one plugin object (for ``tdfusion plugins``)."""
+    from tdfusion_core.plugins import get_plugin_manager
+
+    pm = get_plugin_manager()
+    plugin_name = pm.get_name(plugin)
+    found: dict[str, list[str]] = {}
+    for kind in HOOKS:
+        try:
+            table = entries(kind)
+        except RegistryError:
+            continue
+        names = sorted(n for n, (_, owner) in table.items() if owner == plugin_name)
+        if names:
+            found[kind] = names
+    return found
+
+
+def get_task(name: str, **config: Any) -> Task:
+    """Build the task registered as ``name`` with its keyword configuration."""
+    return lookup("task", name)(**config)
+
+
+def get_fusion_net(name: str, num_sources: int = 2, **config: Any) -> nn.Module:
+    """Build the fusion network architecture registered as ``name``."""
+    return lookup("fusion_net", name)(num_sources=num_sources, **config)
+
+
+def get_loss_generator(name: str, num_sources: int = 2, **config: Any) -> nn.Module:
+    """Build the loss-generator architecture registered as ``name``."""
+    return lookup("loss_generator", name)(num_sources=num_sources, **config)
+
+
+def get_dataset(name: str, **options: Any) -> Any:
+    """Build the dataset registered as ``name``."""
+    return lookup("dataset", name)(**options)

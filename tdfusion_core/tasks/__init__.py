@@ -1,0 +1,1 @@
+"""Built-in task implementations (no external framework needed)."""

@@ -1,0 +1,1 @@
+"""Test plugin for tdfusion-core's plugin-discovery tests."""
