@@ -24,13 +24,24 @@ def install_core(session: nox.Session, *extras: str) -> None:
     session.install("-e", spec)
 
 
+PLUGIN_TORCH = ("torch==2.14.1", "torchvision==0.29.1")
+
+#: test suite -> (torch requirements, editable installs after core, test paths). Each plugin adds its own suite.
+SUITES: dict[str, tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]] = {
+    "core": ((CORE_TORCH,), (TEST_PLUGIN,), ("tests",)),
+}
+
+
 @nox.session(python=PYTHON, name="tests")
-@nox.parametrize("suite", ["core"])
+@nox.parametrize("suite", list(SUITES))
 def tests(session: nox.Session, suite: str) -> None:
-    """Run a test suite (all suites by default); slow end-to-end tests are in ``nox -s slow``."""
-    install_core(session, "test")
-    session.install("-e", TEST_PLUGIN)
-    session.run("pytest", "tests", "-m", "not slow", *session.posargs)
+    """Run a test suite (``nox -s tests`` runs them all); slow end-to-end tests are in ``nox -s slow``."""
+    torch_reqs, editables, paths = SUITES[suite]
+    session.install(*torch_reqs)
+    session.install("-e", ".[test]")
+    for path in editables:
+        session.install("-e", path)
+    session.run("pytest", *paths, "-m", "not slow", *session.posargs)
 
 
 @nox.session(python=PYTHON)

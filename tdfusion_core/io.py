@@ -1,0 +1,87 @@
+"""Reading and writing images as float tensors in [0, 1], with errors that name the file.
+
+Grayscale images (PIL modes L, I;16, I, F, and 1-channel PNGs) read as luminance with neutral chroma (0.5); colour
+images are converted to YCbCr (BT.601, full range, through :mod:`tdfusion_core.colour`). 16-bit images are scaled
+by 65535.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from tdfusion_core.colour import rgb_to_ycbcr, ycbcr_to_rgb
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+
+
+class ImageReadError(OSError):
+    """An image file that is missing, unreadable, truncated or of an unsupported kind."""
+
+
+def read_array(path: str | Path) -> np.ndarray:
+    """Read ``path`` as float32 ``(H, W)`` (grayscale) or ``(H, W, 3)`` (colour) in [0, 1]."""
+    path = Path(path)
+    try:
+        with Image.open(path) as im:
+            im.load()
+            mode = im.mode
+            if mode in ("I;16", "I;16B", "I;16L", "I"):
+                return np.asarray(im, dtype=np.float32) / 65535.0
+            if mode == "F":
+                return np.clip(np.asarray(im, dtype=np.float32), 0.0, 1.0)
+            if mode in ("L", "1", "LA"):
+                return np.asarray(im.convert("L"), dtype=np.float32) / 255.0
+            rgb = np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
+    except FileNotFoundError as exc:
+        raise ImageReadError(f"image not found: {path}") from exc
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise ImageReadError(f"cannot read image {path}: {exc}") from exc
+    if np.allclose(rgb[..., 0], rgb[..., 1]) and np.allclose(rgb[..., 1], rgb[..., 2]):
+        return rgb[..., 0].copy()  # a colour file holding a gray image
+    return rgb
+
+
+def read_image(path: str | Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """Read ``path`` as luminance ``(1, H, W)`` and chroma ``(2, H, W)`` float tensors in [0, 1]."""
+    arr = read_array(path)
+    if arr.ndim == 2:
+        y = torch.from_numpy(arr)[None]
+        return y, torch.full((2, *arr.shape), 0.5)
+    y, chroma = rgb_to_ycbcr(torch.from_numpy(arr).permute(2, 0, 1))
+    return y.clamp(0, 1), chroma
+
+
+def to_uint8(image: torch.Tensor) -> np.ndarray:
+    """``(1|3, H, W)`` float in [0, 1] -> ``(H, W)`` or ``(H, W, 3)`` uint8, rounding to nearest."""
+    arr = (image.detach().float().clamp(0, 1) * 255.0).round().to(torch.uint8).cpu().numpy()
+    return arr[0] if arr.shape[0] == 1 else np.ascontiguousarray(arr.transpose(1, 2, 0))
+
+
+def write_image(path: str | Path, image: torch.Tensor) -> None:
+    """Write ``(1|3, H, W)`` float in [0, 1] as an 8-bit image (format from the suffix); creates parent folders."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(to_uint8(image)).save(path)
+
+
+def write_fused(path: str | Path, fused_y: torch.Tensor, chroma: torch.Tensor | None = None) -> None:
+    """Write the fused luminance ``(1, H, W)``, as RGB when ``chroma`` ``(2, H, W)`` (already mixed) is given."""
+    write_image(path, fused_y if chroma is None else ycbcr_to_rgb(fused_y, chroma))
+
+
+def list_images(folder: str | Path) -> dict[str, Path]:
+    """``{stem: path}`` of the image files directly in ``folder`` (error naming the folder if it does not exist)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"image folder not found: {folder}")
+    found: dict[str, Path] = {}
+    for p in sorted(folder.iterdir()):
+        if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES:
+            if p.stem in found:
+                raise ValueError(f"two images share the name {p.stem!r} in {folder}: {found[p.stem].name}, {p.name}")
+            found[p.stem] = p
+    return found
