@@ -1,0 +1,326 @@
+"""The functional meta step: inner update of F and T, outer (meta) gradient of the loss generator G.
+
+With fusion loss ``Lf(θF, θG)`` on the meta-train crop ``x_mtr`` and task loss ``Lt`` on the meta-test batch
+``x_mts`` (paper Eqs. 4-7)::
+
+    θF' = θF − η ∇θF Lf(θF, θG)                       (inner update of F; no graph kept)
+    θT' = one step of T on Lt(T(F'(x_mtr)))           (SGD, or one step of T's own Adam state)
+    ∂Lt(T'(F'(x_mts)))/∂θG = −η ∂/∂θG ⟨∇θF Lf(θF, θG), v⟩,   v = ∂Lt/∂θF'
+
+and ``⟨∇θF Lf, v⟩ = Σ_pixels ∂Lf/∂If · (J_F v)``, where ``J_F v`` is the forward-mode derivative of F's output along
+``v``. Three modes compute the G gradient:
+
+* ``"jvp"`` (default, exact): one ``torch.func.jvp`` of F along ``v`` and a double backward through the loss only.
+* ``"double-backward"`` (exact, generic, slow): ``autograd.grad(create_graph=True)`` through F, as the released code.
+* ``"finite-difference"`` (approximate, DARTS): ``−η (∇θG Lf(θF + εv) − ∇θG Lf(θF − εv)) / 2ε``.
+
+As in the released code, T' is trained on F's detached output, so T' is a constant of the outer objective. T itself
+is never mutated: T' is applied through ``functional_call`` and BatchNorm statistics of F and T are restored after
+the step. Nothing is written to disk.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any, Literal
+
+import attrs
+import torch
+import torch.nn as nn
+from torch.func import functional_call, jvp
+
+from tdfusion_core.colour import task_input
+from tdfusion_core.losses import FusionLoss
+from tdfusion_core.task import Task, functional_task_loss
+
+MetaMode = Literal["jvp", "double-backward", "finite-difference"]
+TaskStepRule = Literal["adam", "sgd"]
+Params = dict[str, torch.Tensor]
+
+
+@attrs.define
+class TaskInput:
+    """What the task sees for one batch: sources ``(B, K, H, W)``, chroma ``(B, K, 2, H, W)``, collated targets."""
+
+    sources: torch.Tensor
+    chroma: torch.Tensor
+    targets: Any
+
+
+@attrs.define
+class MetaStepResult:
+    """Outcome of one meta step: G's gradient (by parameter name) and detached scalars for logging."""
+
+    grad_g: Params
+    task_loss: torch.Tensor
+    fusion_loss: torch.Tensor
+    inner_task_loss: torch.Tensor
+    finite: bool
+    #: θF' and θT' (detached), for the ablation without a separate fusion phase
+    fusion_params: Params = attrs.field(factory=dict, repr=False)
+    task_params: Params = attrs.field(factory=dict, repr=False)
+
+
+def detached_params(module: nn.Module) -> Params:
+    """``{name: parameter.detach()}`` (shares storage; safe to use as functional parameters)."""
+    return {name: p.detach() for name, p in module.named_parameters()}
+
+
+@contextmanager
+def preserved_buffers(*modules: nn.Module) -> Iterator[None]:
+    """Restore every buffer (e.g. BatchNorm running statistics) of ``modules`` on exit."""
+    saved = [{n: b.detach().clone() for n, b in m.named_buffers()} for m in modules]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for module, state in zip(modules, saved):
+                for name, buf in module.named_buffers():
+                    buf.copy_(state[name])
+
+
+def _all_finite(tensors: Any) -> bool:
+    values = list(tensors.values()) if isinstance(tensors, Mapping) else list(tensors)
+    if not values:
+        return True
+    return bool(torch.stack([torch.isfinite(t).all() for t in values]).all())
+
+
+def sgd_task_step(lr: float) -> Callable[[Params, Params], Params]:
+    """T' rule of the paper (Eq. 5): ``θT' = θT − lr·g``."""
+
+    def step(params: Params, grads: Params) -> Params:
+        return {n: p - lr * grads[n] for n, p in params.items()}
+
+    return step
+
+
+def adam_task_step(optimizer: torch.optim.Optimizer, network: nn.Module) -> Callable[[Params, Params], Params]:
+    """T' rule of the released code: one step of T's own Adam (or AdamW) state, applied to copies.
+
+    The optimizer's state and hyper-parameters are read, never written.
+    """
+    if not isinstance(optimizer, (torch.optim.Adam, torch.optim.AdamW)):
+        raise TypeError(
+            f"task_step='adam' needs the task optimizer to be Adam or AdamW, got {type(optimizer).__name__}; "
+            "use task_step='sgd'"
+        )
+    decoupled = isinstance(optimizer, torch.optim.AdamW)
+    group_of = {id(p): g for g in optimizer.param_groups for p in g["params"]}
+    by_name = dict(network.named_parameters())
+
+    def step(params: Params, grads: Params) -> Params:
+        out: Params = {}
+        for name, p in params.items():
+            param = by_name[name]
+            group = group_of[id(param)]
+            if group.get("amsgrad") or group.get("maximize"):
+                raise ValueError("the functional Adam step supports neither amsgrad nor maximize")
+            lr, (beta1, beta2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
+            g = grads[name]
+            state = optimizer.state.get(param, {})
+            step_no = float(state["step"]) + 1 if "step" in state else 1.0
+            m = state.get("exp_avg", torch.zeros_like(p))
+            v = state.get("exp_avg_sq", torch.zeros_like(p))
+            base = p
+            if wd and decoupled:
+                base = p * (1 - lr * wd)
+            elif wd:
+                g = g + wd * p
+            m = beta1 * m + (1 - beta1) * g
+            v = beta2 * v + (1 - beta2) * g * g
+            denom = (v.sqrt() / math.sqrt(1 - beta2**step_no)) + eps
+            out[name] = base - (lr / (1 - beta1**step_no)) * m / denom
+        return out
+
+    return step
+
+
+@attrs.define
+class MetaStep:
+    """One meta step of Algorithm 1 over modules F, G and a task T (see the module docstring for the maths).
+
+    Args:
+        fusion_net: F, ``(B, K, H, W) -> (B, 1, H, W)``.
+        loss_generator: G, ``(B, K, H, W) -> (B, K, H, W)`` weights.
+        task: the downstream task; its network is T.
+        fusion_loss: ``Lf``.
+        mode: how G's gradient is computed.
+        fd_epsilon: finite-difference step ``ε = fd_epsilon / ‖v‖`` (DARTS uses 0.01).
+        autocast_dtype: run forward passes under ``torch.autocast`` with this dtype (e.g. ``torch.bfloat16``).
+    """
+
+    fusion_net: nn.Module
+    loss_generator: nn.Module
+    task: Task
+    fusion_loss: FusionLoss = attrs.field(factory=FusionLoss)
+    mode: MetaMode = attrs.field(
+        default="jvp", validator=attrs.validators.in_(("jvp", "double-backward", "finite-difference"))
+    )
+    fd_epsilon: float = 0.01
+    autocast_dtype: torch.dtype | None = None
+
+    # ----------------------------------------------------------------- helpers
+    def _autocast(self, device: torch.device) -> Any:
+        enabled = self.autocast_dtype is not None
+        return torch.autocast(device.type, dtype=self.autocast_dtype or torch.bfloat16, enabled=enabled)
+
+    def _fuse(self, params: Mapping[str, torch.Tensor], sources: torch.Tensor) -> torch.Tensor:
+        return functional_call(self.fusion_net, dict(params), (sources,))  # type: ignore[no-any-return]
+
+    def _task_loss(self, fused: torch.Tensor, batch: TaskInput, params: Params) -> torch.Tensor:
+        images = task_input(fused, batch.chroma, self.task.input_kind)
+        return functional_task_loss(self.task, images, batch.targets, params=params).float()
+
+    def _intensity_grad(self, fused: torch.Tensor, sources: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """``∂Lf/∂If`` with the graph to ``weights`` kept (the only double-backward, through the loss alone)."""
+        fused = fused.detach().requires_grad_(True)
+        loss = self.fusion_loss(fused, sources, weights)
+        (grad,) = torch.autograd.grad(loss, fused, create_graph=True)
+        return grad
+
+    # ----------------------------------------------------------------- the step
+    def compute(
+        self,
+        mtr_crop: torch.Tensor,
+        mtr_task: TaskInput,
+        mts_task: TaskInput,
+        inner_lr: float,
+        task_update: Callable[[Params, Params], Params],
+    ) -> MetaStepResult:
+        """G's meta-gradient for one (meta-train, meta-test) pair; no module is modified.
+
+        Args:
+            mtr_crop: meta-train sources for the fusion loss (the crops), ``(B, K, h, w)``.
+            mtr_task: meta-train batch at the task's size, for the T' step.
+            mts_task: meta-test batch at the task's size, for the outer task loss.
+            inner_lr: η, the inner learning rate of F (the released code uses F's current learning rate).
+            task_update: ``(θT, g) -> θT'`` (:func:`adam_task_step` or :func:`sgd_task_step`).
+        """
+        F, G, T = self.fusion_net, self.loss_generator, self.task.network
+        device = mtr_crop.device
+        theta_g = [p for p in G.parameters() if p.requires_grad]
+        g_names = [n for n, p in G.named_parameters() if p.requires_grad]
+        with preserved_buffers(F, T), self._autocast(device):
+            # 1. inner update of F on the meta-train crop (Eq. 4), G's weights held constant
+            weights = G(mtr_crop)
+            theta_f = {n: p.detach().requires_grad_(True) for n, p in F.named_parameters()}
+            fused = self._fuse(theta_f, mtr_crop)
+            lf = self.fusion_loss(fused, mtr_crop, weights.detach())
+            create = self.mode == "double-backward"
+            if create:  # the generic path keeps the graph of ∇θF Lf to θG
+                lf_graph = self.fusion_loss(fused, mtr_crop, weights)
+                grads_f = torch.autograd.grad(lf_graph, list(theta_f.values()), create_graph=True)
+            else:
+                grads_f = torch.autograd.grad(lf, list(theta_f.values()))
+            theta_f1 = {n: p - inner_lr * g for (n, p), g in zip(theta_f.items(), grads_f)}
+            if not create:
+                theta_f1 = {n: p.detach() for n, p in theta_f1.items()}
+
+            # 2. T' = one step of T on T(F'(x_mtr)) with F's output detached (Eq. 5)
+            theta_t = {n: p.detach().requires_grad_(True) for n, p in T.named_parameters()}
+            with torch.no_grad():
+                fused_mtr = self._fuse({n: p.detach() for n, p in theta_f1.items()}, mtr_task.sources)
+            lt_inner = self._task_loss(fused_mtr, mtr_task, theta_t)
+            grads_t = torch.autograd.grad(lt_inner, list(theta_t.values()))
+            theta_t1 = {n: p.detach() for n, p in task_update(dict(theta_t), dict(zip(theta_t, grads_t))).items()}
+
+            # 3. outer task loss on the meta-test batch through F' and T' (Eq. 6)
+            if create:
+                fused_mts = self._fuse(theta_f1, mts_task.sources)
+                lt = self._task_loss(fused_mts, mts_task, theta_t1)
+                grad_list = torch.autograd.grad(lt, theta_g, allow_unused=True)
+                grad_g = {
+                    n: (g if g is not None else torch.zeros_like(p)) for n, p, g in zip(g_names, theta_g, grad_list)
+                }
+            else:
+                leaves = {n: p.requires_grad_(True) for n, p in theta_f1.items()}
+                fused_mts = self._fuse(leaves, mts_task.sources)
+                lt = self._task_loss(fused_mts, mts_task, theta_t1)
+                v = dict(zip(leaves, torch.autograd.grad(lt, list(leaves.values()), allow_unused=True)))
+                v = {n: (g if g is not None else torch.zeros_like(leaves[n])) for n, g in v.items()}
+                if self.mode == "jvp":
+                    grad_g = self._jvp_grad(theta_f, v, mtr_crop, weights, inner_lr, g_names, theta_g)
+                else:
+                    grad_g = self._finite_difference_grad(theta_f, v, mtr_crop, inner_lr, g_names, theta_g)
+
+        finite = bool(torch.isfinite(lt).all() and torch.isfinite(lf).all()) and _all_finite(grad_g)
+        return MetaStepResult(
+            grad_g={n: g.detach() for n, g in grad_g.items()},
+            task_loss=lt.detach(),
+            fusion_loss=lf.detach(),
+            inner_task_loss=lt_inner.detach(),
+            finite=finite,
+            fusion_params={n: p.detach() for n, p in theta_f1.items()},
+            task_params=theta_t1,
+        )
+
+    def _jvp_grad(
+        self,
+        theta_f: Params,
+        v: Params,
+        sources: torch.Tensor,
+        weights: torch.Tensor,
+        inner_lr: float,
+        g_names: list[str],
+        theta_g: list[torch.Tensor],
+    ) -> Params:
+        primals = {n: p.detach() for n, p in theta_f.items()}
+        fused, jv = jvp(lambda p: self._fuse(p, sources), (primals,), (v,))
+        dlf_dfused = self._intensity_grad(fused, sources, weights)
+        s = (dlf_dfused * jv.detach()).sum()
+        grads = torch.autograd.grad(s, theta_g, allow_unused=True)
+        return {
+            n: (-inner_lr * g if g is not None else torch.zeros_like(p)) for n, p, g in zip(g_names, theta_g, grads)
+        }
+
+    def _finite_difference_grad(
+        self,
+        theta_f: Params,
+        v: Params,
+        sources: torch.Tensor,
+        inner_lr: float,
+        g_names: list[str],
+        theta_g: list[torch.Tensor],
+    ) -> Params:
+        norm = torch.sqrt(sum((t.float() ** 2).sum() for t in v.values()))  # type: ignore[arg-type]
+        eps = self.fd_epsilon / float(norm.clamp_min(1e-12))
+        results = []
+        for sign in (1.0, -1.0):
+            shifted = {n: p.detach() + sign * eps * v[n] for n, p in theta_f.items()}
+            with torch.no_grad():
+                fused = self._fuse(shifted, sources)
+            loss = self.fusion_loss(fused, sources, self.loss_generator(sources))
+            results.append(torch.autograd.grad(loss, theta_g, allow_unused=True))
+        out: Params = {}
+        for n, p, gp, gm in zip(g_names, theta_g, *results):
+            gp = gp if gp is not None else torch.zeros_like(p)
+            gm = gm if gm is not None else torch.zeros_like(p)
+            out[n] = -inner_lr * (gp - gm) / (2 * eps)
+        return out
+
+
+def apply_maxnorm_update(module: nn.Module, grads: Mapping[str, torch.Tensor], lr: float) -> None:
+    """The released code's G update: ``θ −= lr · g / max|g|`` with the maximum over all of G's parameters."""
+    if not grads:
+        return
+    max_abs = torch.stack([g.abs().max() for g in grads.values()]).max()
+    if float(max_abs) <= 0:
+        return
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            if name in grads:
+                p.add_(grads[name] / max_abs, alpha=-lr)
+
+
+def apply_optimizer_update(
+    module: nn.Module, grads: Mapping[str, torch.Tensor], optimizer: torch.optim.Optimizer
+) -> None:
+    """Set ``p.grad`` from ``grads`` and take one optimizer step."""
+    for name, p in module.named_parameters():
+        if name in grads:
+            p.grad = grads[name].to(p.dtype).clone()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)

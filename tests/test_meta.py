@@ -1,0 +1,155 @@
+"""The meta-gradient of G: the three modes against each other and against central finite differences (float64)."""
+
+import pytest
+import torch
+import torch.nn as nn
+from torch.func import functional_call
+
+from tdfusion_core.losses import FusionLoss
+from tdfusion_core.meta import (
+    MetaStep,
+    TaskInput,
+    adam_task_step,
+    apply_maxnorm_update,
+    detached_params,
+    sgd_task_step,
+)
+from tdfusion_core.registry import get_task
+from tdfusion_core.task import functional_task_loss
+
+
+class TinyFusion(nn.Module):
+    def __init__(self, k: int = 2) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(k, 4, 3, padding=1)
+        self.b = nn.Conv2d(4, 1, 3, padding=1)
+
+    def forward(self, x):
+        return torch.sigmoid(self.b(torch.tanh(self.a(x))))
+
+
+class TinyGenerator(nn.Module):
+    def __init__(self, k: int = 2) -> None:
+        super().__init__()
+        self.c = nn.Conv2d(k, k, 3, padding=1)
+
+    def forward(self, x):
+        return torch.softmax(self.c(x), dim=1)
+
+
+def _setup(seed: int = 0, intensity: str = "reference"):
+    torch.manual_seed(seed)
+    F, G = TinyFusion().double(), TinyGenerator().double()
+    task = get_task("tiny-seg", num_classes=3, width=4)
+    task.network.double()
+    crop = torch.rand(2, 2, 12, 12, dtype=torch.float64)
+
+    def task_batch():
+        return TaskInput(
+            torch.rand(2, 2, 16, 16, dtype=torch.float64),
+            torch.rand(2, 2, 2, 16, 16, dtype=torch.float64),
+            torch.randint(0, 3, (2, 16, 16)),
+        )
+
+    step = MetaStep(F, G, task, FusionLoss(intensity=intensity, alpha=1.0))
+    return step, crop, task_batch(), task_batch()
+
+
+def _grad(step, crop, mtr, mts, mode, lr=0.5):
+    step.mode = mode
+    return step.compute(crop, mtr, mts, lr, sgd_task_step(0.1))
+
+
+def _flat(grads):
+    return torch.cat([g.reshape(-1) for g in grads.values()])
+
+
+@pytest.mark.parametrize("intensity", ["reference", "paper"])
+def test_jvp_equals_double_backward(intensity):
+    step, crop, mtr, mts = _setup(intensity=intensity)
+    a = _flat(_grad(step, crop, mtr, mts, "jvp").grad_g)
+    b = _flat(_grad(step, crop, mtr, mts, "double-backward").grad_g)
+    assert a.abs().max() > 0
+    assert (a - b).norm() / b.norm() < 1e-10
+
+
+def _outer_objective(step, crop, mts, theta_g, theta_t1, lr):
+    """θG -> Lt(T'(F'(θG)))(x_mts) with T' fixed, computed independently of MetaStep."""
+    F, G = step.fusion_net, step.loss_generator
+    theta_f = {n: p.detach().requires_grad_(True) for n, p in F.named_parameters()}
+    w = functional_call(G, theta_g, (crop,))
+    lf = step.fusion_loss(functional_call(F, theta_f, (crop,)), crop, w)
+    grads = torch.autograd.grad(lf, list(theta_f.values()))
+    theta_f1 = {n: p.detach() - lr * g for (n, p), g in zip(theta_f.items(), grads)}
+    from tdfusion_core.colour import task_input
+
+    fused = functional_call(F, theta_f1, (mts.sources,))
+    return functional_task_loss(step.task, task_input(fused, mts.chroma), mts.targets, params=theta_t1)
+
+
+@pytest.mark.parametrize("mode", ["jvp", "double-backward"])
+def test_meta_gradient_matches_central_finite_differences(mode):
+    step, crop, mtr, mts = _setup(seed=1)
+    lr = 0.5
+    result = _grad(step, crop, mtr, mts, mode, lr)
+    theta_g = detached_params(step.loss_generator)
+    torch.manual_seed(3)
+    for _ in range(3):
+        d = {n: torch.randn_like(p) for n, p in theta_g.items()}
+        h = 1e-5
+        plus = _outer_objective(step, crop, mts, {n: p + h * d[n] for n, p in theta_g.items()}, result.task_params, lr)
+        minus = _outer_objective(step, crop, mts, {n: p - h * d[n] for n, p in theta_g.items()}, result.task_params, lr)
+        fd = float(plus - minus) / (2 * h)
+        analytic = float(sum((result.grad_g[n] * d[n]).sum() for n in d))
+        assert analytic == pytest.approx(fd, rel=1e-5)
+
+
+def test_finite_difference_mode_approximates_exact():
+    step, crop, mtr, mts = _setup(seed=2)
+    exact = _flat(_grad(step, crop, mtr, mts, "jvp").grad_g)
+    approx = _flat(_grad(step, crop, mtr, mts, "finite-difference").grad_g)
+    assert (approx - exact).norm() / exact.norm() < 1e-3
+
+
+def test_meta_step_mutates_nothing():
+    step, crop, mtr, mts = _setup(seed=4)
+    modules = (step.fusion_net, step.loss_generator, step.task.network)
+    before = [{k: v.clone() for k, v in m.state_dict().items()} for m in modules]
+    for mode in ("jvp", "double-backward", "finite-difference"):
+        _grad(step, crop, mtr, mts, mode)
+    for m, state in zip(modules, before):
+        for k, v in m.state_dict().items():
+            assert torch.equal(v, state[k]), k  # BatchNorm running statistics included
+
+
+def test_functional_adam_step_equals_torch_adam():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 1)).double()
+    opt = torch.optim.Adam(net.parameters(), lr=0.01, weight_decay=0.1)
+    for _ in range(2):  # build some optimizer state first
+        opt.zero_grad()
+        net(torch.randn(5, 3, dtype=torch.float64)).pow(2).mean().backward()
+        opt.step()
+    grads = {n: torch.randn_like(p) for n, p in net.named_parameters()}
+    predicted = adam_task_step(opt, net)(detached_params(net), grads)
+    state_before = {
+        id(p): {k: v.clone() if torch.is_tensor(v) else v for k, v in s.items()} for p, s in opt.state.items()
+    }
+    for n, p in net.named_parameters():
+        p.grad = grads[n].clone()
+    opt.step()
+    for n, p in net.named_parameters():
+        assert torch.allclose(predicted[n], p.detach(), atol=1e-14), n
+    assert state_before  # the functional step read the state without changing it (checked by the match above)
+
+
+def test_maxnorm_update():
+    G = TinyGenerator().double()
+    before = detached_params(G)
+    before = {n: p.clone() for n, p in before.items()}
+    grads = {n: torch.full_like(p, 2.0) for n, p in before.items()}
+    grads["c.bias"] = torch.full_like(before["c.bias"], -4.0)
+    apply_maxnorm_update(G, grads, lr=0.1)
+    after = detached_params(G)
+    assert torch.allclose(after["c.weight"], before["c.weight"] - 0.05)
+    assert torch.allclose(after["c.bias"], before["c.bias"] + 0.1)
