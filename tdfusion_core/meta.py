@@ -22,7 +22,7 @@ the step. Nothing is written to disk.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, Literal
 
@@ -168,11 +168,12 @@ class MetaStep:
         return torch.autocast(device.type, dtype=self.autocast_dtype or torch.bfloat16, enabled=enabled)
 
     def _fuse(self, params: Mapping[str, torch.Tensor], sources: torch.Tensor) -> torch.Tensor:
-        return functional_call(self.fusion_net, dict(params), (sources,))  # type: ignore[no-any-return]
+        return functional_call(self.fusion_net, dict(params), (sources,))
 
     def _task_loss(self, fused: torch.Tensor, batch: TaskInput, params: Params) -> torch.Tensor:
         images = task_input(fused, batch.chroma, self.task.input_kind)
-        return functional_task_loss(self.task, images, batch.targets, params=params).float()
+        loss = functional_task_loss(self.task, images, batch.targets, params=params)
+        return loss if loss.dtype in (torch.float32, torch.float64) else loss.float()
 
     def _intensity_grad(self, fused: torch.Tensor, sources: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         """``∂Lf/∂If`` with the graph to ``weights`` kept (the only double-backward, through the loss alone)."""
@@ -265,10 +266,10 @@ class MetaStep:
         weights: torch.Tensor,
         inner_lr: float,
         g_names: list[str],
-        theta_g: list[torch.Tensor],
+        theta_g: Sequence[torch.Tensor],
     ) -> Params:
         primals = {n: p.detach() for n, p in theta_f.items()}
-        fused, jv = jvp(lambda p: self._fuse(p, sources), (primals,), (v,))
+        fused, jv = jvp(lambda p: self._fuse(p, sources), (primals,), (v,))  # type: ignore[misc]
         dlf_dfused = self._intensity_grad(fused, sources, weights)
         s = (dlf_dfused * jv.detach()).sum()
         grads = torch.autograd.grad(s, theta_g, allow_unused=True)
@@ -283,7 +284,7 @@ class MetaStep:
         sources: torch.Tensor,
         inner_lr: float,
         g_names: list[str],
-        theta_g: list[torch.Tensor],
+        theta_g: Sequence[torch.Tensor],
     ) -> Params:
         norm = torch.sqrt(sum((t.float() ** 2).sum() for t in v.values()))  # type: ignore[arg-type]
         eps = self.fd_epsilon / float(norm.clamp_min(1e-12))
