@@ -9,6 +9,15 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+
+# The test plugin distribution also installs a plugin that is broken on purpose. Tests that want it set the
+# allow-list themselves (fixture ``fresh_plugins``); every other test runs with all installed plugins but that one.
+if "TDFUSION_LOAD_PLUGINS" not in os.environ:
+    import importlib.metadata
+
+    os.environ["TDFUSION_LOAD_PLUGINS"] = ",".join(
+        ep.name for ep in importlib.metadata.entry_points(group="tdfusion") if ep.name != "brokenplugin"
+    )
 SHARED = Path(os.environ.get("TDFUSION_SHARED", REPO.parent / "shared"))
 
 

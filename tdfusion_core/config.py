@@ -1,0 +1,148 @@
+"""Training configuration: every hyper-parameter of a run in one attrs class that round-trips to YAML.
+
+Defaults are those of the released TDFusion code: Adam at 1e-4 for F, T and G with StepLR(10, 0.1), batch 2 made
+of one pair and its Switch (both source orders), 256x256 crops for the fusion loss, α = 1, 40 epochs of M = 200
+meta steps, G updated by ``θG −= lr·g/max|g|``, the inner learning rate of F equal to F's current learning rate,
+and T' by one step of T's own Adam state.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import attrs
+import yaml
+
+from tdfusion_core.losses import IntensityForm
+from tdfusion_core.meta import MetaMode, TaskStepRule
+
+
+def _size(value: Any) -> tuple[int, int] | None:
+    if value is None:
+        return None
+    if isinstance(value, int):
+        return (value, value)
+    if isinstance(value, str):
+        parts = value.lower().replace("×", "x").split("x")
+        value = [int(p) for p in parts] if len(parts) == 2 else [int(parts[0])] * 2
+    h, w = (int(v) for v in value)
+    if h <= 0 or w <= 0:
+        raise ValueError(f"sizes must be positive, got {h}x{w}")
+    return (h, w)
+
+
+def _positive(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+    if value is not None and value <= 0:
+        raise ValueError(f"{attribute.name} must be positive, got {value}")
+
+
+def _non_negative(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+    if value < 0:
+        raise ValueError(f"{attribute.name} must be >= 0, got {value}")
+
+
+@attrs.define(kw_only=True)
+class TrainConfig:
+    """All settings of a training run (``tdfusion train --config run.yaml`` reads the same keys)."""
+
+    # what to train on
+    task: str = "tiny-seg"
+    task_options: dict[str, Any] = attrs.field(factory=dict)
+    data: str = "synthetic"
+    data_options: dict[str, Any] = attrs.field(factory=dict)
+    fusion_net: str = "refusion"
+    fusion_options: dict[str, Any] = attrs.field(factory=dict)
+    fusion_checkpoint: str | None = None
+    loss_generator: str = "lpn"
+    loss_generator_options: dict[str, Any] = attrs.field(factory=dict)
+
+    # schedule (Algorithm 1)
+    epochs: int = attrs.field(default=40, validator=_positive)
+    meta_steps: int = attrs.field(default=200, validator=_non_negative)
+    fusion_steps: int | None = attrs.field(default=None, validator=_positive)
+    batch_size: int = attrs.field(default=1, validator=_positive)
+    switch: bool = True
+    crop_size: tuple[int, int] | None = attrs.field(default=(256, 256), converter=_size)
+    task_size: tuple[int, int] | None = attrs.field(default=None, converter=_size)
+
+    # optimisation
+    lr_fusion: float = attrs.field(default=1e-4, validator=_positive)
+    lr_task: float = attrs.field(default=1e-4, validator=_positive)
+    lr_generator: float = attrs.field(default=1e-4, validator=_positive)
+    lr_step_size: int = attrs.field(default=10, validator=_positive)
+    lr_gamma: float = attrs.field(default=0.1, validator=_positive)
+    inner_lr: float | None = attrs.field(default=None, validator=_positive)
+    task_step: TaskStepRule = attrs.field(default="adam", validator=attrs.validators.in_(("adam", "sgd")))
+    generator_update: str = "maxnorm"
+    meta_mode: MetaMode = attrs.field(
+        default="jvp", validator=attrs.validators.in_(("jvp", "double-backward", "finite-difference"))
+    )
+
+    # fusion loss
+    intensity: IntensityForm = attrs.field(default="reference", validator=attrs.validators.in_(("reference", "paper")))
+    alpha: float = attrs.field(default=1.0, validator=_non_negative)
+
+    # ablations (paper Table 3)
+    fixed_weights: bool = False
+    task_loss_on_fusion: float = attrs.field(default=0.0, validator=_non_negative)
+    separate_fusion_phase: bool = True
+    discriminative: bool = False
+
+    # run
+    seed: int = 0
+    deterministic: bool = False
+    device: str = "cpu"
+    amp: bool = False
+    max_bad_steps: int = attrs.field(default=10, validator=_positive)
+    checkpoint_every: int = attrs.field(default=1, validator=_positive)
+    log_images: bool = True
+    num_workers: int = attrs.field(default=0, validator=_non_negative)
+    progress: bool = True
+
+    def __attrs_post_init__(self) -> None:
+        if self.generator_update != "maxnorm" and not self.generator_update.startswith(("adam", "sgd", "adamw")):
+            raise ValueError(
+                f"generator_update must be 'maxnorm', 'adam', 'adamw' or 'sgd', not {self.generator_update!r}"
+            )
+        if self.discriminative and self.fixed_weights:
+            raise ValueError("discriminative fusion needs the loss generator: it cannot be combined with fixed_weights")
+
+    # ------------------------------------------------------------------ YAML
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict of every setting (tuples as lists), suitable for YAML or JSON."""
+        out = attrs.asdict(self)
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in out.items()}
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], source: str = "config") -> TrainConfig:
+        """Build from a dict; unknown keys raise an error that lists them and the valid keys."""
+        known = {a.name for a in attrs.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(
+                f"unknown key(s) in {source}: {', '.join(unknown)}. Valid keys: {', '.join(sorted(known))}"
+            )
+        return cls(**values)
+
+    def to_yaml(self, path: str | Path | None = None) -> str:
+        """YAML text of the configuration; also written to ``path`` when given."""
+        text = yaml.safe_dump(self.to_dict(), sort_keys=False)
+        if path is not None:
+            Path(path).write_text(text)
+        return text
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> TrainConfig:
+        """Read a configuration written by :meth:`to_yaml` (or by hand; missing keys take their defaults)."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"config file not found: {path}")
+        values = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(values, dict):
+            raise ValueError(f"{path} must hold a mapping of settings, not {type(values).__name__}")
+        return cls.from_dict(values, source=str(path))
+
+    def evolve(self, **changes: Any) -> TrainConfig:
+        """Copy with some settings changed."""
+        return attrs.evolve(self, **changes)

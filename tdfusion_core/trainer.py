@@ -1,0 +1,652 @@
+"""MetaTrainer: Algorithm 1 of TDFusion with checkpoints, resume, guards and events.
+
+Each epoch:
+
+1. **Meta phase** (learning of G): the training set is split into disjoint meta-train and meta-test halves, drawn
+   anew each epoch from a seeded generator; for each of ``meta_steps`` steps one meta-train and one meta-test batch
+   go through :class:`tdfusion_core.meta.MetaStep` and G is updated.
+2. **Fusion phase** (learning of F and T, Eqs. 8-9): over the whole training set (or ``fusion_steps`` batches),
+   F takes one step on the fusion loss with G frozen, then T one step on the task loss of F's detached output.
+
+The fusion loss sees random crops (``crop_size``); the task sees the whole image resized to ``task_size``. With the
+Switch every batch is also fed with its sources in reverse order. Learning rates follow StepLR per epoch.
+
+Ablations (paper Table 3): ``fixed_weights`` (w = 1/K, G untouched, no meta phase); ``alpha = 0`` (no gradient
+loss); ``task_loss_on_fusion > 0`` (F also trained by the task loss in the fusion phase); ``separate_fusion_phase =
+False`` (F and T keep their inner updates θF', θT' from every meta step, no fusion phase); ``discriminative``
+(``If = Σ w_k I_k`` from G's weights; G is then trained directly by the task loss in the fusion phase and there is
+no F and no meta phase).
+
+Checkpoints (``<out>/checkpoints/last.pt``) hold F, G, T, every optimizer and scheduler, RNG states and counters;
+they are written atomically after each epoch (temp file + rename). ``resume=True`` continues from the last one.
+A non-finite loss or gradient skips the step before any parameter changes (with a warning naming the phase); after
+``max_bad_steps`` consecutive bad steps the run stops with :class:`TrainingDivergedError`, leaving the last good
+checkpoint intact.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import time
+import warnings
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as nnf
+from tqdm.auto import tqdm
+
+from tdfusion_core import __version__, registry
+from tdfusion_core.colour import task_input
+from tdfusion_core.config import TrainConfig
+from tdfusion_core.data.sample import Sample
+from tdfusion_core.losses import FusionLoss, discriminative_fusion, fixed_weights
+from tdfusion_core.meta import (
+    MetaStep,
+    TaskInput,
+    adam_task_step,
+    apply_maxnorm_update,
+    apply_optimizer_update,
+    sgd_task_step,
+)
+from tdfusion_core.plugins import get_plugin_manager
+from tdfusion_core.task import Task, functional_task_loss
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_FORMAT = "tdfusion-train-state"
+
+
+class TrainingDivergedError(RuntimeError):
+    """Too many consecutive non-finite steps."""
+
+
+class WeightedSum(nn.Module):
+    """Discriminative fusion (ablation V): ``If = Σ_k w_k I_k`` with ``w = G(I)``."""
+
+    def __init__(self, loss_generator: nn.Module) -> None:
+        super().__init__()
+        self.loss_generator = loss_generator
+
+    def forward(self, sources: torch.Tensor) -> torch.Tensor:
+        return discriminative_fusion(sources, self.loss_generator(sources))
+
+
+def _resize(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    if tuple(images.shape[-2:]) == tuple(size):
+        return images
+    lead = images.shape[:-3]
+    flat = images.reshape(-1, *images.shape[-3:])
+    out = nnf.interpolate(flat, size=size, mode="bilinear", align_corners=False)
+    return out.reshape(*lead, *out.shape[-3:])
+
+
+def _atomic_save(obj: Any, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def seed_everything(seed: int, deterministic: bool = False) -> None:
+    """Seed Python, NumPy and torch; with ``deterministic`` also force deterministic torch kernels."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+
+
+class MetaTrainer:
+    """Trains F (fusion), G (loss generator) and T (task) with Algorithm 1.
+
+    Args:
+        config: the run's settings.
+        task: a Task instance; default: built from ``config.task`` / ``config.task_options`` through the registry.
+        train_set: a dataset of :class:`Sample`; default: ``config.data`` (a registered name or a folder path).
+        fusion_net, loss_generator: modules; default: built from the registry by ``config.fusion_net`` etc.
+        out_dir: run directory (config, checkpoints, logs, images); ``None`` keeps everything in memory.
+        resume: continue from ``out_dir/checkpoints/last.pt``.
+    """
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        *,
+        task: Task | None = None,
+        train_set: Any = None,
+        fusion_net: nn.Module | None = None,
+        loss_generator: nn.Module | None = None,
+        out_dir: str | Path | None = None,
+        resume: bool = False,
+    ) -> None:
+        self.config = config
+        self.device = torch.device(config.device)
+        self.out_dir = Path(out_dir) if out_dir is not None else None
+        seed_everything(config.seed, config.deterministic)
+        self.train_set = train_set if train_set is not None else self._build_dataset()
+        if len(self.train_set) < 1:
+            raise ValueError("the training set is empty")
+        num_sources = int(self.train_set[0].sources.shape[0])
+        self.num_sources = num_sources
+        self.task = task if task is not None else self._build_task()
+        self.task.network.to(self.device)
+        #: whether F and G were built from the registry by name (only then can model.pt name their architectures)
+        self.nets_from_registry = fusion_net is None and loss_generator is None
+        self.loss_generator = (
+            loss_generator
+            if loss_generator is not None
+            else registry.get_loss_generator(config.loss_generator, num_sources, **config.loss_generator_options)
+        ).to(self.device)
+        if config.discriminative:
+            self.fusion_net: nn.Module = WeightedSum(self.loss_generator)
+        else:
+            self.fusion_net = (
+                fusion_net
+                if fusion_net is not None
+                else registry.get_fusion_net(config.fusion_net, num_sources, **config.fusion_options)
+            ).to(self.device)
+            if config.fusion_checkpoint:
+                self._load_fusion_weights(Path(config.fusion_checkpoint))
+        self.fusion_loss = FusionLoss(intensity=config.intensity, alpha=config.alpha)
+        self.task_size = self._resolve_task_size()
+
+        self.opt_fusion = torch.optim.Adam(self.fusion_net.parameters(), lr=config.lr_fusion)
+        self.opt_task = self.task.make_optimizer(self.task.network.parameters())
+        for group in self.opt_task.param_groups:
+            group["lr"] = config.lr_task
+        self.opt_generator = self._make_generator_optimizer()
+        self.schedulers = [
+            torch.optim.lr_scheduler.StepLR(opt, step_size=config.lr_step_size, gamma=config.lr_gamma)
+            for opt in (self.opt_fusion, self.opt_task, self.opt_generator)
+        ]
+        autocast = torch.bfloat16 if config.amp else None
+        self.meta_step_fn = MetaStep(
+            self.fusion_net, self.loss_generator, self.task, self.fusion_loss, config.meta_mode, autocast_dtype=autocast
+        )
+        self.epoch = 0  # epochs completed
+        self.meta_step_count = 0
+        self.fusion_step_count = 0
+        self.bad_steps = 0
+        self.history: list[dict[str, float]] = []
+        self.pm = get_plugin_manager()
+        if resume:
+            self._resume()
+
+    # ------------------------------------------------------------------ construction helpers
+    def _build_task(self) -> Task:
+        options = dict(self.config.task_options)
+        num_classes = getattr(self.train_set, "num_classes", None)
+        if num_classes is not None:
+            options.setdefault("num_classes", num_classes)
+        return registry.get_task(self.config.task, **options)
+
+    def _build_dataset(self) -> Any:
+        return resolve_dataset(self.config.data, split="train", **self.config.data_options)
+
+    def _resolve_task_size(self) -> tuple[int, int]:
+        for size in (
+            self.config.task_size,
+            getattr(self.train_set, "task_size", None),
+            self.task.default_input_size,
+        ):
+            if size is not None:
+                return (int(size[0]), int(size[1]))
+        return self.train_set[0].size
+
+    def _make_generator_optimizer(self) -> torch.optim.Optimizer:
+        rule = self.config.generator_update
+        params = self.loss_generator.parameters()
+        lr = self.config.lr_generator
+        if rule in ("maxnorm", "adam"):  # maxnorm only uses the optimizer's scheduled learning rate
+            return torch.optim.Adam(params, lr=lr, eps=1e-10)
+        if rule == "adamw":
+            return torch.optim.AdamW(params, lr=lr, eps=1e-10)
+        return torch.optim.SGD(params, lr=lr)
+
+    def _load_fusion_weights(self, path: Path) -> None:
+        from tdfusion_core.checkpoints import load_model_checkpoint
+
+        state = load_model_checkpoint(path).fusion_net.state_dict()
+        missing, unexpected = self.fusion_net.load_state_dict(state, strict=False)
+        if missing or unexpected:
+            raise ValueError(
+                f"fusion checkpoint {path} does not fit {self.config.fusion_net!r}: "
+                f"missing keys {list(missing)[:8]}, unexpected keys {list(unexpected)[:8]}"
+            )
+
+    # ------------------------------------------------------------------ data
+    def _epoch_generator(self, epoch: int, phase: int) -> torch.Generator:
+        return torch.Generator().manual_seed(self.config.seed * 1_000_003 + epoch * 7919 + phase)
+
+    def _load(self, indices: Sequence[int] | Sequence[torch.Tensor]) -> list[Sample]:
+        return [self.train_set[int(i)] for i in indices]
+
+    def _prepare(self, samples: list[Sample], gen: torch.Generator) -> tuple[torch.Tensor, TaskInput]:
+        """Crops for the fusion loss and resized images + targets for the task, Switch applied, on the device."""
+        crops, task_sources, task_chroma, targets = [], [], [], []
+        sizes = [s.size for s in samples]
+        if self.config.crop_size is None:
+            ch, cw = min(h for h, _ in sizes), min(w for _, w in sizes)
+        else:
+            ch = min(self.config.crop_size[0], *(h for h, _ in sizes))
+            cw = min(self.config.crop_size[1], *(w for _, w in sizes))
+        for s in samples:
+            h, w = s.size
+            top = int(torch.randint(0, h - ch + 1, (1,), generator=gen))
+            left = int(torch.randint(0, w - cw + 1, (1,), generator=gen))
+            crops.append(s.sources[:, top : top + ch, left : left + cw])
+            task_sources.append(_resize(s.sources[None], self.task_size)[0])
+            task_chroma.append(_resize(s.chroma, self.task_size))
+            targets.append(self.task.resize_targets(s.target, s.size, self.task_size) if s.target is not None else None)
+        crop = torch.stack(crops)
+        sources, chroma = torch.stack(task_sources), torch.stack(task_chroma)
+        if self.config.switch:
+            crop = torch.cat([crop, crop.flip(1)])
+            sources = torch.cat([sources, sources.flip(1)])
+            chroma = torch.cat([chroma, chroma.flip(1)])
+            targets = targets + targets
+        collated = self.task.collate_targets(targets) if any(t is not None for t in targets) else None
+        batch = TaskInput(sources.to(self.device), chroma.to(self.device), self.task.targets_to(collated, self.device))
+        return crop.to(self.device), batch
+
+    def meta_split(self, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Disjoint meta-train and meta-test index sets of ``epoch`` (a seeded permutation split in halves)."""
+        n = len(self.train_set)
+        if n < 2:
+            raise ValueError("the meta phase needs at least two training samples (disjoint meta-train / meta-test)")
+        perm = torch.randperm(n, generator=self._epoch_generator(epoch, 0))
+        return perm[: n // 2], perm[n // 2 :]
+
+    # ------------------------------------------------------------------ guards and events
+    def _bad_step(self, phase: str, what: str) -> None:
+        self.bad_steps += 1
+        warnings.warn(
+            f"{phase}: non-finite {what}; step skipped ({self.bad_steps}/{self.config.max_bad_steps} in a row)",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        if self.bad_steps >= self.config.max_bad_steps:
+            where = f" The last good checkpoint is {self.checkpoint_path}." if self.out_dir else ""
+            raise TrainingDivergedError(
+                f"training stopped after {self.bad_steps} consecutive non-finite steps (last in the {phase}).{where} "
+                "Lower the learning rates or disable --amp."
+            )
+
+    def _inner_lr(self) -> float:
+        return self.config.inner_lr if self.config.inner_lr is not None else self.opt_fusion.param_groups[0]["lr"]
+
+    # ------------------------------------------------------------------ phases
+    def meta_phase(self, epoch: int) -> dict[str, float]:
+        """Learning of G: ``meta_steps`` meta steps on disjoint meta-train / meta-test batches."""
+        cfg = self.config
+        if cfg.meta_steps == 0 or cfg.fixed_weights or cfg.discriminative:
+            return {}
+        mtr, mts = self.meta_split(epoch)
+        gen = self._epoch_generator(epoch, 1)
+        sums: dict[str, float] = defaultdict(float)
+        done = 0
+        bar = tqdm(range(cfg.meta_steps), desc=f"epoch {epoch + 1} meta", disable=not cfg.progress, leave=False)
+        self.loss_generator.train()
+        for step in bar:
+            b = cfg.batch_size
+            i_tr = [mtr[(step * b + j) % len(mtr)] for j in range(b)]
+            i_ts = [mts[(step * b + j) % len(mts)] for j in range(b)]
+            crop, mtr_task = self._prepare(self._load(i_tr), gen)
+            _, mts_task = self._prepare(self._load(i_ts), gen)
+            task_update = (
+                adam_task_step(self.opt_task, self.task.network)
+                if cfg.task_step == "adam"
+                else sgd_task_step(self.opt_task.param_groups[0]["lr"])
+            )
+            result = self.meta_step_fn.compute(crop, mtr_task, mts_task, self._inner_lr(), task_update)
+            self.meta_step_count += 1
+            metrics = {
+                "task_loss": float(result.task_loss),
+                "fusion_loss": float(result.fusion_loss),
+                "inner_task_loss": float(result.inner_task_loss),
+            }
+            if not result.finite:
+                self._bad_step("meta phase", "task loss, fusion loss or G gradient")
+                self.pm.hook.tdfusion_on_meta_step_end(
+                    trainer=self, step=self.meta_step_count, metrics={**metrics, "skipped": 1.0}
+                )
+                continue
+            self.bad_steps = 0
+            if cfg.generator_update == "maxnorm":
+                apply_maxnorm_update(self.loss_generator, result.grad_g, self.opt_generator.param_groups[0]["lr"])
+            else:
+                apply_optimizer_update(self.loss_generator, result.grad_g, self.opt_generator)
+            if not cfg.separate_fusion_phase:
+                self._adopt(self.fusion_net, result.fusion_params)
+                self._adopt(self.task.network, result.task_params)
+            for k, v in metrics.items():
+                sums[k] += v
+            done += 1
+            bar.set_postfix(task=f"{metrics['task_loss']:.4f}", fusion=f"{metrics['fusion_loss']:.4f}")
+            self.pm.hook.tdfusion_on_meta_step_end(trainer=self, step=self.meta_step_count, metrics=metrics)
+        return {f"meta/{k}": v / max(done, 1) for k, v in sums.items()}
+
+    @staticmethod
+    def _adopt(module: nn.Module, params: dict[str, torch.Tensor]) -> None:
+        with torch.no_grad():
+            for name, p in module.named_parameters():
+                if name in params:
+                    p.copy_(params[name])
+
+    def _weights(self, sources: torch.Tensor) -> torch.Tensor:
+        if self.config.fixed_weights:
+            return fixed_weights(sources)
+        with torch.no_grad():
+            return self.loss_generator(sources)
+
+    def fusion_phase(self, epoch: int) -> dict[str, float]:
+        """Learning of F and T over the training set (Eqs. 8-9)."""
+        cfg = self.config
+        if not cfg.separate_fusion_phase:
+            return {}
+        n = len(self.train_set)
+        gen = self._epoch_generator(epoch, 2)
+        order = torch.randperm(n, generator=gen)
+        batches = [order[i : i + cfg.batch_size] for i in range(0, n, cfg.batch_size)]
+        if cfg.fusion_steps is not None:
+            batches = [batches[i % len(batches)] for i in range(cfg.fusion_steps)]
+        sums: dict[str, float] = defaultdict(float)
+        done = 0
+        amp = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.amp)
+        bar = tqdm(batches, desc=f"epoch {epoch + 1} fusion", disable=not cfg.progress, leave=False)
+        self.fusion_net.train()
+        self.task.network.train()
+        for idx in bar:
+            crop, batch = self._prepare(self._load(idx.tolist()), gen)
+            self.fusion_step_count += 1
+            metrics: dict[str, float] = {}
+            # F (or G in the discriminative ablation) on the fusion loss, G frozen
+            self.opt_fusion.zero_grad(set_to_none=True)
+            with amp:
+                if cfg.discriminative:
+                    loss_f = self._task_loss(self.fusion_net(batch.sources), batch, self.task.network)
+                    terms = {"total": loss_f}
+                else:
+                    terms = self.fusion_loss.terms(self.fusion_net(crop), crop, self._weights(crop))
+                    loss_f = terms["total"]
+                    if cfg.task_loss_on_fusion:
+                        with self._frozen(self.task.network):
+                            lt_f = self._task_loss(self.fusion_net(batch.sources), batch, self.task.network)
+                        loss_f = loss_f + cfg.task_loss_on_fusion * lt_f
+            if not torch.isfinite(loss_f):
+                self._bad_step("fusion phase (F step)", "fusion loss")
+                continue
+            loss_f.backward()
+            if not self._grads_finite(self.fusion_net):
+                self.opt_fusion.zero_grad(set_to_none=True)
+                self._bad_step("fusion phase (F step)", "gradient of F")
+                continue
+            self.opt_fusion.step()
+            # T on the task loss of F's detached output
+            self.opt_task.zero_grad(set_to_none=True)
+            with amp:
+                with torch.no_grad():
+                    fused = self.fusion_net(batch.sources)
+                loss_t = self._task_loss(fused, batch, self.task.network)
+            if not torch.isfinite(loss_t):
+                self._bad_step("fusion phase (T step)", "task loss")
+                continue
+            loss_t.backward()
+            if not self._grads_finite(self.task.network):
+                self.opt_task.zero_grad(set_to_none=True)
+                self._bad_step("fusion phase (T step)", "gradient of T")
+                continue
+            self.opt_task.step()
+            self.bad_steps = 0
+            metrics = {"fusion_loss": float(terms["total"].detach()), "task_loss": float(loss_t.detach())}
+            if "intensity" in terms:
+                metrics["intensity_loss"] = float(terms["intensity"].detach())
+                metrics["gradient_loss"] = float(terms["gradient"].detach())
+            for k, v in metrics.items():
+                sums[k] += v
+            done += 1
+            bar.set_postfix(fusion=f"{metrics['fusion_loss']:.4f}", task=f"{metrics['task_loss']:.4f}")
+            self.pm.hook.tdfusion_on_fusion_step_end(trainer=self, step=self.fusion_step_count, metrics=metrics)
+        return {f"fusion/{k}": v / max(done, 1) for k, v in sums.items()}
+
+    def _task_loss(self, fused: torch.Tensor, batch: TaskInput, network: nn.Module) -> torch.Tensor:
+        images = task_input(fused.float(), batch.chroma, self.task.input_kind)
+        return functional_task_loss(self.task, images, batch.targets, network=network)
+
+    @staticmethod
+    def _grads_finite(module: nn.Module) -> bool:
+        grads = [p.grad for p in module.parameters() if p.grad is not None]
+        return not grads or bool(torch.stack([torch.isfinite(g).all() for g in grads]).all())
+
+    class _frozen:
+        """Context: parameters of a module do not require grad (the task loss trains F only)."""
+
+        def __init__(self, module: nn.Module) -> None:
+            self.params = [p for p in module.parameters() if p.requires_grad]
+
+        def __enter__(self) -> None:
+            for p in self.params:
+                p.requires_grad_(False)
+
+        def __exit__(self, *exc: object) -> None:
+            for p in self.params:
+                p.requires_grad_(True)
+
+    # ------------------------------------------------------------------ statistics
+    @torch.no_grad()
+    def source_weight_means(self, max_samples: int = 8) -> list[float]:
+        """Mean weight G gives each source over the first ``max_samples`` training samples (task size)."""
+        if self.config.fixed_weights:
+            return [1.0 / self.num_sources] * self.num_sources
+        was = self.loss_generator.training
+        self.loss_generator.eval()
+        totals = torch.zeros(self.num_sources)
+        count = min(max_samples, len(self.train_set))
+        for i in range(count):
+            sources = _resize(self.train_set[i].sources[None], self.task_size).to(self.device)
+            totals += self.loss_generator(sources).mean(dim=(0, 2, 3)).float().cpu()
+        self.loss_generator.train(was)
+        return (totals / max(count, 1)).tolist()
+
+    # ------------------------------------------------------------------ the loop
+    def fit(self) -> list[dict[str, float]]:
+        """Run the remaining epochs; returns the per-epoch metrics history."""
+        cfg = self.config
+        if self.out_dir is not None:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            cfg.to_yaml(self.out_dir / "config.yaml")
+        self.pm.hook.tdfusion_on_run_start(trainer=self, config=cfg)
+        status = "failed"
+        try:
+            for epoch in range(self.epoch, cfg.epochs):
+                self.pm.hook.tdfusion_on_epoch_start(trainer=self, epoch=epoch)
+                start = time.perf_counter()
+                metrics = {**self.meta_phase(epoch), **self.fusion_phase(epoch)}
+                seconds = time.perf_counter() - start
+                with warnings.catch_warnings():  # an optimizer that an ablation never steps still decays
+                    warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)`")
+                    for sched in self.schedulers:
+                        sched.step()
+                metrics["epoch_seconds"] = seconds
+                metrics["lr/fusion"] = self.opt_fusion.param_groups[0]["lr"]
+                metrics["lr/task"] = self.opt_task.param_groups[0]["lr"]
+                metrics["lr/generator"] = self.opt_generator.param_groups[0]["lr"]
+                for k, w in enumerate(self.source_weight_means()):
+                    metrics[f"weight/source{k}"] = w
+                self.epoch = epoch + 1
+                self.history.append(metrics)
+                self.pm.hook.tdfusion_on_epoch_end(trainer=self, epoch=epoch, metrics=metrics)
+                if self.out_dir is not None:
+                    if cfg.log_images:
+                        self.save_epoch_figure(epoch)
+                    if self.epoch % cfg.checkpoint_every == 0 or self.epoch == cfg.epochs:
+                        self.save_checkpoint()
+                log.info("epoch %d: %s", epoch + 1, {k: round(v, 5) for k, v in metrics.items()})
+            status = "completed"
+            if self.out_dir is not None and self.nets_from_registry:
+                self.export_model(self.out_dir / "model.pt")
+        except KeyboardInterrupt:
+            status = "stopped"
+            raise
+        finally:
+            self.pm.hook.tdfusion_on_run_end(trainer=self, status=status)
+        return self.history
+
+    # ------------------------------------------------------------------ checkpoints
+    @property
+    def checkpoint_path(self) -> Path:
+        """``<out>/checkpoints/last.pt``."""
+        if self.out_dir is None:
+            raise ValueError("this trainer has no run directory (out_dir=None)")
+        return self.out_dir / "checkpoints" / "last.pt"
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue the run bit for bit."""
+        np_state: tuple[Any, ...] = tuple(np.random.get_state(legacy=True))
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "version": __version__,
+            "config": self.config.to_dict(),
+            "epoch": self.epoch,
+            "meta_step": self.meta_step_count,
+            "fusion_step": self.fusion_step_count,
+            "fusion_net": self.fusion_net.state_dict(),
+            "loss_generator": self.loss_generator.state_dict(),
+            "task_net": self.task.network.state_dict(),
+            "opt_fusion": self.opt_fusion.state_dict(),
+            "opt_task": self.opt_task.state_dict(),
+            "opt_generator": self.opt_generator.state_dict(),
+            "schedulers": [s.state_dict() for s in self.schedulers],
+            "history": self.history,
+            "rng": {
+                "torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+                "numpy": torch.from_numpy(np.asarray(np_state[1]).astype(np.int64)),
+                "numpy_pos": int(np_state[2]),
+                "python": list(random.getstate()[1]),
+            },
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore a state produced by :meth:`state_dict`."""
+        if state.get("format") != CHECKPOINT_FORMAT:
+            raise ValueError("not a tdfusion training checkpoint (format key missing or different)")
+        self.fusion_net.load_state_dict(state["fusion_net"])
+        self.loss_generator.load_state_dict(state["loss_generator"])
+        self.task.network.load_state_dict(state["task_net"])
+        self.opt_fusion.load_state_dict(state["opt_fusion"])
+        self.opt_task.load_state_dict(state["opt_task"])
+        self.opt_generator.load_state_dict(state["opt_generator"])
+        for sched, s in zip(self.schedulers, state["schedulers"]):
+            sched.load_state_dict(s)
+        self.epoch = int(state["epoch"])
+        self.meta_step_count = int(state["meta_step"])
+        self.fusion_step_count = int(state["fusion_step"])
+        self.history = list(state["history"])
+        rng = state["rng"]
+        torch.set_rng_state(rng["torch"])
+        if rng["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
+        np.random.set_state(("MT19937", rng["numpy"].numpy().astype(np.uint32), rng["numpy_pos"], 0, 0.0))
+        random.setstate((3, tuple(rng["python"]), None))
+
+    def save_checkpoint(self) -> Path:
+        """Write the training state atomically to :attr:`checkpoint_path` and announce it."""
+        path = self.checkpoint_path
+        _atomic_save(self.state_dict(), path)
+        self.pm.hook.tdfusion_on_checkpoint_saved(trainer=self, path=str(path), epoch=self.epoch)
+        return path
+
+    def _resume(self) -> None:
+        path = self.checkpoint_path
+        if not path.is_file():
+            raise FileNotFoundError(f"--resume: no checkpoint at {path}")
+        state = torch.load(path, map_location=self.device, weights_only=True)
+        self.load_state_dict(state)
+        log.info("resumed from %s after epoch %d", path, self.epoch)
+
+    def export_model(self, path: str | Path) -> Path:
+        """Save F and G for inference (``tdfusion fuse --checkpoint``) in the documented model format."""
+        from tdfusion_core.checkpoints import save_model_checkpoint
+
+        path = Path(path)
+        save_model_checkpoint(
+            path,
+            fusion_net=self.fusion_net,
+            fusion_arch="discriminative" if self.config.discriminative else self.config.fusion_net,
+            fusion_config=dict(self.config.fusion_options),
+            loss_generator=self.loss_generator,
+            lossgen_arch=self.config.loss_generator,
+            lossgen_config=dict(self.config.loss_generator_options),
+            num_sources=self.num_sources,
+            extra={"task": self.config.task, "epochs": self.epoch},
+        )
+        return path
+
+    # ------------------------------------------------------------------ figures and evaluation
+    @torch.no_grad()
+    def fuse(self, sources: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Fused image and G's weights for ``(B, K, H, W)`` sources (eval mode, no grad)."""
+        was_f, was_g = self.fusion_net.training, self.loss_generator.training
+        self.fusion_net.eval()
+        self.loss_generator.eval()
+        try:
+            sources = sources.to(self.device)
+            return self.fusion_net(sources).clamp(0, 1), self._weights(sources)
+        finally:
+            self.fusion_net.train(was_f)
+            self.loss_generator.train(was_g)
+
+    def save_epoch_figure(self, epoch: int, count: int = 4) -> Path:
+        """PNG grid of sources, fused image and weight maps (rows: samples) under ``<out>/images``."""
+        from tdfusion_core.visual import save_weight_grid
+
+        assert self.out_dir is not None
+        count = min(count, len(self.train_set))
+        sources = torch.stack([_resize(self.train_set[i].sources[None], self.task_size)[0] for i in range(count)])
+        fused, weights = self.fuse(sources)
+        path = self.out_dir / "images" / f"epoch_{epoch + 1:04d}.png"
+        save_weight_grid(path, sources, fused.cpu(), weights.cpu())
+        return path
+
+    @torch.no_grad()
+    def evaluate(self, dataset: Any, batch_size: int = 4) -> dict[str, float]:
+        """Task metrics of T on F's fused images of ``dataset`` (resized to the task size)."""
+
+        def batches() -> Any:
+            for start in range(0, len(dataset), batch_size):
+                samples = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
+                sources = torch.stack([_resize(s.sources[None], self.task_size)[0] for s in samples])
+                chroma = torch.stack([_resize(s.chroma, self.task_size) for s in samples])
+                fused, _ = self.fuse(sources)
+                images = task_input(fused, chroma.to(self.device), self.task.input_kind)
+                targets = [self.task.resize_targets(s.target, s.size, self.task_size) for s in samples]
+                yield images, self.task.targets_to(self.task.collate_targets(targets), self.device)
+
+        return self.task.evaluate(self.task.network, batches())
+
+
+def resolve_dataset(data: str, split: str = "train", **options: Any) -> Any:
+    """A registered dataset name (``synthetic``, ``llvip``, ...) or a folder path (the ``folder`` dataset)."""
+    names = registry.available("dataset")
+    if data in names:
+        return registry.get_dataset(data, split=split, **options)
+    path = Path(data)
+    if path.exists():
+        return registry.get_dataset("folder", root=str(path), split=split, **options)
+    raise FileNotFoundError(
+        f"--data {data!r} is neither an existing folder nor a registered dataset ({', '.join(names)})"
+    )
