@@ -306,38 +306,46 @@ class MetaTrainer:
             i_ts = [mts[(step * b + j) % len(mts)] for j in range(b)]
             crop, mtr_task = self._prepare(self._load(i_tr), gen)
             _, mts_task = self._prepare(self._load(i_ts), gen)
-            task_update = (
-                adam_task_step(self.opt_task, self.task.network)
-                if cfg.task_step == "adam"
-                else sgd_task_step(self.opt_task.param_groups[0]["lr"])
-            )
-            result = self.meta_step_fn.compute(crop, mtr_task, mts_task, self._inner_lr(), task_update)
-            self.meta_step_count += 1
-            metrics = {
-                "task_loss": float(result.task_loss),
-                "fusion_loss": float(result.fusion_loss),
-                "inner_task_loss": float(result.inner_task_loss),
-            }
-            if not result.finite:
-                self._bad_step("meta phase", "task loss, fusion loss or G gradient")
-                self.pm.hook.tdfusion_on_meta_step_end(
-                    trainer=self, step=self.meta_step_count, metrics={**metrics, "skipped": 1.0}
-                )
+            metrics = self.meta_update(crop, mtr_task, mts_task)
+            if metrics is None:
                 continue
-            self.bad_steps = 0
-            if cfg.generator_update == "maxnorm":
-                apply_maxnorm_update(self.loss_generator, result.grad_g, self.opt_generator.param_groups[0]["lr"])
-            else:
-                apply_optimizer_update(self.loss_generator, result.grad_g, self.opt_generator)
-            if not cfg.separate_fusion_phase:
-                self._adopt(self.fusion_net, result.fusion_params)
-                self._adopt(self.task.network, result.task_params)
             for k, v in metrics.items():
                 sums[k] += v
             done += 1
             bar.set_postfix(task=f"{metrics['task_loss']:.4f}", fusion=f"{metrics['fusion_loss']:.4f}")
-            self.pm.hook.tdfusion_on_meta_step_end(trainer=self, step=self.meta_step_count, metrics=metrics)
         return {f"meta/{k}": v / max(done, 1) for k, v in sums.items()}
+
+    def meta_update(self, crop: torch.Tensor, mtr_task: TaskInput, mts_task: TaskInput) -> dict[str, float] | None:
+        """One meta step on prepared batches and the update of G; ``None`` if the step was skipped (non-finite)."""
+        cfg = self.config
+        task_update = (
+            adam_task_step(self.opt_task, self.task.network)
+            if cfg.task_step == "adam"
+            else sgd_task_step(self.opt_task.param_groups[0]["lr"])
+        )
+        result = self.meta_step_fn.compute(crop, mtr_task, mts_task, self._inner_lr(), task_update)
+        self.meta_step_count += 1
+        metrics = {
+            "task_loss": float(result.task_loss),
+            "fusion_loss": float(result.fusion_loss),
+            "inner_task_loss": float(result.inner_task_loss),
+        }
+        if not result.finite:
+            self.pm.hook.tdfusion_on_meta_step_end(
+                trainer=self, step=self.meta_step_count, metrics={**metrics, "skipped": 1.0}
+            )
+            self._bad_step("meta phase", "task loss, fusion loss or G gradient")
+            return None
+        self.bad_steps = 0
+        if cfg.generator_update == "maxnorm":
+            apply_maxnorm_update(self.loss_generator, result.grad_g, self.opt_generator.param_groups[0]["lr"])
+        else:
+            apply_optimizer_update(self.loss_generator, result.grad_g, self.opt_generator)
+        if not cfg.separate_fusion_phase:
+            self._adopt(self.fusion_net, result.fusion_params)
+            self._adopt(self.task.network, result.task_params)
+        self.pm.hook.tdfusion_on_meta_step_end(trainer=self, step=self.meta_step_count, metrics=metrics)
+        return metrics
 
     @staticmethod
     def _adopt(module: nn.Module, params: dict[str, torch.Tensor]) -> None:
@@ -365,62 +373,69 @@ class MetaTrainer:
             batches = [batches[i % len(batches)] for i in range(cfg.fusion_steps)]
         sums: dict[str, float] = defaultdict(float)
         done = 0
-        amp = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.amp)
         bar = tqdm(batches, desc=f"epoch {epoch + 1} fusion", disable=not cfg.progress, leave=False)
         self.fusion_net.train()
         self.task.network.train()
         for idx in bar:
             crop, batch = self._prepare(self._load(idx.tolist()), gen)
-            self.fusion_step_count += 1
-            metrics: dict[str, float] = {}
-            # F (or G in the discriminative ablation) on the fusion loss, G frozen
-            self.opt_fusion.zero_grad(set_to_none=True)
-            with amp:
-                if cfg.discriminative:
-                    loss_f = self._task_loss(self.fusion_net(batch.sources), batch, self.task.network)
-                    terms = {"total": loss_f}
-                else:
-                    terms = self.fusion_loss.terms(self.fusion_net(crop), crop, self._weights(crop))
-                    loss_f = terms["total"]
-                    if cfg.task_loss_on_fusion:
-                        with self._frozen(self.task.network):
-                            lt_f = self._task_loss(self.fusion_net(batch.sources), batch, self.task.network)
-                        loss_f = loss_f + cfg.task_loss_on_fusion * lt_f
-            if not torch.isfinite(loss_f):
-                self._bad_step("fusion phase (F step)", "fusion loss")
+            metrics = self.fusion_update(crop, batch)
+            if metrics is None:
                 continue
-            loss_f.backward()
-            if not self._grads_finite(self.fusion_net):
-                self.opt_fusion.zero_grad(set_to_none=True)
-                self._bad_step("fusion phase (F step)", "gradient of F")
-                continue
-            self.opt_fusion.step()
-            # T on the task loss of F's detached output
-            self.opt_task.zero_grad(set_to_none=True)
-            with amp:
-                with torch.no_grad():
-                    fused = self.fusion_net(batch.sources)
-                loss_t = self._task_loss(fused, batch, self.task.network)
-            if not torch.isfinite(loss_t):
-                self._bad_step("fusion phase (T step)", "task loss")
-                continue
-            loss_t.backward()
-            if not self._grads_finite(self.task.network):
-                self.opt_task.zero_grad(set_to_none=True)
-                self._bad_step("fusion phase (T step)", "gradient of T")
-                continue
-            self.opt_task.step()
-            self.bad_steps = 0
-            metrics = {"fusion_loss": float(terms["total"].detach()), "task_loss": float(loss_t.detach())}
-            if "intensity" in terms:
-                metrics["intensity_loss"] = float(terms["intensity"].detach())
-                metrics["gradient_loss"] = float(terms["gradient"].detach())
             for k, v in metrics.items():
                 sums[k] += v
             done += 1
             bar.set_postfix(fusion=f"{metrics['fusion_loss']:.4f}", task=f"{metrics['task_loss']:.4f}")
-            self.pm.hook.tdfusion_on_fusion_step_end(trainer=self, step=self.fusion_step_count, metrics=metrics)
         return {f"fusion/{k}": v / max(done, 1) for k, v in sums.items()}
+
+    def fusion_update(self, crop: torch.Tensor, batch: TaskInput) -> dict[str, float] | None:
+        """One fusion-phase step (F on Lf with G frozen, then T on Lt); ``None`` if skipped (non-finite)."""
+        cfg = self.config
+        amp = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.amp)
+        self.fusion_step_count += 1
+        # F (or G in the discriminative ablation) on the fusion loss, G frozen
+        self.opt_fusion.zero_grad(set_to_none=True)
+        with amp:
+            if cfg.discriminative:
+                loss_f = self._task_loss(self.fusion_net(batch.sources), batch, self.task.network)
+                terms = {"total": loss_f}
+            else:
+                terms = self.fusion_loss.terms(self.fusion_net(crop), crop, self._weights(crop))
+                loss_f = terms["total"]
+                if cfg.task_loss_on_fusion:
+                    with self._frozen(self.task.network):
+                        lt_f = self._task_loss(self.fusion_net(batch.sources), batch, self.task.network)
+                    loss_f = loss_f + cfg.task_loss_on_fusion * lt_f
+        if not torch.isfinite(loss_f):
+            self._bad_step("fusion phase (F step)", "fusion loss")
+            return None
+        loss_f.backward()
+        if not self._grads_finite(self.fusion_net):
+            self.opt_fusion.zero_grad(set_to_none=True)
+            self._bad_step("fusion phase (F step)", "gradient of F")
+            return None
+        self.opt_fusion.step()
+        # T on the task loss of F's detached output
+        self.opt_task.zero_grad(set_to_none=True)
+        with amp:
+            with torch.no_grad():
+                fused = self.fusion_net(batch.sources)
+            loss_t = self._task_loss(fused, batch, self.task.network)
+        if not torch.isfinite(loss_t):
+            self._bad_step("fusion phase (T step)", "task loss")
+            return None
+        loss_t.backward()
+        if not self._grads_finite(self.task.network):
+            self.opt_task.zero_grad(set_to_none=True)
+            self._bad_step("fusion phase (T step)", "gradient of T")
+            return None
+        self.opt_task.step()
+        self.bad_steps = 0
+        metrics = {"fusion_loss": float(terms["total"].detach()), "task_loss": float(loss_t.detach())}
+        if "intensity" in terms:
+            metrics["intensity_loss"] = float(terms["intensity"].detach())
+            metrics["gradient_loss"] = float(terms["gradient"].detach())
+        self.pm.hook.tdfusion_on_fusion_step_end(trainer=self, step=self.fusion_step_count, metrics=metrics)
+        return metrics
 
     def _task_loss(self, fused: torch.Tensor, batch: TaskInput, network: nn.Module) -> torch.Tensor:
         images = task_input(fused.float(), batch.chroma, self.task.input_kind)

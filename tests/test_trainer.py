@@ -161,3 +161,13 @@ def test_config_errors_name_the_problem(tmp_path):
         TrainConfig.from_yaml(tmp_path / "bad.yaml")
     with pytest.raises(ValueError, match="epochs"):
         TrainConfig(epochs=0)
+
+
+def test_run_directory_holds_config_checkpoint_logs_and_images(tmp_path):
+    trainer = small_trainer(tmp_path, epochs=1)
+    trainer.fit()
+    assert TrainConfig.from_yaml(tmp_path / "config.yaml") == trainer.config
+    assert (tmp_path / "checkpoints" / "last.pt").is_file()
+    assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+    assert (tmp_path / "images" / "epoch_0001.png").is_file()
+    assert not list((tmp_path / "checkpoints").glob(".*tmp*"))  # no temp file left behind

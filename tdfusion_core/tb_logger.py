@@ -1,0 +1,78 @@
+"""Built-in plugin: TensorBoard logs of a training run, written under ``<run dir>/tensorboard``.
+
+Logs meta-step and fusion-step losses, per-epoch means, learning rates, the mean weight G gives each source and
+throughput (steps per second). Needs the ``tensorboard`` package (extra ``report``); without it, or for a trainer
+with no run directory, nothing is logged. A logger shows how any plugin can follow a run through the event hooks.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from tdfusion_core import hookimpl
+
+log = logging.getLogger(__name__)
+_WRITERS: dict[int, Any] = {}
+_CLOCKS: dict[int, float] = {}
+
+
+def _writer(trainer: Any) -> Any:
+    return _WRITERS.get(id(trainer))
+
+
+@hookimpl
+def tdfusion_on_run_start(trainer: Any, config: Any) -> None:
+    if trainer.out_dir is None:
+        return
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        log.info("tensorboard is not installed: no TensorBoard logs (pip install 'tdfusion-core[report]')")
+        return
+    _WRITERS[id(trainer)] = SummaryWriter(log_dir=str(trainer.out_dir / "tensorboard"))
+
+
+@hookimpl
+def tdfusion_on_epoch_start(trainer: Any, epoch: int) -> None:
+    _CLOCKS[id(trainer)] = time.perf_counter()
+
+
+@hookimpl
+def tdfusion_on_meta_step_end(trainer: Any, step: int, metrics: Mapping[str, float]) -> None:
+    writer = _writer(trainer)
+    if writer is not None:
+        for key, value in metrics.items():
+            writer.add_scalar(f"meta_step/{key}", value, step)
+
+
+@hookimpl
+def tdfusion_on_fusion_step_end(trainer: Any, step: int, metrics: Mapping[str, float]) -> None:
+    writer = _writer(trainer)
+    if writer is not None:
+        for key, value in metrics.items():
+            writer.add_scalar(f"fusion_step/{key}", value, step)
+
+
+@hookimpl
+def tdfusion_on_epoch_end(trainer: Any, epoch: int, metrics: Mapping[str, float]) -> None:
+    writer = _writer(trainer)
+    if writer is None:
+        return
+    for key, value in metrics.items():
+        writer.add_scalar(f"epoch/{key}", value, epoch + 1)
+    seconds = time.perf_counter() - _CLOCKS.get(id(trainer), time.perf_counter())
+    steps = trainer.config.meta_steps + (trainer.config.fusion_steps or len(trainer.train_set))
+    if seconds > 0:
+        writer.add_scalar("epoch/steps_per_second", steps / seconds, epoch + 1)
+    writer.flush()
+
+
+@hookimpl
+def tdfusion_on_run_end(trainer: Any, status: str) -> None:
+    writer = _WRITERS.pop(id(trainer), None)
+    _CLOCKS.pop(id(trainer), None)
+    if writer is not None:
+        writer.close()
