@@ -9,10 +9,41 @@ Two target kinds are known to core:
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as nnf
+
+TargetKind = Literal["mask", "boxes", "none"]
+
+
+def infer_target_kind(target: Any) -> TargetKind:
+    """Guess a target's kind: an integer/bool tensor of ``ndim >= 2`` is a mask, a float ``(N, 5)`` tensor boxes.
+
+    ``None`` is ``"none"``; anything else raises ``TypeError`` (pass the task, which knows its targets).
+    """
+    if target is None:
+        return "none"
+    if isinstance(target, torch.Tensor):
+        if target.is_floating_point() and target.ndim == 2 and target.shape[-1] == 5:
+            return "boxes"
+        if not target.is_floating_point() and not target.is_complex() and target.ndim >= 2:
+            return "mask"
+    raise TypeError(
+        f"cannot tell how to transform a target of type {type(target).__name__}"
+        + (f" with shape {tuple(target.shape)} and dtype {target.dtype}" if isinstance(target, torch.Tensor) else "")
+        + "; masks are integer tensors (H, W), boxes float tensors (N, 5). Pass target_ops=<your Task>."
+    )
+
+
+def pad_mask(mask: torch.Tensor, height: int, width: int, value: int = 255) -> torch.Tensor:
+    """Pad a mask ``(..., H, W)`` at the bottom and right to ``(height, width)`` with ``value`` (ignore)."""
+    h, w = mask.shape[-2:]
+    if (h, w) == (height, width):
+        return mask
+    out = torch.full((*mask.shape[:-2], height, width), value, dtype=mask.dtype)
+    out[..., :h, :w] = mask
+    return out
 
 
 def resize_mask(mask: torch.Tensor, new_size: tuple[int, int]) -> torch.Tensor:
@@ -56,6 +87,15 @@ def hflip_boxes(boxes: torch.Tensor, width: int) -> torch.Tensor:
     out = boxes.clone().float()
     out[:, 1], out[:, 3] = width - boxes[:, 3], width - boxes[:, 1]
     return out
+
+
+def boxes_with_batch_index(boxes: list[torch.Tensor]) -> torch.Tensor:
+    """Concatenate per-image boxes ``(N_i, 5)`` into ``(sum N_i, 6)`` rows ``image index, class, x0, y0, x1, y1``.
+
+    The flat form most detection losses take (the released code's ``yolo_dataset_collate``, in pixels here).
+    """
+    rows = [torch.cat([torch.full((len(b), 1), float(i)), b.float().reshape(-1, 5)], 1) for i, b in enumerate(boxes)]
+    return torch.cat(rows) if rows else torch.zeros(0, 6)
 
 
 def to_device(targets: Any, device: torch.device | str) -> Any:
