@@ -23,6 +23,7 @@ def test_llvip_real_pairs_with_yolo_boxes_through_a_loader():
     root = shared_path("data", "LLVIP")
     data = preset_dataset("llvip", root, split="val")
     assert len(data) == 10 and data.target_kind == "boxes" and data.class_names == ("person",)
+    assert data.task_size == (256, 320)  # the released code's LLVIP task size, read by the trainer
     sample = data[0]
     assert sample.sources.shape == (2, 512, 640) and sample.chroma.shape == (2, 2, 512, 640)
     assert bool((sample.chroma[0] == 0.5).all()) and float((sample.chroma[1] - 0.5).abs().max()) > 0.05

@@ -63,6 +63,8 @@ class PairedDataset(Dataset[Sample]):
         skip_bad: log and skip faulty samples instead of raising :class:`DataError`.
         allow_empty: accept box label files without boxes (an image with no objects) instead of reporting them.
         log_skipped: log each skipped problem (``skip_bad`` only).
+        task_size: ``(H, W)`` the task loss resizes images to, if the dataset has a customary one (presets set the
+            released code's); kept as :attr:`task_size` for the trainer.
     """
 
     def __init__(
@@ -81,8 +83,10 @@ class PairedDataset(Dataset[Sample]):
         skip_bad: bool = False,
         allow_empty: bool = False,
         log_skipped: bool = True,
+        task_size: Sequence[int] | None = None,
     ) -> None:
         self.root = Path(root)
+        self.task_size: tuple[int, int] | None = (int(task_size[0]), int(task_size[1])) if task_size else None
         self.split = split
         if isinstance(sources, str):
             sources = [s.strip() for s in sources.split(",") if s.strip()]

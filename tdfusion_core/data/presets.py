@@ -72,6 +72,7 @@ class DatasetPreset:
             "labels": lay.labels,
             "label_dir": lay.label_dir,
             "class_names": self.class_names,
+            "task_size": self.task_size,
         }
         if lay.annotations is not None:
             kwargs["annotations"] = lay.annotations.format(split=split)

@@ -355,6 +355,8 @@ class SyntheticScenes(Dataset[Sample]):
         self.num_classes: int | None = len(self.class_names) if self.class_names else None
         self.target_kind: str = {"mask": "mask", "both": "mask", "boxes": "boxes", "none": "none"}[target]
         self.source_names = ("ir", "vi")
+        #: no customary task size: the trainer falls back to the scene size
+        self.task_size: tuple[int, int] | None = None
 
     def __len__(self) -> int:
         return self.n
