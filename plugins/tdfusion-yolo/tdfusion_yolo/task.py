@@ -47,6 +47,24 @@ SUPPORTED_HEADS = ("Detect", "v10Detect")
 LOSS_REDUCTIONS = ("mean", "ultralytics")
 
 
+def frozen_parameters_to_buffers(network: nn.Module) -> list[str]:
+    """Turn parameters with ``requires_grad=False`` into buffers of the same name; return their names.
+
+    Ultralytics keeps constants as frozen parameters (the DFL projection ``arange(16)`` of the Detect head). Core's
+    meta step differentiates the loss with respect to every entry of ``named_parameters()``, and in training mode the
+    DFL layer is not on the loss path, so such a parameter would make ``autograd.grad`` fail. As a buffer it keeps
+    its state-dict key (checkpoints load unchanged) and is simply not a parameter of T.
+    """
+    moved = []
+    for module_name, module in network.named_modules():
+        for name, param in list(module.named_parameters(recurse=False)):
+            if not param.requires_grad:
+                del module._parameters[name]
+                module.register_buffer(name, param.detach())
+                moved.append(f"{module_name}.{name}" if module_name else name)
+    return moved
+
+
 class YoloTask(Task):
     """Object detection with an ultralytics YOLO model.
 
@@ -139,6 +157,7 @@ class YoloTask(Task):
             )
         if self.num_classes is None:
             self.num_classes = int(head.nc)
+        frozen_parameters_to_buffers(net)
         net.names = self._names(int(head.nc))
         net.args = self._hyp()
         return net
