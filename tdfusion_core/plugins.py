@@ -29,6 +29,7 @@ ALLOW_LIST_ENV = "TDFUSION_LOAD_PLUGINS"
 #: Modules of tdfusion_core that implement hooks; each is registered as a built-in plugin.
 BUILTIN_PLUGINS: tuple[str, ...] = (
     "tdfusion_core.builtin_tasks",
+    "tdfusion_core.builtin_nets",
     "tdfusion_core.builtin_datasets",
     "tdfusion_core.commands.data",
     "tdfusion_core.commands.plugins_cmd",
