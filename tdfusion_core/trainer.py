@@ -46,6 +46,7 @@ from tdfusion_core import __version__, registry
 from tdfusion_core.colour import task_input
 from tdfusion_core.config import TrainConfig
 from tdfusion_core.data.sample import Sample
+from tdfusion_core.data.transforms import meta_split
 from tdfusion_core.losses import FusionLoss, discriminative_fusion, fixed_weights
 from tdfusion_core.meta import (
     MetaStep,
@@ -262,13 +263,9 @@ class MetaTrainer:
         batch = TaskInput(sources.to(self.device), chroma.to(self.device), self.task.targets_to(collated, self.device))
         return crop.to(self.device), batch
 
-    def meta_split(self, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Disjoint meta-train and meta-test index sets of ``epoch`` (a seeded permutation split in halves)."""
-        n = len(self.train_set)
-        if n < 2:
-            raise ValueError("the meta phase needs at least two training samples (disjoint meta-train / meta-test)")
-        perm = torch.randperm(n, generator=self._epoch_generator(epoch, 0))
-        return perm[: n // 2], perm[n // 2 :]
+    def meta_split(self, epoch: int) -> tuple[list[int], list[int]]:
+        """Disjoint meta-train and meta-test index sets of ``epoch`` (a pure function of the seed and the epoch)."""
+        return meta_split(len(self.train_set), epoch, self.config.seed)
 
     # ------------------------------------------------------------------ guards and events
     def _bad_step(self, phase: str, what: str) -> None:

@@ -32,9 +32,9 @@ def test_meta_split_is_disjoint_and_changes_per_epoch():
     trainer = small_trainer(n=10)
     a0, b0 = trainer.meta_split(0)
     a1, _ = trainer.meta_split(1)
-    assert not set(a0.tolist()) & set(b0.tolist())
-    assert sorted(a0.tolist() + b0.tolist()) == list(range(10))
-    assert a0.tolist() != a1.tolist()
+    assert not set(a0) & set(b0)
+    assert sorted(a0 + b0) == list(range(10))
+    assert a0 != a1
 
 
 class _StopAt:

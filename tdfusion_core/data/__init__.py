@@ -1,5 +1,31 @@
-"""Data: samples and batches of registered sources, target transforms, datasets."""
+"""Data: samples and batches of registered sources, datasets, joint transforms, synthetic scenes.
+
+The dataset classes are re-exported lazily (``from tdfusion_core.data import PairedDataset``) so that importing
+the light ``Sample`` type does not load the readers.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 from tdfusion_core.data.sample import Batch, Sample, collate_samples
 
-__all__ = ["Batch", "Sample", "collate_samples"]
+_LAZY = {
+    "PairedDataset": "tdfusion_core.data.paired",
+    "make_loader": "tdfusion_core.data.transforms",
+    "SyntheticScenes": "tdfusion_core.data.synthetic",
+    "write_synthetic": "tdfusion_core.data.synthetic",
+    "MetaSplitSampler": "tdfusion_core.data.transforms",
+    "meta_split": "tdfusion_core.data.transforms",
+    "preset_dataset": "tdfusion_core.data.presets",
+}
+
+__all__ = ["Batch", "Sample", "collate_samples", *sorted(_LAZY)]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'tdfusion_core.data' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)
