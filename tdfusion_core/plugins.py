@@ -33,6 +33,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "tdfusion_core.builtin_datasets",
     "tdfusion_core.commands.data",
     "tdfusion_core.commands.plugins_cmd",
+    "tdfusion_core.commands.eval",
     "tdfusion_core.commands.placeholders",
 )
 
