@@ -155,7 +155,7 @@ def test_metric_selection_and_partial_overlap(folders, tmp_path):
         build_cli(),
         [
             *("eval", "--ir", str(folders["ir"]), "--vis", str(folders["vis"]), "--fused", f"p={partial}"),
-            *("--out", str(out), "--metrics", "EN,MI-nats,PSNR", "--quiet"),
+            *("--out", str(out), "--metrics", "EN,MI-nats,PSNR", "--quiet", "--plot"),
         ],
     )
     assert result.exit_code == 0, result.output
@@ -165,6 +165,8 @@ def test_metric_selection_and_partial_overlap(folders, tmp_path):
     assert ds["images"] == [first.stem] and len(ds["missing"]["p"]) == 2
     assert "left out" in result.output
     assert not (out / "per_image.csv").exists()
+    with Image.open(out / "metrics.png") as im:  # --plot: one panel per metric (220 px each + 40)
+        assert im.size == (3 * 220 + 40, 300)
     assert ds["best"]["EN"] == ["p"] and ds["second"]["EN"] == []  # one method: best, no second
 
 

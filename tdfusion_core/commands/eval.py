@@ -71,6 +71,7 @@ def _parse_metrics(value: str) -> list[str]:
     "'table1' (the paper's six) or 'all'.",
 )
 @click.option("--per-image", is_flag=True, help="Also write per_image.csv with every image's values.")
+@click.option("--plot", is_flag=True, help="Also write metrics.png, a bar chart per metric (needs matplotlib).")
 @click.option("--device", default="cpu", show_default=True, help="Device for the metrics (and the fusion network).")
 @click.option("--dataset", help="Dataset name in the tables (default: the folder above --ir).")
 @click.option("--quiet", is_flag=True, help="No per-image progress lines.")
@@ -82,13 +83,15 @@ def eval_command(
     out_dir: Path,
     metrics: str,
     per_image: bool,
+    plot: bool,
     device: str,
     dataset: str | None,
     quiet: bool,
 ) -> None:
     """Compute fusion metrics of fused images against their infrared and visible sources.
 
-    Writes OUT/metrics.md, OUT/metrics.csv and OUT/metrics.json (and OUT/per_image.csv with --per-image): the mean
+    Writes OUT/metrics.md, OUT/metrics.csv and OUT/metrics.json (OUT/per_image.csv with --per-image, OUT/metrics.png
+    with --plot): the mean
     over the images common to every folder, one row per method, best in bold and second best underlined. RGB images
     are scored on their luminance (Y of YCbCr).
     """
@@ -131,6 +134,13 @@ def eval_command(
         "colour": "RGB images are scored on their luminance Y (BT.601), rounded to 0..255",
     }
     files = write_reports([result], out_dir, per_image=per_image, extra=extra)
+    if plot:
+        from tdfusion_core.figures import metrics_bar_chart
+
+        try:
+            files["plot"] = metrics_bar_chart(result.means, out_dir / "metrics.png", metrics=names, title=result.name)
+        except ImportError as exc:
+            raise click.ClickException(str(exc)) from exc
     click.echo(to_markdown([result]), nl=False)
     click.echo("wrote " + ", ".join(str(p) for p in files.values()), err=True)
 
