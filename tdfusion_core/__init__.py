@@ -24,6 +24,7 @@ _LAZY: dict[str, str] = {
     "get_loss_generator": "tdfusion_core.registry",
     "get_dataset": "tdfusion_core.registry",
     "RegistryError": "tdfusion_core.registry",
+    "fuse_images": "tdfusion_core.fusion",
     "get_plugin_manager": "tdfusion_core.plugins",
     "register_plugin": "tdfusion_core.plugins",
     "Sample": "tdfusion_core.data",

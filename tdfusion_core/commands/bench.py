@@ -1,0 +1,90 @@
+"""``tdfusion bench``: benchmarks; ``tdfusion bench fuse`` times fusion inference."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+
+from tdfusion_core import hookimpl
+
+
+def _parse_size(_ctx: click.Context, _param: click.Parameter, value: str) -> tuple[int, int]:
+    from tdfusion_core.bench.fuse import parse_size
+
+    try:
+        return parse_size(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+@click.group(name="bench")
+def bench_group() -> None:
+    """Benchmark fusion inference and the meta step."""
+
+
+@bench_group.command(name="fuse")
+@click.option("--size", default="480x640", show_default=True, callback=_parse_size, help="Image size HEIGHTxWIDTH.")
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1 ...")
+@click.option("--amp", is_flag=True, help="Autocast (see --amp-dtype).")
+@click.option(
+    "--amp-dtype",
+    type=click.Choice(["auto", "bfloat16", "float16"]),
+    default="auto",
+    show_default=True,
+    help="Autocast dtype: auto is float16 on CUDA, bfloat16 on the CPU.",
+)
+@click.option("--compile", "use_compile", is_flag=True, help="torch.compile the network.")
+@click.option("--channels-last", is_flag=True, help="Channels-last memory format.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--iters", type=click.IntRange(min=1), default=10, show_default=True, help="Timed forward passes.")
+@click.option("--warmup", type=click.IntRange(min=1), default=2, show_default=True, help="Untimed passes first.")
+@click.option("--arch", default="refusion", show_default=True, help="Registered fusion architecture (random weights).")
+@click.option(
+    "--checkpoint",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    default=None,
+    help="Load the network from a checkpoint instead of random weights.",
+)
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads for torch (default: torch's).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def bench_fuse_command(
+    size: tuple[int, int],
+    device: str,
+    amp: bool,
+    amp_dtype: str,
+    use_compile: bool,
+    channels_last: bool,
+    batch_size: int,
+    iters: int,
+    warmup: int,
+    arch: str,
+    checkpoint: Path | None,
+    threads: int | None,
+    as_json: bool,
+) -> None:
+    """Time the fusion network's forward pass: ms/image, images/s, peak memory, difference to fp32 eager."""
+    from tdfusion_core.bench.fuse import bench_fuse, format_result
+
+    result = bench_fuse(
+        size=size,
+        device=device,
+        amp=amp,
+        amp_dtype=amp_dtype,
+        compile=use_compile,
+        channels_last=channels_last,
+        batch_size=batch_size,
+        iters=iters,
+        warmup=warmup,
+        arch=arch,
+        checkpoint=checkpoint,
+        threads=threads,
+    )
+    click.echo(json.dumps(result) if as_json else format_result(result))
+
+
+@hookimpl
+def tdfusion_register_commands(cli: Any) -> None:
+    cli.add_command(bench_group)

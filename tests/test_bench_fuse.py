@@ -1,0 +1,60 @@
+"""``tdfusion bench fuse`` on the CPU at a small size: the report's keys and what must hold whatever the speed."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from tdfusion_core.bench.fuse import bench_fuse, parse_size
+from tdfusion_core.cli import build_cli
+from tests.conftest import shared_path
+from tests.torch_threads import one_torch_thread  # noqa: F401
+
+KEYS = {
+    "benchmark", "arch", "size", "batch_size", "device", "device_name", "amp", "dtype", "compile", "channels_last",
+    "iters", "warmup", "ms_per_image", "images_per_s", "first_call_s", "peak_memory_mb", "peak_memory_kind",
+    "max_abs_diff", "params", "torch_version", "threads",
+}  # fmt: skip
+
+
+def test_cli_json_report():
+    args = ["bench", "fuse", "--size", "24x40", "--device", "cpu", "--iters", "2", "--warmup", "1", "--json"]
+    result = CliRunner().invoke(build_cli(), args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output.strip().splitlines()[-1])
+    assert set(report) == KEYS
+    assert report["size"] == [24, 40] and report["device"] == "cpu" and report["dtype"] == "float32"
+    assert report["params"] == 59856 and report["peak_memory_kind"] == "process_peak_rss"
+    assert report["ms_per_image"] > 0 and report["images_per_s"] == pytest.approx(1000 / report["ms_per_image"])
+    assert report["peak_memory_mb"] > 0
+    assert report["max_abs_diff"] == 0.0  # the fp32 eager configuration is the reference itself
+
+
+@pytest.mark.parametrize(("amp_dtype", "tolerance"), [("bfloat16", 0.05), ("float16", 2 / 255)])
+def test_fast_paths_stay_close_to_fp32_eager(amp_dtype, tolerance):
+    result = bench_fuse(
+        size=(16, 24),
+        amp=True,
+        amp_dtype=amp_dtype,
+        channels_last=True,
+        batch_size=2,
+        iters=1,
+        warmup=1,
+        checkpoint=shared_path("weights", "ReFusion_IVIF.pth"),
+    )
+    assert result["dtype"] == amp_dtype and result["channels_last"] and result["batch_size"] == 2
+    assert 0 < result["max_abs_diff"] < tolerance
+
+
+def test_human_readable_output_and_size_errors():
+    result = CliRunner().invoke(
+        build_cli(), ["bench", "fuse", "--size", "16x16", "--iters", "1", "--channels-last"], catch_exceptions=False
+    )
+    assert result.exit_code == 0 and "ms/image" in result.output and "channels_last" in result.output
+    assert parse_size("480x640") == (480, 640)
+    with pytest.raises(ValueError, match="HEIGHTxWIDTH"):
+        parse_size("480")
+    bad = CliRunner().invoke(build_cli(), ["bench", "fuse", "--size", "big"])
+    assert bad.exit_code == 2 and "HEIGHTxWIDTH" in bad.output
