@@ -34,6 +34,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "tdfusion_core.commands.data",
     "tdfusion_core.commands.plugins_cmd",
     "tdfusion_core.commands.eval",
+    "tdfusion_core.commands.downstream",
     "tdfusion_core.commands.fuse",
     "tdfusion_core.commands.bench",
     "tdfusion_core.commands.placeholders",
