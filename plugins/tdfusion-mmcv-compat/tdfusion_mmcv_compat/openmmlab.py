@@ -224,7 +224,11 @@ def set_num_classes(model: MutableMapping[str, Any], num_classes: int, skip: Ite
 
 
 def build_model(package: str, model_cfg: Mapping[str, Any], init_weights: bool = True) -> nn.Module:
-    """Build the model with ``package``'s registry (scope forced to ``package``) and run its own initialisation."""
+    """Build the model with ``package``'s registry (scope forced to ``package``) and run its own initialisation.
+
+    Shared submodules are then given one module object per path (:func:`unalias_shared_modules`), so that the
+    functional evaluation of T' never leaves substituted weights behind.
+    """
     from mmengine.config import ConfigDict
     from mmengine.registry import DefaultScope
 
@@ -247,7 +251,41 @@ def build_model(package: str, model_cfg: Mapping[str, Any], init_weights: bool =
                     model.init_weights()
     finally:
         logger.setLevel(level)
+    unalias_shared_modules(model)
     return model
+
+
+def unalias_shared_modules(root: nn.Module) -> list[str]:
+    """Give every path to a shared submodule its own module object that shares the same ``Parameter`` objects.
+
+    Some heads reuse one module under several names (RTMDet's ``share_conv`` assigns ``cls_convs[0][i].conv`` to
+    every level). ``torch.func.functional_call`` swaps tensors in by name and restores them in the same order, so
+    with two names for one attribute slot the substituted tensor stays in the network afterwards (T would silently
+    take T''s weights). After this, each name has its own slot, the parameters stay tied (same objects, counted once
+    by ``parameters()``), and ``functional_call`` substitutes and restores every alias. Returns the re-homed paths.
+    """
+    seen: set[int] = set()
+    rehomed: list[str] = []
+
+    def visit(module: nn.Module, prefix: str) -> None:
+        for key, child in list(module._modules.items()):
+            if child is None:
+                continue
+            path = f"{prefix}{key}"
+            if id(child) in seen:
+                shell = copy.copy(child)
+                shell._parameters = dict(child._parameters)  # the same Parameter objects: weights stay tied
+                shell._buffers = dict(child._buffers)
+                shell._modules = dict(child._modules)
+                module._modules[key] = shell
+                child = shell
+                rehomed.append(path)
+            seen.add(id(child))
+            visit(child, f"{path}.")
+
+    seen.add(id(root))
+    visit(root, "")
+    return rehomed
 
 
 def preprocessor_settings(model_cfg: Mapping[str, Any]) -> dict[str, Any]:
