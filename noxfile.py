@@ -29,6 +29,12 @@ PLUGIN_TORCH = ("torch==2.14.1", "torchvision==0.29.1")
 #: test suite -> (torch requirements, editable installs after core, test paths). Each plugin adds its own suite.
 SUITES: dict[str, tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]] = {
     "core": ((CORE_TORCH,), (TEST_PLUGIN,), ("tests",)),
+    # mmseg + mmdet on mmcv-lite with the fallback ops (the [lite] route); the shared compat package goes first
+    "openmmlab": (
+        PLUGIN_TORCH,
+        ("plugins/tdfusion-mmcv-compat[lite]", "plugins/tdfusion-mmseg", "plugins/tdfusion-mmdet"),
+        ("plugins/tdfusion-mmcv-compat/tests", "plugins/tdfusion-mmseg/tests", "plugins/tdfusion-mmdet/tests"),
+    ),
 }
 
 
