@@ -37,6 +37,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "tdfusion_core.commands.downstream",
     "tdfusion_core.commands.fuse",
     "tdfusion_core.commands.bench",
+    "tdfusion_core.commands.new_plugin",
     "tdfusion_core.commands.placeholders",
 )
 
