@@ -29,6 +29,7 @@ PLUGIN_TORCH = ("torch==2.14.1", "torchvision==0.29.1")
 #: test suite -> (torch requirements, editable installs after core, test paths). Each plugin adds its own suite.
 SUITES: dict[str, tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]] = {
     "core": ((CORE_TORCH,), (TEST_PLUGIN,), ("tests",)),
+    "yolo": (PLUGIN_TORCH, ("plugins/tdfusion-yolo",), ("plugins/tdfusion-yolo/tests",)),
     # mmseg + mmdet on mmcv-lite with the fallback ops (the [lite] route); the shared compat package goes first
     "openmmlab": (
         PLUGIN_TORCH,

@@ -46,9 +46,11 @@ def test_luminance_input_builds_a_one_channel_model():
 
 
 def test_yolov8n_with_80_classes_matches_ultralytics_parameter_count():
-    # "YOLOv8n summary: 225 layers, 3157200 parameters" (comment in ultralytics' yolov8.yaml)
+    # "YOLOv8n summary: 225 layers, 3157200 parameters, 3157184 gradients" (comment in ultralytics' yolov8.yaml):
+    # the 16 non-trainable ones are the DFL projection, which the task keeps as a buffer
     net = YoloTask(num_classes=80).build_network()
-    assert sum(p.numel() for p in net.parameters()) == 3_157_200
+    assert sum(p.numel() for p in net.parameters()) == 3_157_184
+    assert dict(net.named_buffers())["model.22.dfl.conv.weight"].flatten().tolist() == list(range(16))
 
 
 def test_scale_from_the_yaml_name():

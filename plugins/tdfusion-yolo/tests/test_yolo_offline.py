@@ -91,7 +91,7 @@ def test_fresh_process_writes_nothing_in_home_and_cleans_its_private_config(tmp_
     home = tmp_path / "home"
     home.mkdir()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("YOLO_", "XDG_"))}
-    env.update(HOME=str(home), TMPDIR=str(tmp_path), TDFUSION_LOAD_PLUGINS="yolo")
+    env.update(HOME=str(home), TMPDIR=str(tmp_path), TDFUSION_LOAD_PLUGINS="yolo", OMP_NUM_THREADS="1")
     proc = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(proc.stdout.strip().splitlines()[-1])
