@@ -256,3 +256,33 @@ def test_read_luminance_and_runner_api(folders):
         evaluate_folders(folders["ir"], folders["vis"], {"ir": folders["max"]})
     with pytest.raises(KeyError, match="unknown fusion metric"):
         evaluate_folders(folders["ir"], folders["vis"], {"m": folders["max"]}, metrics=["NOPE"])
+
+
+def test_eval_of_a_checkpoint_fuses_first(folders, tmp_path):
+    weights = shared_path("weights", "ReFusion_IVIF.pth")
+    out = tmp_path / "ckpt"
+    result = CliRunner().invoke(
+        build_cli(),
+        [
+            *("eval", "--ir", str(folders["ir"]), "--vis", str(folders["vis"]), "--fused", f"max={folders['max']}"),
+            *("--checkpoint", f"refusion={weights}", "--out", str(out), "--quiet", "--metrics", "EN,SF,SSIM"),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    fused = sorted(p.stem for p in (out / "fused" / "refusion" / "Gray").iterdir())
+    assert fused == sorted(f"{d}_{s}" for d, s in PAIRS)
+    ds = next(iter(json.loads((out / "metrics.json").read_text())["datasets"].values()))
+    assert set(ds["methods"]) == {"max", "refusion"}
+    direct = evaluate_folders(
+        folders["ir"], folders["vis"], {"refusion": out / "fused" / "refusion" / "Gray"}, metrics=["EN", "SF", "SSIM"]
+    )
+    assert ds["methods"]["refusion"] == pytest.approx(direct.means["refusion"])
+    assert 0 < ds["methods"]["refusion"]["SSIM"] <= 1
+    missing = CliRunner().invoke(
+        build_cli(),
+        [
+            *("eval", "--ir", str(folders["ir"]), "--vis", str(folders["vis"])),
+            *("--checkpoint", str(tmp_path / "nope.pth"), "--out", str(tmp_path / "o2"), "--quiet"),
+        ],
+    )
+    assert missing.exit_code != 0 and "nope.pth" in missing.output

@@ -146,14 +146,13 @@ def eval_command(
 
 
 def _fuse_checkpoint(ir_dir: Path, vis_dir: Path, out: Path, checkpoint: Path, device: str, quiet: bool) -> Path:
-    """Fuse the source folders with ``checkpoint`` into ``out`` and return the folder of fused luminances."""
-    try:
-        from tdfusion_core.fusion import fuse_images
-    except ImportError as exc:  # pragma: no cover - fusion is part of core
-        raise click.ClickException(f"--checkpoint needs tdfusion_core.fusion: {exc}") from exc
+    """Fuse the source folders with ``checkpoint`` into ``out`` (``fuse_images`` defaults: each image min-max
+    stretched as the reference ``test.py``) and return the folder of fused luminances."""
+    from tdfusion_core.fusion import fuse_images
+
     try:
         summary = fuse_images(ir_dir, vis_dir, out, checkpoint, device=device, overwrite=True, progress=not quiet)
-    except (FileNotFoundError, ValueError) as exc:  # FusionInputError and CheckpointError are ValueErrors
+    except (OSError, ValueError, LookupError) as exc:  # FusionInputError, CheckpointError: ValueError; RegistryError
         raise click.ClickException(f"fusing with {checkpoint} failed: {exc}") from exc
     if summary.failed:
         raise click.ClickException(
