@@ -31,13 +31,15 @@ class ChannelLayerNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # Written out as in the reference rather than through F.layer_norm: in float32 F.layer_norm's kernel departs
-        # from the reference's output by up to 1e-5 after the whole network, this form by 5e-7.
-        mu = x.mean(dim=1, keepdim=True)
-        var = x.var(dim=1, keepdim=True, correction=0)
+        # Written out (two-pass mean and variance, as the reference) rather than through F.layer_norm: in float32
+        # F.layer_norm's kernel departs from the reference's output by up to 1e-5 after the whole network, this form
+        # by 5e-7. The variance is the mean of the squared deviations, which are needed anyway: on the CPU that is
+        # 2.5x faster than torch.var over the (strided) channel dimension.
+        centred = x - x.mean(dim=1, keepdim=True)
+        var = (centred * centred).mean(dim=1, keepdim=True)
         weight = self.body.weight[:, None, None]
         bias = self.body.bias[:, None, None]
-        return (x - mu) / torch.sqrt(var + self.eps) * weight + bias
+        return centred / torch.sqrt(var + self.eps) * weight + bias
 
 
 class _LayerNormParams(nn.Module):
