@@ -4,6 +4,10 @@ Defaults are those of the released TDFusion code: Adam at 1e-4 for F, T and G wi
 of one pair and its Switch (both source orders), 256x256 crops for the fusion loss, α = 1, 40 epochs of M = 200
 meta steps, G updated by ``θG −= lr·g/max|g|``, the inner learning rate of F equal to F's current learning rate,
 and T' by one step of T's own Adam state.
+
+``batch_size`` is the global batch (samples per step before the Switch doubles them), the same with any number of
+processes: under ``torchrun`` each process takes ``batch_size × (2 if switch else 1) / world_size`` items of it
+(:mod:`tdfusion_core.distributed`). ``tasks`` names several tasks with loss weights (:mod:`tdfusion_core.multitask`).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import yaml
 
 from tdfusion_core.losses import IntensityForm
 from tdfusion_core.meta import MetaMode, TaskStepRule
+from tdfusion_core.multitask import normalise_task_specs
 
 
 def _size(value: Any) -> tuple[int, int] | None:
@@ -49,6 +54,9 @@ class TrainConfig:
     # what to train on
     task: str = "tiny-seg"
     task_options: dict[str, Any] = attrs.field(factory=dict)
+    #: several tasks at once, ``[{name, weight, options, key, target}, ...]`` (see :mod:`tdfusion_core.multitask`);
+    #: when set it replaces ``task`` / ``task_options``
+    tasks: list[dict[str, Any]] | None = attrs.field(default=None, converter=normalise_task_specs)
     data: str = "synthetic"
     data_options: dict[str, Any] = attrs.field(factory=dict)
     fusion_net: str = "refusion"
@@ -99,6 +107,19 @@ class TrainConfig:
     log_images: bool = True
     num_workers: int = attrs.field(default=0, validator=_non_negative)
     progress: bool = True
+
+    # several processes (torchrun; see tdfusion_core.distributed). batch_size above is the global batch.
+    #: ``union``: the meta step's inner gradients, T's gradient and v are averaged too, so G's update is the exact
+    #: meta-gradient of the union of the shards; ``per-shard``: only G's meta-gradients are averaged (cheaper)
+    meta_sync: str = attrs.field(default="union", validator=attrs.validators.in_(("union", "per-shard")))
+    #: process-group backend; default NCCL on CUDA, gloo on CPU
+    dist_backend: str | None = attrs.field(
+        default=None, validator=attrs.validators.optional(attrs.validators.in_(("nccl", "gloo", "mpi", "ucc")))
+    )
+    #: convert T's BatchNorm layers to SyncBatchNorm in multi-process runs (CUDA only)
+    sync_batchnorm: bool = False
+    #: DistributedDataParallel's ``find_unused_parameters`` (for task networks with branches a loss skips)
+    find_unused_parameters: bool = False
 
     def __attrs_post_init__(self) -> None:
         if self.generator_update != "maxnorm" and not self.generator_update.startswith(("adam", "sgd", "adamw")):

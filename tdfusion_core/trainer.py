@@ -22,6 +22,30 @@ they are written atomically after each epoch (temp file + rename). ``resume=True
 A non-finite loss or gradient skips the step before any parameter changes (with a warning naming the phase); after
 ``max_bad_steps`` consecutive bad steps the run stops with :class:`TrainingDivergedError`, leaving the last good
 checkpoint intact.
+
+Batches: ``batch_size`` is the global batch. Meta step ``s`` of an epoch takes samples ``s·B … s·B + B − 1`` of the
+epoch's meta-train and meta-test subsets; the fusion phase takes consecutive batches of a per-epoch permutation, the
+last one completed from the permutation's start so that every batch is full. Crop windows are drawn for the whole
+global batch from the epoch's generator.
+
+**Several processes** (``torchrun --nproc_per_node=N $(which tdfusion) train ...``, or any script that builds a
+MetaTrainer under torchrun): the trainer finds ``WORLD_SIZE`` / ``RANK`` / ``LOCAL_RANK`` in the environment and
+joins the process group itself (NCCL for CUDA, gloo for CPU; an existing group is reused). Each process prepares
+an equal, contiguous share of every global batch (with the Switch, the share is of the ``2·B`` items, so the default
+``batch_size: 1`` runs on 2 processes with one source order each); the fusion phase runs F and T under
+DistributedDataParallel (G frozen), and the meta phase all-reduces explicitly
+(:class:`tdfusion_core.distributed.DistributedMetaStep`): with ``meta_sync: union`` G's, F's and T's updates equal
+those of one process on the union of the shards (up to rounding, and BatchNorm layers aside: they see per-shard
+statistics unless ``sync_batchnorm``). Rank 0 alone writes the run directory, logs, shows progress and fires the
+event hooks; checkpoints hold no process-specific state, so a run saved with N processes resumes with any number.
+See :mod:`tdfusion_core.distributed` for the details and caveats.
+
+**Several tasks** (``tasks: [{name, weight, options}, ...]``): the task is a
+:class:`tdfusion_core.multitask.MultiTask`, whose loss is the weighted sum of the tasks' losses; each task's loss is
+logged as ``task_loss/<key>`` and :meth:`MetaTrainer.evaluate` reports ``<key>/<metric>``.
+
+**K sources**: the number of sources is the dataset's (``Sample.sources`` is ``(K, H, W)``); F and G are built for
+it (``refusion`` and ``lpn`` take any K ≥ 2); the Switch reverses the source order.
 """
 
 from __future__ import annotations
@@ -47,6 +71,20 @@ from tdfusion_core.colour import task_input
 from tdfusion_core.config import TrainConfig
 from tdfusion_core.data.sample import Sample
 from tdfusion_core.data.transforms import meta_split
+from tdfusion_core.distributed import (
+    DistContext,
+    DistributedMetaSampler,
+    DistributedMetaStep,
+    MultiInputForward,
+    agree_finite,
+    barrier,
+    broadcast_module,
+    convert_sync_batchnorm,
+    full_batches,
+    init_distributed,
+    resolve_device,
+    wrap_ddp,
+)
 from tdfusion_core.losses import FusionLoss, discriminative_fusion, fixed_weights
 from tdfusion_core.meta import (
     MetaStep,
@@ -57,7 +95,7 @@ from tdfusion_core.meta import (
     sgd_task_step,
 )
 from tdfusion_core.plugins import get_plugin_manager
-from tdfusion_core.task import Task, functional_task_loss
+from tdfusion_core.task import Task, TaskLoss, functional_task_loss
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +157,11 @@ class MetaTrainer:
         train_set: a dataset of :class:`Sample`; default: ``config.data`` (a registered name or a folder path).
         fusion_net, loss_generator: modules; default: built from the registry by ``config.fusion_net`` etc.
         out_dir: run directory (config, checkpoints, logs, images); ``None`` keeps everything in memory.
-        resume: continue from ``out_dir/checkpoints/last.pt``.
+        resume: continue from ``out_dir/checkpoints/last.pt`` (written with any number of processes).
+
+    Under ``torchrun`` the process group is joined here (see the module docstring); :attr:`dist` tells the rank
+    and the number of processes, :attr:`is_main_process` whether this process writes files and logs. Every process
+    must build its trainer with the same configuration, modules and dataset (modules are broadcast from rank 0).
     """
 
     def __init__(
@@ -134,7 +176,9 @@ class MetaTrainer:
         resume: bool = False,
     ) -> None:
         self.config = config
-        self.device = torch.device(config.device)
+        #: this process's place in a multi-process run (world_size 1 without torchrun)
+        self.dist: DistContext = init_distributed(config.device, config.dist_backend)
+        self.device = resolve_device(config.device, self.dist)
         self.out_dir = Path(out_dir) if out_dir is not None else None
         seed_everything(config.seed, config.deterministic)
         self.train_set = train_set if train_set is not None else self._build_dataset()
@@ -144,6 +188,8 @@ class MetaTrainer:
         self.num_sources = num_sources
         self.task = task if task is not None else self._build_task()
         self.task.network.to(self.device)
+        if config.sync_batchnorm and self.dist.enabled:
+            self.task.network = convert_sync_batchnorm(self.task.network, self.device)
         #: whether F and G were built from the registry by name (only then can model.pt name their architectures)
         self.nets_from_registry = fusion_net is None and loss_generator is None
         self.loss_generator = (
@@ -174,8 +220,30 @@ class MetaTrainer:
             for opt in (self.opt_fusion, self.opt_task, self.opt_generator)
         ]
         autocast = torch.bfloat16 if config.amp else None
-        self.meta_step_fn = MetaStep(
-            self.fusion_net, self.loss_generator, self.task, self.fusion_loss, config.meta_mode, autocast_dtype=autocast
+        if self.dist.enabled:
+            self.meta_step_fn: MetaStep = DistributedMetaStep(
+                self.fusion_net,
+                self.loss_generator,
+                self.task,
+                self.fusion_loss,
+                config.meta_mode,
+                autocast_dtype=autocast,
+                ctx=self.dist,
+                sync=config.meta_sync,  # type: ignore[arg-type]
+                average_inner_params=not config.separate_fusion_phase,
+            )
+        else:
+            self.meta_step_fn = MetaStep(
+                self.fusion_net,
+                self.loss_generator,
+                self.task,
+                self.fusion_loss,
+                config.meta_mode,
+                autocast_dtype=autocast,
+            )
+        #: global meta batches of each step and this process's share of every global batch
+        self.sampler = DistributedMetaSampler(
+            len(self.train_set), config.batch_size, config.seed, config.switch, self.dist.rank, self.dist.world_size
         )
         self.epoch = 0  # epochs completed
         self.meta_step_count = 0
@@ -185,9 +253,33 @@ class MetaTrainer:
         self.pm = get_plugin_manager()
         if resume:
             self._resume()
+        # the same starting point everywhere, then DDP for the fusion phase (F's and T's gradients averaged)
+        for module in (self.fusion_net, self.loss_generator, self.task.network):
+            broadcast_module(module, self.dist)
+        self._fusion_forward: nn.Module = MultiInputForward(self.fusion_net)
+        self._task_loss_module: nn.Module | None = None
+        if self.dist.enabled:
+            self._fusion_forward = wrap_ddp(self._fusion_forward, self.device, config.find_unused_parameters)
+            self._task_loss_module = wrap_ddp(
+                TaskLoss(self.task, self.task.network), self.device, config.find_unused_parameters
+            )
+
+    @property
+    def is_main_process(self) -> bool:
+        """Whether this is rank 0 (always true in a single-process run): it writes files, logs and fires hooks."""
+        return self.dist.is_main
+
+    def _emit(self, hook: str, **kwargs: Any) -> None:
+        """Fire event hook ``hook`` (rank 0 only: loggers and other plugins see one run, not one per process)."""
+        if self.dist.is_main:
+            getattr(self.pm.hook, hook)(**kwargs)
 
     # ------------------------------------------------------------------ construction helpers
     def _build_task(self) -> Task:
+        if self.config.tasks:
+            from tdfusion_core.multitask import MultiTask
+
+            return MultiTask.from_specs(self.config.tasks, self.train_set)
         options = dict(self.config.task_options)
         num_classes = getattr(self.train_set, "num_classes", None)
         if num_classes is not None:
@@ -235,37 +327,75 @@ class MetaTrainer:
     def _load(self, indices: Sequence[int] | Sequence[torch.Tensor]) -> list[Sample]:
         return [self.train_set[int(i)] for i in indices]
 
+    @staticmethod
+    def _crop_draws(count: int, gen: torch.Generator) -> torch.Tensor:
+        """Two random integers per sample of a global batch; the crop window of sample ``j`` is derived from row
+        ``j`` and the image size, so every process (whatever its share) draws the same windows."""
+        return torch.randint(0, 2**31 - 1, (count, 2), generator=gen)
+
     def _prepare(self, samples: list[Sample], gen: torch.Generator) -> tuple[torch.Tensor, TaskInput]:
-        """Crops for the fusion loss and resized images + targets for the task, Switch applied, on the device."""
-        crops, task_sources, task_chroma, targets = [], [], [], []
-        sizes = [s.size for s in samples]
+        """Crops for the fusion loss and resized images + targets for the task of a whole batch (every item, Switch
+        applied), on the device. Training steps use :meth:`_prepare_step`, which prepares this process's share."""
+        draws = self._crop_draws(len(samples), gen)
+        items = [(j, False) for j in range(len(samples))]
+        if self.config.switch:
+            items += [(j, True) for j in range(len(samples))]
+        return self._build_batch(dict(enumerate(samples)), draws, items)
+
+    def _prepare_step(self, indices: Sequence[int], gen: torch.Generator) -> tuple[torch.Tensor, TaskInput]:
+        """This process's share of the global batch of dataset ``indices`` (see :class:`ShardedBatches`)."""
+        draws = self._crop_draws(len(indices), gen)
+        items = self.sampler.shards.local_items()
+        samples = {j: self.train_set[int(indices[j])] for j in sorted({j for j, _ in items})}
+        return self._build_batch(samples, draws, items)
+
+    def _build_batch(
+        self, samples: dict[int, Sample], draws: torch.Tensor, items: Sequence[tuple[int, bool]]
+    ) -> tuple[torch.Tensor, TaskInput]:
+        """Stack ``items`` (``(position in the batch, sources reversed?)``) of loaded ``samples``."""
+        sizes = [s.size for s in samples.values()]
         if self.config.crop_size is None:
             ch, cw = min(h for h, _ in sizes), min(w for _, w in sizes)
         else:
             ch = min(self.config.crop_size[0], *(h for h, _ in sizes))
             cw = min(self.config.crop_size[1], *(w for _, w in sizes))
-        for s in samples:
+        prepared: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor, Any]] = {}
+        for j, s in samples.items():
             h, w = s.size
-            top = int(torch.randint(0, h - ch + 1, (1,), generator=gen))
-            left = int(torch.randint(0, w - cw + 1, (1,), generator=gen))
-            crops.append(s.sources[:, top : top + ch, left : left + cw])
-            task_sources.append(_resize(s.sources[None], self.task_size)[0])
-            task_chroma.append(_resize(s.chroma, self.task_size))
-            targets.append(self.task.resize_targets(s.target, s.size, self.task_size) if s.target is not None else None)
-        crop = torch.stack(crops)
-        sources, chroma = torch.stack(task_sources), torch.stack(task_chroma)
-        if self.config.switch:
-            crop = torch.cat([crop, crop.flip(1)])
-            sources = torch.cat([sources, sources.flip(1)])
-            chroma = torch.cat([chroma, chroma.flip(1)])
-            targets = targets + targets
+            top = int(draws[j, 0]) % (h - ch + 1)
+            left = int(draws[j, 1]) % (w - cw + 1)
+            target = self.task.resize_targets(s.target, s.size, self.task_size) if s.target is not None else None
+            prepared[j] = (
+                s.sources[:, top : top + ch, left : left + cw],
+                _resize(s.sources[None], self.task_size)[0],
+                _resize(s.chroma, self.task_size),
+                target,
+            )
+        crops, task_sources, task_chroma, targets = [], [], [], []
+        for j, reverse in items:
+            crop, sources, chroma, target = prepared[j]
+            if reverse:  # the Switch: the same sample with its sources in reverse order, same labels
+                crop, sources, chroma = crop.flip(0), sources.flip(0), chroma.flip(0)
+            crops.append(crop)
+            task_sources.append(sources)
+            task_chroma.append(chroma)
+            targets.append(target)
         collated = self.task.collate_targets(targets) if any(t is not None for t in targets) else None
-        batch = TaskInput(sources.to(self.device), chroma.to(self.device), self.task.targets_to(collated, self.device))
-        return crop.to(self.device), batch
+        batch = TaskInput(
+            torch.stack(task_sources).to(self.device),
+            torch.stack(task_chroma).to(self.device),
+            self.task.targets_to(collated, self.device),
+        )
+        return torch.stack(crops).to(self.device), batch
 
     def meta_split(self, epoch: int) -> tuple[list[int], list[int]]:
-        """Disjoint meta-train and meta-test index sets of ``epoch`` (a pure function of the seed and the epoch)."""
+        """Disjoint meta-train and meta-test index sets of ``epoch`` (a pure function of the seed and the epoch,
+        the same in every process)."""
         return meta_split(len(self.train_set), epoch, self.config.seed)
+
+    @property
+    def _show_progress(self) -> bool:
+        return self.config.progress and self.dist.is_main
 
     # ------------------------------------------------------------------ guards and events
     def _bad_step(self, phase: str, what: str) -> None:
@@ -291,18 +421,16 @@ class MetaTrainer:
         cfg = self.config
         if cfg.meta_steps == 0 or cfg.fixed_weights or cfg.discriminative:
             return {}
-        mtr, mts = self.meta_split(epoch)
+        split = self.meta_split(epoch)
         gen = self._epoch_generator(epoch, 1)
         sums: dict[str, float] = defaultdict(float)
         done = 0
-        bar = tqdm(range(cfg.meta_steps), desc=f"epoch {epoch + 1} meta", disable=not cfg.progress, leave=False)
+        bar = tqdm(range(cfg.meta_steps), desc=f"epoch {epoch + 1} meta", disable=not self._show_progress, leave=False)
         self.loss_generator.train()
         for step in bar:
-            b = cfg.batch_size
-            i_tr = [mtr[(step * b + j) % len(mtr)] for j in range(b)]
-            i_ts = [mts[(step * b + j) % len(mts)] for j in range(b)]
-            crop, mtr_task = self._prepare(self._load(i_tr), gen)
-            _, mts_task = self._prepare(self._load(i_ts), gen)
+            i_tr, i_ts = self.sampler.step(epoch, step, split)
+            crop, mtr_task = self._prepare_step(i_tr, gen)
+            _, mts_task = self._prepare_step(i_ts, gen)
             metrics = self.meta_update(crop, mtr_task, mts_task)
             if metrics is None:
                 continue
@@ -328,8 +456,11 @@ class MetaTrainer:
             "inner_task_loss": float(result.inner_task_loss),
         }
         if not result.finite:
-            self.pm.hook.tdfusion_on_meta_step_end(
-                trainer=self, step=self.meta_step_count, metrics={**metrics, "skipped": 1.0}
+            self._emit(
+                "tdfusion_on_meta_step_end",
+                trainer=self,
+                step=self.meta_step_count,
+                metrics={**metrics, "skipped": 1.0},
             )
             self._bad_step("meta phase", "task loss, fusion loss or G gradient")
             return None
@@ -341,7 +472,7 @@ class MetaTrainer:
         if not cfg.separate_fusion_phase:
             self._adopt(self.fusion_net, result.fusion_params)
             self._adopt(self.task.network, result.task_params)
-        self.pm.hook.tdfusion_on_meta_step_end(trainer=self, step=self.meta_step_count, metrics=metrics)
+        self._emit("tdfusion_on_meta_step_end", trainer=self, step=self.meta_step_count, metrics=metrics)
         return metrics
 
     @staticmethod
@@ -364,17 +495,16 @@ class MetaTrainer:
             return {}
         n = len(self.train_set)
         gen = self._epoch_generator(epoch, 2)
-        order = torch.randperm(n, generator=gen)
-        batches = [order[i : i + cfg.batch_size] for i in range(0, n, cfg.batch_size)]
+        batches = full_batches(torch.randperm(n, generator=gen).tolist(), cfg.batch_size)
         if cfg.fusion_steps is not None:
             batches = [batches[i % len(batches)] for i in range(cfg.fusion_steps)]
         sums: dict[str, float] = defaultdict(float)
         done = 0
-        bar = tqdm(batches, desc=f"epoch {epoch + 1} fusion", disable=not cfg.progress, leave=False)
+        bar = tqdm(batches, desc=f"epoch {epoch + 1} fusion", disable=not self._show_progress, leave=False)
         self.fusion_net.train()
         self.task.network.train()
         for idx in bar:
-            crop, batch = self._prepare(self._load(idx.tolist()), gen)
+            crop, batch = self._prepare_step(idx, gen)
             metrics = self.fusion_update(crop, batch)
             if metrics is None:
                 continue
@@ -385,7 +515,11 @@ class MetaTrainer:
         return {f"fusion/{k}": v / max(done, 1) for k, v in sums.items()}
 
     def fusion_update(self, crop: torch.Tensor, batch: TaskInput) -> dict[str, float] | None:
-        """One fusion-phase step (F on Lf with G frozen, then T on Lt); ``None`` if skipped (non-finite)."""
+        """One fusion-phase step (F on Lf with G frozen, then T on Lt); ``None`` if skipped (non-finite).
+
+        With several processes F and T go through DistributedDataParallel (gradients averaged over the shards),
+        the finiteness checks agree across processes and the returned losses are averaged over them.
+        """
         cfg = self.config
         amp = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.amp)
         self.fusion_step_count += 1
@@ -393,16 +527,21 @@ class MetaTrainer:
         self.opt_fusion.zero_grad(set_to_none=True)
         with amp:
             if cfg.discriminative:
-                loss_f = self._task_loss(self.fusion_net(batch.sources), batch, self.task.network)
+                loss_f = self._task_loss(self._fusion_forward(batch.sources), batch, self.task.network)
                 terms = {"total": loss_f}
             else:
-                terms = self.fusion_loss.terms(self.fusion_net(crop), crop, self._weights(crop))
+                if cfg.task_loss_on_fusion:  # one (DDP) forward for both inputs of this backward
+                    fused_crop, fused_task = self._fusion_forward(crop, batch.sources)
+                else:
+                    fused_crop = self._fusion_forward(crop)
+                terms = self.fusion_loss.terms(fused_crop, crop, self._weights(crop))
                 loss_f = terms["total"]
                 if cfg.task_loss_on_fusion:
                     with self._frozen(self.task.network):
-                        lt_f = self._task_loss(self.fusion_net(batch.sources), batch, self.task.network)
+                        lt_f = self._task_loss(fused_task, batch, self.task.network)
                     loss_f = loss_f + cfg.task_loss_on_fusion * lt_f
-        if not torch.isfinite(loss_f):
+        ok, f_values = agree_finite({"__loss": loss_f, **terms}, self.dist)
+        if not ok:
             self._bad_step("fusion phase (F step)", "fusion loss")
             return None
         loss_f.backward()
@@ -416,8 +555,10 @@ class MetaTrainer:
         with amp:
             with torch.no_grad():
                 fused = self.fusion_net(batch.sources)
-            loss_t = self._task_loss(fused, batch, self.task.network)
-        if not torch.isfinite(loss_t):
+            loss_t = self._task_loss(fused, batch, self.task.network, distributed=True)
+        per_task = {f"task_loss/{k}": v for k, v in getattr(self.task, "last_losses", {}).items()}
+        ok, t_values = agree_finite({"task_loss": loss_t, **per_task}, self.dist)
+        if not ok:
             self._bad_step("fusion phase (T step)", "task loss")
             return None
         loss_t.backward()
@@ -427,15 +568,23 @@ class MetaTrainer:
             return None
         self.opt_task.step()
         self.bad_steps = 0
-        metrics = {"fusion_loss": float(terms["total"].detach()), "task_loss": float(loss_t.detach())}
+        metrics = {"fusion_loss": f_values["total"], "task_loss": t_values["task_loss"]}
         if "intensity" in terms:
-            metrics["intensity_loss"] = float(terms["intensity"].detach())
-            metrics["gradient_loss"] = float(terms["gradient"].detach())
-        self.pm.hook.tdfusion_on_fusion_step_end(trainer=self, step=self.fusion_step_count, metrics=metrics)
+            metrics["intensity_loss"] = f_values["intensity"]
+            metrics["gradient_loss"] = f_values["gradient"]
+        metrics.update({k: t_values[k] for k in per_task})
+        self._emit("tdfusion_on_fusion_step_end", trainer=self, step=self.fusion_step_count, metrics=metrics)
         return metrics
 
-    def _task_loss(self, fused: torch.Tensor, batch: TaskInput, network: nn.Module) -> torch.Tensor:
+    def _task_loss(
+        self, fused: torch.Tensor, batch: TaskInput, network: nn.Module, distributed: bool = False
+    ) -> torch.Tensor:
+        """Task loss of ``network`` on the task input built from ``fused``; ``distributed=True`` (T's own step)
+        goes through T's DDP loss module in a multi-process run, so that T's gradients are averaged."""
         images = task_input(fused.float(), batch.chroma, self.task.input_kind)
+        if distributed and self._task_loss_module is not None and network is self.task.network:
+            loss: torch.Tensor = self._task_loss_module(images, batch.targets)
+            return loss
         return functional_task_loss(self.task, images, batch.targets, network=network)
 
     @staticmethod
@@ -460,7 +609,9 @@ class MetaTrainer:
     # ------------------------------------------------------------------ statistics
     @torch.no_grad()
     def source_weight_means(self, max_samples: int = 8) -> list[float]:
-        """Mean weight G gives each source over the first ``max_samples`` training samples (task size)."""
+        """Mean weight G gives each source over the first ``max_samples`` training samples (task size).
+
+        In a multi-process run :meth:`fit` computes it on rank 0 only (for the logs)."""
         if self.config.fixed_weights:
             return [1.0 / self.num_sources] * self.num_sources
         was = self.loss_generator.training
@@ -477,14 +628,15 @@ class MetaTrainer:
     def fit(self) -> list[dict[str, float]]:
         """Run the remaining epochs; returns the per-epoch metrics history."""
         cfg = self.config
-        if self.out_dir is not None:
+        main = self.dist.is_main
+        if self.out_dir is not None and main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             cfg.to_yaml(self.out_dir / "config.yaml")
-        self.pm.hook.tdfusion_on_run_start(trainer=self, config=cfg)
+        self._emit("tdfusion_on_run_start", trainer=self, config=cfg)
         status = "failed"
         try:
             for epoch in range(self.epoch, cfg.epochs):
-                self.pm.hook.tdfusion_on_epoch_start(trainer=self, epoch=epoch)
+                self._emit("tdfusion_on_epoch_start", trainer=self, epoch=epoch)
                 start = time.perf_counter()
                 metrics = {**self.meta_phase(epoch), **self.fusion_phase(epoch)}
                 seconds = time.perf_counter() - start
@@ -496,25 +648,28 @@ class MetaTrainer:
                 metrics["lr/fusion"] = self.opt_fusion.param_groups[0]["lr"]
                 metrics["lr/task"] = self.opt_task.param_groups[0]["lr"]
                 metrics["lr/generator"] = self.opt_generator.param_groups[0]["lr"]
-                for k, w in enumerate(self.source_weight_means()):
-                    metrics[f"weight/source{k}"] = w
+                if main:  # for the logs only
+                    for k, w in enumerate(self.source_weight_means()):
+                        metrics[f"weight/source{k}"] = w
                 self.epoch = epoch + 1
                 self.history.append(metrics)
-                self.pm.hook.tdfusion_on_epoch_end(trainer=self, epoch=epoch, metrics=metrics)
+                self._emit("tdfusion_on_epoch_end", trainer=self, epoch=epoch, metrics=metrics)
                 if self.out_dir is not None:
-                    if cfg.log_images:
+                    if cfg.log_images and main:
                         self.save_epoch_figure(epoch)
                     if self.epoch % cfg.checkpoint_every == 0 or self.epoch == cfg.epochs:
                         self.save_checkpoint()
-                log.info("epoch %d: %s", epoch + 1, {k: round(v, 5) for k, v in metrics.items()})
+                if main:
+                    log.info("epoch %d: %s", epoch + 1, {k: round(v, 5) for k, v in metrics.items()})
             status = "completed"
-            if self.out_dir is not None and self.nets_from_registry:
+            if self.out_dir is not None and self.nets_from_registry and main:
                 self.export_model(self.out_dir / "model.pt")
+            barrier(self.dist)
         except KeyboardInterrupt:
             status = "stopped"
             raise
         finally:
-            self.pm.hook.tdfusion_on_run_end(trainer=self, status=status)
+            self._emit("tdfusion_on_run_end", trainer=self, status=status)
         return self.history
 
     # ------------------------------------------------------------------ checkpoints
@@ -532,6 +687,7 @@ class MetaTrainer:
             "format": CHECKPOINT_FORMAT,
             "version": __version__,
             "config": self.config.to_dict(),
+            "world_size": self.dist.world_size,  # informative: the state does not depend on it
             "epoch": self.epoch,
             "meta_step": self.meta_step_count,
             "fusion_step": self.fusion_step_count,
@@ -576,10 +732,15 @@ class MetaTrainer:
         random.setstate((3, tuple(rng["python"]), None))
 
     def save_checkpoint(self) -> Path:
-        """Write the training state atomically to :attr:`checkpoint_path` and announce it."""
+        """Write the training state atomically to :attr:`checkpoint_path` and announce it.
+
+        In a multi-process run rank 0 writes (every process holds the same state) and the others wait for it.
+        """
         path = self.checkpoint_path
-        _atomic_save(self.state_dict(), path)
-        self.pm.hook.tdfusion_on_checkpoint_saved(trainer=self, path=str(path), epoch=self.epoch)
+        if self.dist.is_main:
+            _atomic_save(self.state_dict(), path)
+            self._emit("tdfusion_on_checkpoint_saved", trainer=self, path=str(path), epoch=self.epoch)
+        barrier(self.dist)
         return path
 
     def _resume(self) -> None:
@@ -588,7 +749,16 @@ class MetaTrainer:
             raise FileNotFoundError(f"--resume: no checkpoint at {path}")
         state = torch.load(path, map_location=self.device, weights_only=True)
         self.load_state_dict(state)
-        log.info("resumed from %s after epoch %d", path, self.epoch)
+        if self.dist.is_main:
+            saved = int(state.get("world_size", 1))
+            log.info(
+                "resumed from %s after epoch %d (saved by %d process%s, resumed by %d)",
+                path,
+                self.epoch,
+                saved,
+                "" if saved == 1 else "es",
+                self.dist.world_size,
+            )
 
     def export_model(self, path: str | Path) -> Path:
         """Save F and G for inference (``tdfusion fuse --checkpoint``) in the documented model format."""
@@ -604,7 +774,11 @@ class MetaTrainer:
             lossgen_arch=self.config.loss_generator,
             lossgen_config=dict(self.config.loss_generator_options),
             num_sources=self.num_sources,
-            extra={"task": self.config.task, "epochs": self.epoch},
+            extra={
+                "task": "multi" if self.config.tasks else self.config.task,
+                **({"tasks": [dict(t) for t in self.config.tasks]} if self.config.tasks else {}),
+                "epochs": self.epoch,
+            },
         )
         return path
 

@@ -1,0 +1,487 @@
+"""Multi-process training on ``torch.distributed``: process group, sharded batches, the synchronised meta step.
+
+Launch any training run with ``torchrun`` and the :class:`~tdfusion_core.trainer.MetaTrainer` picks the environment
+up by itself (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``, ``MASTER_PORT``)::
+
+    torchrun --nproc_per_node=4 $(which tdfusion) train --task tiny-seg --data synthetic --device cuda
+    torchrun --nnodes=2 --node_rank=0 --master_addr=10.0.0.1 --nproc_per_node=8 $(which tdfusion) train ...
+
+(torchrun runs a script: the ``tdfusion`` console script is one, unchanged.) The backend is NCCL for CUDA devices and gloo on CPU (``dist_backend`` overrides it);
+with ``device: cuda`` each process takes ``cuda:LOCAL_RANK``. Multi-node runs need a run directory on storage that
+every node sees (checkpoints are written by rank 0 and read by every rank on ``--resume``).
+
+**What one step means with N processes.** ``batch_size`` is the *global* batch: the number of samples one
+optimisation step sees in total, whatever the number of processes. With the Switch every sample also appears with its
+sources in reverse order, so one step has ``items = batch_size × (2 if switch else 1)`` items, and each process takes
+a contiguous, equal slice of ``items / N`` of them (:class:`ShardedBatches`; ``items`` must be a multiple of ``N``:
+the default ``batch_size: 1`` with the Switch runs on 1 or 2 processes, ``batch_size: 2`` on up to 4, ...). All
+processes draw the same per-epoch meta-train / meta-test split, the same global batches and the same crop windows
+(:class:`DistributedMetaSampler`), so the union of the N shards is exactly the batch one process would see, and the
+losses are means over the batch: averaging the per-process gradients of equal shards gives the gradient of the
+union. Hence F's, T's and G's updates equal those of one process (up to rounding), and a checkpoint can be resumed
+with any number of processes.
+
+* **Fusion phase** (Eqs. 8-9): F and T are wrapped in :class:`~torch.nn.parallel.DistributedDataParallel` (T through
+  its loss module, so task plugins still see their own network object); G is frozen and not wrapped.
+* **Meta phase**: DDP cannot differentiate through the inner update, so :class:`DistributedMetaStep` all-reduces
+  explicitly. With ``meta_sync: union`` (default) it averages, in turn, F's inner gradient (so θF' is the union's),
+  T's gradient for T' (so θT' is the union's), ``v = ∂Lt/∂θF'`` on the meta-test shards, and finally each
+  process's exact meta-gradient of G on its meta-train shard along that common ``v``: the result is the exact
+  meta-gradient of the union (4 all-reduces per step, of F's, T's, F's and G's size). ``meta_sync: per-shard``
+  instead lets every process run Algorithm 1's inner step on its own shard and averages only G's meta-gradients
+  (1 all-reduce of G's size): cheaper, but it is the mean of per-shard meta-gradients, not the union's.
+* Non-finite guards agree across processes (a step is skipped everywhere if it is non-finite anywhere); logged
+  losses are averaged over processes (the union's means).
+* Rank 0 alone writes the run directory (config, checkpoints, TensorBoard, images, ``model.pt``), shows progress
+  bars, logs, and fires the ``tdfusion_on_*`` event hooks; the others wait at a barrier after each checkpoint.
+
+**BatchNorm caveat.** A BatchNorm layer in training mode normalises with the statistics of the batch it sees, which
+for a process is its shard: the per-shard statistics differ from the union's, so a task network with BatchNorm
+(``tiny-seg``, most detectors) gives updates close to, but not equal to, one process's. ``sync_batchnorm: true``
+converts T's BatchNorm layers to :class:`~torch.nn.SyncBatchNorm` (CUDA/NCCL only), which restores the union's
+statistics. Losses that are not plain means over the batch (e.g. cross-entropy with ignored pixels unevenly spread
+over the shards, or a detection loss normalised by the number of boxes) also make the shards' mean differ slightly
+from the union's. Crop windows are the union's when all images are at least ``crop_size`` large or all have the
+same size.
+"""
+
+from __future__ import annotations
+
+import atexit
+import datetime
+import logging
+import os
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Literal
+
+import attrs
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+
+from tdfusion_core.data.transforms import meta_split
+from tdfusion_core.meta import MetaStep, MetaStepResult, Params, TaskInput, _all_finite, preserved_buffers
+
+log = logging.getLogger(__name__)
+
+MetaSync = Literal["union", "per-shard"]
+#: environment variables torchrun sets for every process
+TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+
+_owned_group = False
+
+
+@attrs.define(frozen=True)
+class DistContext:
+    """Where this process stands in a multi-process run (``world_size = 1``: a plain single-process run).
+
+    Attributes:
+        rank: global rank of this process (0 is the main process).
+        world_size: number of processes.
+        local_rank: rank on this node (selects the GPU).
+        backend: the process group's backend (``"nccl"``, ``"gloo"``), or ``None`` without a process group.
+    """
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    backend: str | None = None
+
+    @property
+    def enabled(self) -> bool:
+        """Whether several processes take part (collectives are needed)."""
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0: the process that writes files, logs and fires event hooks."""
+        return self.rank == 0
+
+
+def env_world_size() -> int:
+    """``WORLD_SIZE`` from the environment (1 when not launched by torchrun)."""
+    return int(os.environ.get("WORLD_SIZE", "1") or 1)
+
+
+def current_context() -> DistContext:
+    """The context of an initialised default process group, else the single-process context."""
+    if dist.is_available() and dist.is_initialized():
+        rank = dist.get_rank()
+        return DistContext(
+            rank=rank,
+            world_size=dist.get_world_size(),
+            local_rank=int(os.environ.get("LOCAL_RANK", rank)),
+            backend=str(dist.get_backend()),
+        )
+    return DistContext()
+
+
+def default_backend(device: str | torch.device) -> str:
+    """NCCL for CUDA devices, gloo otherwise."""
+    return "nccl" if torch.device(device).type == "cuda" else "gloo"
+
+
+def init_distributed(
+    device: str | torch.device = "cpu", backend: str | None = None, timeout_s: float = 1800.0
+) -> DistContext:
+    """Join the process group that ``torchrun`` describes in the environment; a no-op without one.
+
+    With ``WORLD_SIZE`` > 1 (and no group yet) the default process group is initialised from the environment
+    (``init_method="env://"``) with ``backend`` (default: :func:`default_backend` of ``device``); for a CUDA device
+    the process's current device becomes ``cuda:LOCAL_RANK``. A group initialised before (by the caller, or by an
+    earlier trainer in this process) is reused as it is. The group this function creates is destroyed at exit
+    (:func:`shutdown_distributed` does it earlier).
+    """
+    global _owned_group
+    if dist.is_available() and dist.is_initialized():
+        return current_context()
+    world = env_world_size()
+    if world <= 1:
+        return DistContext()
+    if not dist.is_available():
+        raise RuntimeError("WORLD_SIZE > 1 but this torch build has no torch.distributed support")
+    missing = [k for k in ("RANK", "MASTER_ADDR", "MASTER_PORT") if k not in os.environ]
+    if missing:
+        raise RuntimeError(
+            f"WORLD_SIZE={world} but {', '.join(missing)} not set: launch multi-process runs with torchrun "
+            "(e.g. `torchrun --nproc_per_node=2 $(which tdfusion) train ...`)"
+        )
+    rank = int(os.environ["RANK"])
+    local_rank = int(os.environ.get("LOCAL_RANK", rank))
+    dev = torch.device(device)
+    backend = backend or default_backend(dev)
+    if dev.type == "cuda":
+        torch.cuda.set_device(local_rank)
+    dist.init_process_group(
+        backend=backend,
+        init_method="env://",
+        rank=rank,
+        world_size=world,
+        timeout=datetime.timedelta(seconds=timeout_s),
+    )
+    _owned_group = True
+    atexit.register(shutdown_distributed)
+    log.debug("joined process group: rank %d of %d (%s)", rank, world, backend)
+    return DistContext(rank=rank, world_size=world, local_rank=local_rank, backend=backend)
+
+
+def shutdown_distributed() -> None:
+    """Destroy the default process group if :func:`init_distributed` created it."""
+    global _owned_group
+    if _owned_group and dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+    _owned_group = False
+
+
+def resolve_device(device: str | torch.device, ctx: DistContext) -> torch.device:
+    """The device of this process: ``cuda`` becomes ``cuda:LOCAL_RANK`` when several processes take part."""
+    dev = torch.device(device)
+    if dev.type == "cuda" and ctx.enabled:
+        if dev.index is not None and dev.index != ctx.local_rank:
+            log.warning("device %s ignored under torchrun: process %d uses cuda:%d", dev, ctx.rank, ctx.local_rank)
+        return torch.device("cuda", ctx.local_rank)
+    return dev
+
+
+def barrier(ctx: DistContext) -> None:
+    """Wait for every process (no-op in a single-process run)."""
+    if ctx.enabled:
+        dist.barrier()
+
+
+# ---------------------------------------------------------------------------------------------------- collectives
+def average_tensors(tensors: Mapping[str, torch.Tensor], ctx: DistContext) -> dict[str, torch.Tensor]:
+    """Mean over processes of each tensor of ``tensors`` (new tensors; one all-reduce per dtype).
+
+    Used for G's meta-gradient dict (and, with ``meta_sync: union``, F's and T's inner gradients and ``v``).
+    """
+    out = {name: t.detach() for name, t in tensors.items()}
+    if not ctx.enabled or not out:
+        return {name: t.clone() for name, t in out.items()}
+    by_dtype: dict[tuple[torch.dtype, torch.device], list[str]] = {}
+    for name, t in out.items():
+        by_dtype.setdefault((t.dtype, t.device), []).append(name)
+    result: dict[str, torch.Tensor] = {}
+    for names in by_dtype.values():
+        flat = torch.cat([out[n].reshape(-1) for n in names])
+        dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+        flat /= ctx.world_size
+        offset = 0
+        for n in names:
+            numel = out[n].numel()
+            result[n] = flat[offset : offset + numel].view_as(out[n])
+            offset += numel
+    return {name: result[name] for name in tensors}
+
+
+def agree_finite(values: Mapping[str, torch.Tensor], ctx: DistContext) -> tuple[bool, dict[str, float]]:
+    """Whether every value is finite on every process, and each value averaged over the processes.
+
+    A single all-reduce; the decision is the same on every process, so all skip a bad step together (a process that
+    skipped a collective alone would hang the others). Non-finite values are reported as ``nan``.
+    """
+    scalars = {k: v.detach().reshape(()) for k, v in values.items()}
+    finite = {k: bool(torch.isfinite(v)) for k, v in scalars.items()}
+    local_ok = all(finite.values())
+    if not ctx.enabled:
+        return local_ok, {k: float(v) for k, v in scalars.items()}
+    device = next(iter(scalars.values())).device if scalars else torch.device("cpu")
+    buf = torch.tensor(
+        [float(v) if finite[k] else 0.0 for k, v in scalars.items()] + [1.0 if local_ok else 0.0],
+        dtype=torch.float64,
+        device=device,
+    )
+    dist.all_reduce(buf, op=dist.ReduceOp.SUM)
+    ok = round(float(buf[-1])) == ctx.world_size
+    means = (buf[:-1] / ctx.world_size).tolist()
+    return ok, {k: (m if ok else float("nan")) for k, m in zip(scalars, means)}
+
+
+def broadcast_module(module: nn.Module, ctx: DistContext, src: int = 0) -> None:
+    """Copy parameters and buffers of ``module`` from process ``src`` to every process."""
+    if not ctx.enabled:
+        return
+    with torch.no_grad():
+        for t in [*module.parameters(), *module.buffers()]:
+            dist.broadcast(t.data, src=src)
+
+
+# ---------------------------------------------------------------------------------------------------- sampling
+@attrs.define(frozen=True)
+class ShardedBatches:
+    """Which items of a global batch this process prepares.
+
+    A global batch of ``batch_size`` samples expands to ``items_per_step`` items: the samples in order, then (with
+    the Switch) the same samples with their sources reversed — the order in which one process stacks them. Process
+    ``rank`` takes the contiguous slice ``[rank · items_per_rank, (rank + 1) · items_per_rank)``; the
+    concatenation of the slices over ranks is the single-process batch.
+    """
+
+    batch_size: int
+    switch: bool = True
+    rank: int = 0
+    world_size: int = 1
+
+    def __attrs_post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
+        if not 0 <= self.rank < self.world_size:
+            raise ValueError(f"rank {self.rank} is outside a world of {self.world_size} processes")
+        if self.items_per_step % self.world_size:
+            switch = " with the Switch (2 items per sample)" if self.switch else ""
+            raise ValueError(
+                f"batch_size={self.batch_size}{switch} gives {self.items_per_step} items per step, which cannot be "
+                f"split evenly over {self.world_size} processes: batch_size is the global batch, so make "
+                f"{'2 × ' if self.switch else ''}batch_size a multiple of the number of processes"
+            )
+
+    @property
+    def items_per_step(self) -> int:
+        """Items of one global step (samples, doubled by the Switch)."""
+        return self.batch_size * (2 if self.switch else 1)
+
+    @property
+    def items_per_rank(self) -> int:
+        """Items each process prepares per step (its per-rank batch)."""
+        return self.items_per_step // self.world_size
+
+    def all_items(self) -> list[tuple[int, bool]]:
+        """``(position in the global batch, reversed sources?)`` of every item, in single-process order."""
+        items = [(j, False) for j in range(self.batch_size)]
+        if self.switch:
+            items += [(j, True) for j in range(self.batch_size)]
+        return items
+
+    def local_items(self) -> list[tuple[int, bool]]:
+        """This process's slice of :meth:`all_items`."""
+        start = self.rank * self.items_per_rank
+        return self.all_items()[start : start + self.items_per_rank]
+
+
+def full_batches(order: Sequence[int], batch_size: int) -> list[list[int]]:
+    """Consecutive batches of ``order``; the last one is completed from the start of ``order``, so every batch
+    has ``batch_size`` samples (every process then gets an equal shard, whatever ``len(order)``)."""
+    n = len(order)
+    if n == 0:
+        return []
+    return [[int(order[(i + j) % n]) for j in range(batch_size)] for i in range(0, n, batch_size)]
+
+
+@attrs.define
+class DistributedMetaSampler:
+    """Global meta-train / meta-test batches of each meta step, identical in every process.
+
+    The per-epoch split is :func:`~tdfusion_core.data.transforms.meta_split` of ``(seed, epoch)``; meta step ``s``
+    takes samples ``s·B … s·B + B − 1`` (modulo the subset's length) of each subset, ``B = batch_size`` (global).
+    ``shards`` says which items of those batches this process prepares. The union over processes is what one
+    process would take, so the split and the results do not depend on the number of processes.
+    """
+
+    n: int
+    batch_size: int
+    seed: int = 0
+    switch: bool = True
+    rank: int = 0
+    world_size: int = 1
+    shards: ShardedBatches = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        self.shards = ShardedBatches(self.batch_size, self.switch, self.rank, self.world_size)
+
+    def split(self, epoch: int) -> tuple[list[int], list[int]]:
+        """Disjoint ``(meta_train, meta_test)`` indices of ``epoch`` (the same in every process)."""
+        return meta_split(self.n, epoch, self.seed)
+
+    def step(self, epoch: int, step: int, split: tuple[list[int], list[int]] | None = None) -> tuple[list[int], ...]:
+        """Global ``(meta_train_batch, meta_test_batch)`` sample indices of meta step ``step`` of ``epoch``."""
+        mtr, mts = split if split is not None else self.split(epoch)
+        b = self.batch_size
+        return [mtr[(step * b + j) % len(mtr)] for j in range(b)], [mts[(step * b + j) % len(mts)] for j in range(b)]
+
+    def local_indices(self, batch: Sequence[int]) -> list[tuple[int, bool]]:
+        """``(sample index, reversed?)`` of this process's items of a global batch."""
+        return [(int(batch[j]), flip) for j, flip in self.shards.local_items()]
+
+
+# ---------------------------------------------------------------------------------------------------- meta step
+@attrs.define
+class DistributedMetaStep(MetaStep):
+    """:class:`~tdfusion_core.meta.MetaStep` over N processes, each holding one shard of the meta batches.
+
+    ``sync="union"`` gives the exact meta-gradient of the union of the shards (see the module docstring): each
+    process computes its share of every first-order quantity (F's inner gradient, T's gradient, ``v``), these are
+    averaged, and the processes' exact meta-gradients of G along the common ``v`` are averaged. All three modes
+    (``jvp``, ``double-backward``, ``finite-difference``) are supported. ``sync="per-shard"`` averages G's
+    meta-gradient only (each process's inner step uses its own shard). With one process both equal
+    :class:`~tdfusion_core.meta.MetaStep`. The losses in the result are averaged over processes and ``finite`` is
+    the same everywhere.
+
+    Args:
+        ctx: the process group context.
+        sync: ``"union"`` or ``"per-shard"``.
+        average_inner_params: with ``per-shard``, also average θF' and θT' (needed when they are adopted, i.e. the
+            ablation without a separate fusion phase); with ``union`` they are equal everywhere already.
+    """
+
+    ctx: DistContext = attrs.field(factory=DistContext)
+    sync: MetaSync = attrs.field(default="union", validator=attrs.validators.in_(("union", "per-shard")))
+    average_inner_params: bool = False
+
+    def _avg(self, tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return average_tensors(tensors, self.ctx) if self.sync == "union" else dict(tensors)
+
+    def compute(
+        self,
+        mtr_crop: torch.Tensor,
+        mtr_task: TaskInput,
+        mts_task: TaskInput,
+        inner_lr: float,
+        task_update: Callable[[Params, Params], Params],
+    ) -> MetaStepResult:
+        """G's meta-gradient for this process's shards, averaged over processes; no module is modified."""
+        F, G, T = self.fusion_net, self.loss_generator, self.task.network
+        device = mtr_crop.device
+        theta_g = [p for p in G.parameters() if p.requires_grad]
+        g_names = [n for n, p in G.named_parameters() if p.requires_grad]
+        double_backward = self.mode == "double-backward"
+        with preserved_buffers(F, T), self._autocast(device):
+            # 1. inner update of F (Eq. 4): the union's gradient is the mean of the shards' gradients
+            weights = G(mtr_crop)
+            theta_f = {n: p.detach().requires_grad_(True) for n, p in F.named_parameters()}
+            fused = self._fuse(theta_f, mtr_crop)
+            lf = self.fusion_loss(fused, mtr_crop, weights.detach())
+            if double_backward:  # keep ∇θF Lf as a function of θG for step 4
+                lf_graph = self.fusion_loss(fused, mtr_crop, weights)
+                grads_f_graph = torch.autograd.grad(lf_graph, list(theta_f.values()), create_graph=True)
+                grads_f = {n: g.detach() for n, g in zip(theta_f, grads_f_graph)}
+            else:
+                grads_f = dict(zip(theta_f, torch.autograd.grad(lf, list(theta_f.values()))))
+            grads_f = self._avg(grads_f)
+            theta_f1 = {n: (p.detach() - inner_lr * grads_f[n]).detach() for n, p in theta_f.items()}
+
+            # 2. T' = one step of T on T(F'(x_mtr)) with F's output detached (Eq. 5), on the union's gradient
+            theta_t = {n: p.detach().requires_grad_(True) for n, p in T.named_parameters()}
+            with torch.no_grad():
+                fused_mtr = self._fuse(theta_f1, mtr_task.sources)
+            lt_inner = self._task_loss(fused_mtr, mtr_task, theta_t)
+            grads_t = self._avg(dict(zip(theta_t, torch.autograd.grad(lt_inner, list(theta_t.values())))))
+            theta_t1 = {n: p.detach() for n, p in task_update(dict(theta_t), grads_t).items()}
+
+            # 3. v = ∂Lt(T'(F'(x_mts)))/∂θF' (Eq. 6), the union's: the mean of the shards'
+            leaves = {n: p.clone().requires_grad_(True) for n, p in theta_f1.items()}
+            fused_mts = self._fuse(leaves, mts_task.sources)
+            lt = self._task_loss(fused_mts, mts_task, theta_t1)
+            grads_v = torch.autograd.grad(lt, list(leaves.values()), allow_unused=True)
+            v = {n: (g if g is not None else torch.zeros_like(leaves[n])) for n, g in zip(leaves, grads_v)}
+            v = self._avg(v)
+
+            # 4. this shard's part of −η ∂/∂θG ⟨∇θF Lf(θF, θG), v⟩ (Eq. 7), exact in the jvp / double-backward modes
+            if self.mode == "jvp":
+                grad_g = self._jvp_grad(theta_f, v, mtr_crop, weights, inner_lr, g_names, theta_g)
+            elif self.mode == "finite-difference":
+                grad_g = self._finite_difference_grad(theta_f, v, mtr_crop, inner_lr, g_names, theta_g)
+            else:
+                dot = sum((g * v[n].to(g.dtype)).sum() for n, g in zip(theta_f, grads_f_graph))
+                grads = torch.autograd.grad(dot, theta_g, allow_unused=True)  # type: ignore[arg-type]
+                grad_g = {
+                    n: (-inner_lr * g if g is not None else torch.zeros_like(p))
+                    for n, p, g in zip(g_names, theta_g, grads)
+                }
+
+        # G's gradient and the logged losses: one all-reduce (always, whatever ``sync``)
+        dtype = next(iter(grad_g.values())).dtype if grad_g else torch.float32
+        scalars = {"__lt": lt, "__lf": lf, "__lt_inner": lt_inner}
+        packed = average_tensors(
+            {**grad_g, **{k: s.detach().reshape(1).to(dtype) for k, s in scalars.items()}},
+            self.ctx,
+        )
+        grad_g = {n: packed[n] for n in grad_g}
+        task_loss, fusion_loss, inner_loss = (packed[k].reshape(()) for k in scalars)
+        fusion_params = {n: p.detach() for n, p in theta_f1.items()}
+        if self.sync == "per-shard" and self.average_inner_params:
+            fusion_params = average_tensors(fusion_params, self.ctx)
+            theta_t1 = average_tensors(theta_t1, self.ctx)
+        finite = bool(torch.isfinite(task_loss) and torch.isfinite(fusion_loss)) and _all_finite(grad_g)
+        return MetaStepResult(
+            grad_g=grad_g,
+            task_loss=task_loss,
+            fusion_loss=fusion_loss,
+            inner_task_loss=inner_loss,
+            finite=finite,
+            fusion_params=fusion_params,
+            task_params=theta_t1,
+        )
+
+
+class MultiInputForward(nn.Module):
+    """``forward(*inputs) -> module(x) for each input``: one DDP forward for several inputs of one backward.
+
+    DDP expects one forward per backward; the fusion step with ``task_loss_on_fusion`` runs F on the crop and on
+    the task-size sources, so both go through this wrapper in one call.
+    """
+
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__()
+        self.module = module
+
+    def forward(self, *inputs: torch.Tensor) -> Any:
+        outputs = tuple(self.module(x) for x in inputs)
+        return outputs[0] if len(outputs) == 1 else outputs
+
+
+def wrap_ddp(module: nn.Module, device: torch.device, find_unused_parameters: bool = False) -> nn.Module:
+    """``DistributedDataParallel`` of ``module`` on this process's device (CPU: no ``device_ids``)."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    ids = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else None
+    return DistributedDataParallel(module, device_ids=ids, find_unused_parameters=find_unused_parameters)
+
+
+def convert_sync_batchnorm(module: nn.Module, device: torch.device) -> nn.Module:
+    """BatchNorm layers of ``module`` as :class:`~torch.nn.SyncBatchNorm` (statistics of the union of the shards).
+
+    Only CUDA devices (NCCL) support SyncBatchNorm; on CPU this raises ``ValueError``.
+    """
+    if device.type != "cuda":
+        raise ValueError("sync_batchnorm needs CUDA devices (SyncBatchNorm is not implemented for CPU / gloo)")
+    return nn.SyncBatchNorm.convert_sync_batchnorm(module)

@@ -1,0 +1,207 @@
+"""Multi-process training on CPU (gloo, 127.0.0.1): 2 processes equal 1 process on the union of their shards,
+checkpoints resume across world sizes, rank 0 alone writes; sharding and the synchronised meta step in-process."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from tdfusion_core.distributed import (
+    DistContext,
+    DistributedMetaSampler,
+    DistributedMetaStep,
+    ShardedBatches,
+    average_tensors,
+    full_batches,
+)
+from tdfusion_core.meta import MetaStep, adam_task_step
+from tests.dist_worker import float64_trainer as _float64_trainer
+from tests.dist_worker import free_port, run_scenarios, torchrun_env, trainer_state
+from tests.torch_threads import one_torch_thread  # noqa: F401
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _max_diff(a: dict, b: dict) -> float:
+    return max(float((a[m][k].double() - b[m][k].double()).abs().max()) for m in a for k in a[m])
+
+
+# ---------------------------------------------------------------------------------------------------- in-process
+def test_shards_union_is_the_single_process_batch():
+    for batch, switch, world in [(2, True, 2), (1, True, 2), (4, False, 4), (3, True, 3), (2, True, 4)]:
+        single = ShardedBatches(batch, switch).all_items()
+        union = [it for r in range(world) for it in ShardedBatches(batch, switch, r, world).local_items()]
+        assert union == single
+        assert all(
+            len(ShardedBatches(batch, switch, r, world).local_items()) == len(single) // world for r in range(world)
+        )
+
+
+def test_uneven_shards_are_refused_with_a_clear_message():
+    with pytest.raises(ValueError, match=r"batch_size=1 with the Switch .* 2 items .* 4 processes"):
+        ShardedBatches(1, True, 0, 4)
+    with pytest.raises(ValueError, match="multiple of the number of processes"):
+        ShardedBatches(3, False, 0, 2)
+
+
+def test_meta_sampler_is_the_same_in_every_process_and_disjoint():
+    samplers = [DistributedMetaSampler(10, 2, seed=3, rank=r, world_size=2) for r in range(2)]
+    split = samplers[0].split(4)
+    assert split == samplers[1].split(4) and not set(split[0]) & set(split[1])
+    for step in range(5):
+        mtr, mts = samplers[0].step(4, step)
+        assert (mtr, mts) == samplers[1].step(4, step)
+        assert set(mtr) <= set(split[0]) and set(mts) <= set(split[1])
+        shares = [s.local_indices(mtr) for s in samplers]
+        assert [i for share in shares for i, _ in share] == mtr + mtr  # originals, then the Switch
+        assert [flip for share in shares for _, flip in share] == [False, False, True, True]
+
+
+def test_full_batches_complete_the_last_batch():
+    assert full_batches([4, 2, 0, 1, 3], 2) == [[4, 2], [0, 1], [3, 4]]
+    assert full_batches([1, 0], 3) == [[1, 0, 1]]
+
+
+@pytest.mark.parametrize("mode", ["jvp", "double-backward", "finite-difference"])
+def test_distributed_meta_step_with_one_process_is_the_meta_step(mode):
+    trainer = _float64_trainer(meta_mode=mode)
+    gen = torch.Generator().manual_seed(0)
+    crop, mtr = trainer._prepare([trainer.train_set[i] for i in (0, 1)], gen)
+    _, mts = trainer._prepare([trainer.train_set[i] for i in (2, 3)], gen)
+    args = (trainer.fusion_net, trainer.loss_generator, trainer.task, trainer.fusion_loss, mode)
+    update = adam_task_step(trainer.opt_task, trainer.task.network)
+    ref = MetaStep(*args).compute(crop, mtr, mts, 1e-2, update)
+    for sync in ("union", "per-shard"):
+        got = DistributedMetaStep(*args, ctx=DistContext(), sync=sync).compute(crop, mtr, mts, 1e-2, update)
+        assert got.finite and ref.finite
+        scale = max(float(g.abs().max()) for g in ref.grad_g.values())
+        assert scale > 0
+        for name, g in ref.grad_g.items():
+            assert torch.allclose(got.grad_g[name], g, rtol=0, atol=1e-10 * scale), (mode, name)
+        assert abs(float(got.task_loss - ref.task_loss)) < 1e-12
+        for name, p in ref.fusion_params.items():
+            assert torch.allclose(got.fusion_params[name], p, rtol=0, atol=1e-12)
+
+
+def test_average_tensors_without_processes_copies():
+    t = {"a": torch.ones(2), "b": torch.zeros(3, dtype=torch.float64)}
+    out = average_tensors(t, DistContext())
+    assert all(torch.equal(out[k], t[k]) and out[k] is not t[k] for k in t)
+
+
+# ---------------------------------------------------------------------------------------------------- 2 processes
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """One spawn of 2 gloo processes running several scenarios; reference runs in this process."""
+    root = tmp_path_factory.mktemp("dist")
+    torch.set_num_threads(1)
+    single1 = _float64_trainer(root / "single1")
+    initial = trainer_state(single1)
+    single1.fit()
+    scenarios = [
+        {"name": "union", "out_dir": str(root / "two1")},
+        {"name": "per_shard", "meta_sync": "per-shard"},
+        {"name": "double_backward", "meta_mode": "double-backward", "fusion_steps": 1},
+        {"name": "resume_2_from_1", "out_dir": str(root / "single1_copy"), "resume": True, "epochs": 2},
+    ]
+    (root / "single1_copy" / "checkpoints").mkdir(parents=True)
+    (root / "single1_copy" / "checkpoints" / "last.pt").write_bytes(
+        (root / "single1" / "checkpoints" / "last.pt").read_bytes()
+    )
+    mp.spawn(run_scenarios, args=(2, free_port(), scenarios, str(root)), nprocs=2, join=True)
+    return {
+        "root": root,
+        "initial": initial,
+        "single1": trainer_state(single1),
+        "single1_history": single1.history,
+        "two": {s["name"]: [torch.load(root / f"{s['name']}.rank{r}.pt") for r in range(2)] for s in scenarios},
+    }
+
+
+def test_two_processes_update_g_f_and_t_as_one_process_on_the_union(runs):
+    rank0, rank1 = runs["two"]["union"]
+    assert _max_diff(runs["initial"], runs["single1"]) > 1e-3  # the updates are not trivial
+    for module in ("loss_generator", "fusion_net", "task_net"):
+        diff = _max_diff({module: rank0["state"][module]}, {module: runs["single1"][module]})
+        print(f"{module}: max |2 processes - 1 process| = {diff:.2e}")
+        assert diff < 1e-6, (module, diff)
+    assert _max_diff(rank0["state"], rank1["state"]) < 1e-12  # every process holds the same parameters
+    # the losses logged by the 2-process run are those of the union
+    for key in ("meta/task_loss", "meta/fusion_loss", "meta/inner_task_loss", "fusion/fusion_loss", "fusion/task_loss"):
+        assert abs(rank0["history"][0][key] - runs["single1_history"][0][key]) < 1e-9, key
+
+
+def test_per_shard_sync_averages_shard_meta_gradients_not_the_union(runs):
+    rank0, rank1 = runs["two"]["per_shard"]
+    assert _max_diff(rank0["state"], rank1["state"]) < 1e-12
+    g_union = {"g": runs["single1"]["loss_generator"]}
+    assert _max_diff({"g": rank0["state"]["loss_generator"]}, g_union) > 1e-6
+
+
+def test_double_backward_mode_matches_one_process(runs):
+    single = _float64_trainer(meta_mode="double-backward", fusion_steps=1)
+    single.fit()
+    rank0, _ = runs["two"]["double_backward"]
+    assert _max_diff(rank0["state"], trainer_state(single)) < 1e-6
+
+
+def test_resume_across_world_sizes(runs):
+    reference = _float64_trainer(epochs=2)
+    reference.fit()
+    expected = trainer_state(reference)
+    # saved by 1 process, resumed by 2
+    resumed_by_two = runs["two"]["resume_2_from_1"][0]
+    assert resumed_by_two["epoch"] == 2
+    assert _max_diff(resumed_by_two["state"], expected) < 1e-6
+    # saved by 2 processes, resumed by 1 (in a copy: the original run directory is checked below)
+    saved = runs["root"] / "two1" / "checkpoints" / "last.pt"
+    ckpt = torch.load(saved, weights_only=True)
+    assert ckpt["world_size"] == 2 and ckpt["epoch"] == 1
+    copy = runs["root"] / "two1_copy"
+    (copy / "checkpoints").mkdir(parents=True)
+    (copy / "checkpoints" / "last.pt").write_bytes(saved.read_bytes())
+    resumed_by_one = _float64_trainer(copy, resume=True, epochs=2)
+    assert resumed_by_one.epoch == 1
+    resumed_by_one.fit()
+    assert _max_diff(trainer_state(resumed_by_one), expected) < 1e-6
+
+
+def test_only_rank_zero_writes_the_run_directory(runs):
+    run = runs["root"] / "two1"
+    assert (run / "config.yaml").is_file() and (run / "checkpoints" / "last.pt").is_file()
+    assert len(list((run / "tensorboard").glob("events.out.tfevents.*"))) == 1  # one writer, not one per process
+    assert not list((run / "checkpoints").glob(".*tmp*"))
+
+
+@pytest.mark.slow  # three Python processes importing torch: ~50 s on a busy 2-core machine
+def test_tdfusion_train_runs_unchanged_under_torchrun(tmp_path):
+    """The real launcher: `python -m torch.distributed.run --nproc_per_node=2 $(which tdfusion) train ...`."""
+    script = Path(sys.executable).with_name("tdfusion")
+    assert script.is_file(), f"the tdfusion console script is not installed beside {sys.executable}"
+    env = {k: v for k, v in os.environ.items() if k not in torchrun_env(0, 1, 0)}
+    env.update({"OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)})
+    if sys.platform.startswith("linux"):
+        env["GLOO_SOCKET_IFNAME"] = "lo"
+    small = "{dim: 4, num_blocks: 1, heads: 1}"
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2",
+        "--master_addr=127.0.0.1", f"--master_port={free_port()}",
+        str(script), "train", "--data", "synthetic", "--out", str(tmp_path / "run"),
+        "--epochs", "1", "--meta-steps", "1", "--fusion-steps", "1",
+        "--set", "data_options={n: 4, size: [24, 32]}", "--set", "task_options={width: 4}",
+        "--set", f"fusion_options={small}", "--set", f"loss_generator_options={small}",
+        "--set", "crop_size=16", "--set", "task_size=[24, 32]", "--set", "progress=false",
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    run = tmp_path / "run"
+    ckpt = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    assert ckpt["world_size"] == 2 and ckpt["epoch"] == 1 and ckpt["meta_step"] == 1
+    assert (run / "model.pt").is_file() and (run / "config.yaml").is_file()
+    assert len(list((run / "tensorboard").glob("events.out.tfevents.*"))) == 1
