@@ -10,6 +10,7 @@ network on the same input — the accuracy cost of the speed-up.
 
 from __future__ import annotations
 
+import os
 import platform
 import time
 from pathlib import Path
@@ -50,6 +51,12 @@ def _sync(device: torch.device) -> None:
 def _device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
+    try:  # Linux: the CPU model
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return f"{line.split(':', 1)[1].strip()} ({os.cpu_count()} CPUs)"
+    except OSError:
+        pass
     return platform.processor() or platform.machine()
 
 

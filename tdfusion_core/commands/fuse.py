@@ -49,7 +49,8 @@ from tdfusion_core import hookimpl
     type=click.Choice(["auto", "bfloat16", "float16"]),
     default="auto",
     show_default=True,
-    help="Autocast dtype: auto is float16 on CUDA (closer to float32), bfloat16 on the CPU.",
+    help="Autocast dtype: auto is float16 on CUDA (closer to float32), bfloat16 on the CPU (fast only on CPUs "
+    "with native bfloat16 support).",
 )
 @click.option(
     "--save-weights", is_flag=True, help="Also write the loss generator's weight maps as colour-mapped PNGs (Weights/)."
