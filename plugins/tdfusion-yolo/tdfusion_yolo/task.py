@@ -156,6 +156,12 @@ class YoloTask(Task):
                 f"(head one of {SUPPORTED_HEADS}), e.g. yolov8n.yaml"
             )
         if self.num_classes is None:
+            warnings.warn(
+                f"yolo task: num_classes not given (the dataset names no classes); using the yaml's nc={head.nc}. "
+                "Pass task_options={num_classes: N} or the dataset's class_names.",
+                UserWarning,
+                stacklevel=2,
+            )
             self.num_classes = int(head.nc)
         frozen_parameters_to_buffers(net)
         net.names = self._names(int(head.nc))

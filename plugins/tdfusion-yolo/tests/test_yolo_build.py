@@ -107,3 +107,10 @@ def test_ultralytics_checkpoint_transfers_matching_tensors(base_task, tmp_path):
         if ".cv3." not in k:  # ultralytics rebuilds the class branch when nc changes
             torch.testing.assert_close(dst[k].float(), src[k].half().float(), msg=k)
     assert all(v.dtype == torch.float32 for v in dst.values() if v.is_floating_point())
+
+
+def test_missing_num_classes_falls_back_to_the_yaml_with_a_warning():
+    task = YoloTask()
+    with pytest.warns(UserWarning, match="num_classes not given"):
+        net = task.build_network()
+    assert task.num_classes == 80 and net.model[-1].nc == 80
