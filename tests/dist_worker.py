@@ -80,14 +80,23 @@ class PlainSegTask(Task):
 
 
 class DoubleScenes(BlobScenes):
-    """:class:`BlobScenes` in float64."""
+    """:class:`BlobScenes` in float64; the sources of item ``nan_item`` (if any) are NaN."""
+
+    def __init__(self, n: int = 8, nan_item: int | None = None) -> None:
+        super().__init__(n)
+        self.nan_item = nan_item
 
     def __getitem__(self, i: int) -> Sample:
         s = super().__getitem__(i)
-        return Sample(s.sources.double(), s.chroma.double(), s.target, s.name)
+        sources = s.sources.double()
+        if i == self.nan_item:
+            sources[:] = float("nan")
+        return Sample(sources, s.chroma.double(), s.target, s.name)
 
 
-def float64_trainer(out_dir: str | Path | None = None, resume: bool = False, **overrides: Any) -> MetaTrainer:
+def float64_trainer(
+    out_dir: str | Path | None = None, resume: bool = False, nan_item: int | None = None, **overrides: Any
+) -> MetaTrainer:
     """Float64 MetaTrainer on small modules without BatchNorm, global batch 2 with the Switch (4 items)."""
     settings: dict[str, Any] = dict(
         epochs=1,
@@ -112,7 +121,7 @@ def float64_trainer(out_dir: str | Path | None = None, resume: bool = False, **o
     return MetaTrainer(
         config,
         task=task,
-        train_set=DoubleScenes(8),
+        train_set=DoubleScenes(8, nan_item),
         fusion_net=SmallFusion().double(),
         loss_generator=SmallGenerator().double(),
         out_dir=out_dir,

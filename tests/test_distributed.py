@@ -3,6 +3,7 @@ checkpoints resume across world sizes, rank 0 alone writes; sharding and the syn
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -26,6 +27,7 @@ from tests.dist_worker import free_port, run_scenarios, torchrun_env, trainer_st
 from tests.torch_threads import one_torch_thread  # noqa: F401
 
 REPO = Path(__file__).resolve().parents[1]
+NAN_ITEM = 5
 
 
 def _max_diff(a: dict, b: dict) -> float:
@@ -109,6 +111,8 @@ def runs(tmp_path_factory):
         {"name": "per_shard", "meta_sync": "per-shard"},
         {"name": "double_backward", "meta_mode": "double-backward", "fusion_steps": 1},
         {"name": "resume_2_from_1", "out_dir": str(root / "single1_copy"), "resume": True, "epochs": 2},
+        # one sample's sources are NaN; without the Switch it is in one process's shard only
+        {"name": "nan", "switch": False, "nan_item": NAN_ITEM, "meta_steps": 4, "fusion_steps": 4},
     ]
     (root / "single1_copy" / "checkpoints").mkdir(parents=True)
     (root / "single1_copy" / "checkpoints" / "last.pt").write_bytes(
@@ -172,6 +176,19 @@ def test_resume_across_world_sizes(runs):
     assert _max_diff(trainer_state(resumed_by_one), expected) < 1e-6
 
 
+def test_a_non_finite_shard_skips_the_step_in_every_process(runs):
+    """A NaN in one process's shard: both processes skip the same steps (no hang), as one process on the union."""
+    single = _float64_trainer(switch=False, nan_item=NAN_ITEM, meta_steps=4, fusion_steps=4)
+    with pytest.warns(RuntimeWarning, match="non-finite") as caught:
+        single.fit()
+    phases = {str(w.message).split(":")[0] for w in caught}
+    assert {"meta phase", "fusion phase (F step)"} <= phases  # both phases met the bad sample
+    rank0, rank1 = runs["two"]["nan"]
+    assert _max_diff(rank0["state"], rank1["state"]) < 1e-12
+    assert _max_diff(rank0["state"], trainer_state(single)) < 1e-6
+    assert _max_diff(rank0["state"], runs["initial"]) > 1e-3  # the good steps were taken
+
+
 def test_only_rank_zero_writes_the_run_directory(runs):
     run = runs["root"] / "two1"
     assert (run / "config.yaml").is_file() and (run / "checkpoints" / "last.pt").is_file()
@@ -205,3 +222,19 @@ def test_tdfusion_train_runs_unchanged_under_torchrun(tmp_path):
     assert ckpt["world_size"] == 2 and ckpt["epoch"] == 1 and ckpt["meta_step"] == 1
     assert (run / "model.pt").is_file() and (run / "config.yaml").is_file()
     assert len(list((run / "tensorboard").glob("events.out.tfevents.*"))) == 1
+
+
+@pytest.mark.slow  # spawns 1 then 2 processes that each import DistributedDataParallel (~20 s apiece here)
+def test_bench_scaling_reports_both_process_counts():
+    from click.testing import CliRunner
+
+    from tdfusion_core.cli import build_cli
+
+    args = ["bench", "scaling", "--json", "--steps", "1", "--warmup", "0", "--size", "24x32", "--crop", "16x16"]
+    result = CliRunner().invoke(build_cli(), [*args, "--task-size", "24x32", "--scaling", "weak"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output.strip().splitlines()[-1])
+    rows = report["rows"]
+    assert [r["processes"] for r in rows] == [1, 2] and [r["global_batch"] for r in rows] == [2, 4]
+    assert [r["items_per_process"] for r in rows] == [4, 4]  # weak scaling: the same share per process
+    assert rows[0]["efficiency"] == 1.0 and rows[1]["meta_step_ms"] > 0 and rows[1]["cpu_efficiency"] > 0
