@@ -28,8 +28,9 @@ import torch
 
 from tdfusion_core.config import TrainConfig
 from tdfusion_core.data.synthetic import COLD, MARKING, PERSON, VEHICLE, SyntheticScenes
-from tdfusion_core.metrics.fusion import TABLE1, compute_fusion_metrics
-from tdfusion_core.registry import get_task
+from tdfusion_core.downstream import DownstreamMethod, run_downstream
+from tdfusion_core.evaluate import evaluate_folders, to_markdown
+from tdfusion_core.io import write_image
 from tdfusion_core.trainer import MetaTrainer
 
 log = logging.getLogger(__name__)
@@ -81,40 +82,32 @@ def _train_config(s: DemoSettings, **changes: Any) -> TrainConfig:
     )
 
 
-def _stack(dataset: SyntheticScenes) -> tuple[torch.Tensor, torch.Tensor]:
+class _Prefixed(torch.utils.data.Dataset):
+    """A dataset whose sample names get a prefix (train and held-out fused images share one folder per method)."""
+
+    def __init__(self, base: SyntheticScenes, prefix: str) -> None:
+        self.base, self.prefix = base, prefix
+        self.num_classes, self.task_size = base.num_classes, base.task_size
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, i: int) -> Any:
+        return attrs.evolve(self.base[i], name=self.prefix + self.base.name(i))
+
+
+def _stack(dataset: _Prefixed) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     samples = [dataset[i] for i in range(len(dataset))]
-    return torch.stack([x.sources for x in samples]), torch.stack([x.target for x in samples])
+    return (
+        torch.stack([x.sources for x in samples]),
+        torch.stack([x.target for x in samples]),
+        [x.name for x in samples],
+    )
 
 
-def train_segmenter_on(
-    train_images: torch.Tensor,
-    train_masks: torch.Tensor,
-    test_images: torch.Tensor,
-    test_masks: torch.Tensor,
-    steps: int,
-    seed: int,
-    num_classes: int,
-    device: str = "cpu",
-    batch_size: int = 8,
-) -> dict[str, float]:
-    """Downstream protocol: a fresh ``tiny-seg`` (luminance input) trained on ``train_images`` and evaluated."""
-    torch.manual_seed(seed)
-    task = get_task("tiny-seg", num_classes=num_classes, input_kind="luminance", width=16, lr=1e-3)
-    net = task.network.to(device)
-    opt = task.make_optimizer(net.parameters())
-    g = torch.Generator().manual_seed(seed)
-    net.train()
-    for _ in range(steps):
-        idx = torch.randint(0, len(train_images), (batch_size,), generator=g)
-        loss = task.compute_loss(net, train_images[idx].to(device), train_masks[idx].to(device))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-    batches = [
-        (test_images[i : i + batch_size].to(device), test_masks[i : i + batch_size].to(device))
-        for i in range(0, len(test_images), batch_size)
-    ]
-    return task.evaluate(net, batches)
+def _write_all(folder: Path, images: torch.Tensor, names: list[str]) -> None:
+    for image, name in zip(images, names):
+        write_image(folder / f"{name}.png", image)
 
 
 def weight_preferences(weights: torch.Tensor, masks: torch.Tensor, night: torch.Tensor) -> dict[str, float | None]:
@@ -136,19 +129,65 @@ def _fmt(value: float | None, digits: int = 3) -> str:
     return "—" if value is None else f"{value:.{digits}f}"
 
 
-def _markdown_table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
 def _figures(out: Path, sources: torch.Tensor, fused: dict[str, torch.Tensor], weights: torch.Tensor) -> list[str]:
-    """Weight-map grid (sources, fused, weights) and fused-image grid (sources, then each method)."""
+    """Fig. 5-style weight maps of one scene (matplotlib when installed) and grids of more scenes and methods."""
     from tdfusion_core.visual import save_gray_grid, save_weight_grid
 
-    save_weight_grid(out / "weights.png", sources, fused["TDFusion"], weights)
+    try:
+        from tdfusion_core.figures import weight_map_figure
+
+        weight_map_figure(
+            [sources[0, 0], sources[0, 1]],
+            fused["TDFusion"][0],
+            [weights[0, 0], weights[0, 1]],
+            out / "weights.png",
+            title="G's weights on a held-out scene",
+        )
+    except ImportError:
+        save_weight_grid(out / "weights.png", sources[:1], fused["TDFusion"][:1], weights[:1])
+    save_weight_grid(out / "weight_grid.png", sources, fused["TDFusion"], weights)
     save_gray_grid(out / "fused.png", torch.cat([sources, *fused.values()], dim=1))
-    return ["weights.png", "fused.png"]
+    return ["weights.png", "weight_grid.png", "fused.png"]
+
+
+REPORT = """# tdfusion demo
+
+Synthetic infrared/visible scenes ({n_train} for training, {n_test} held out, {h}x{w}), {device}, {seconds:.0f} s in
+all. F = ReFusion, G = LPN, task = built-in `tiny-seg` on the fused luminance; {epochs} epoch(s) of {meta} meta steps
+and {fusion} fusion steps; seed {seed}. "Fixed ½" is the same F trained with fixed weights (the paper's ablation I:
+no loss generator).
+
+## Held-out results
+
+Fusion metrics (the paper's Table 1 set) of each method's images against both sources, and the downstream protocol
+(the paper's Table 2): a fresh segmenter trained for {downstream} steps on each method's images, mIoU and mAcc on the
+held-out scenes. SCD is undefined (nan) for a single source, which is one of its own references.
+
+{table}
+## Where the learned loss looks
+
+Mean weight G gives the infrared source in each kind of region of the held-out scenes. Warm objects at night are
+visible only in infrared; markings and cold objects only in the visible image.
+
+{prefs}
+
+## Figures
+
+G's weights on a night scene (sources, fused image, weight of each source):
+
+![weights](weights.png)
+
+More scenes (columns: infrared, visible, TDFusion fused, w_ir, w_vis):
+
+![weight grid](weight_grid.png)
+
+Images of each method (columns: infrared, visible, TDFusion, fixed ½):
+
+![fused](fused.png)
+
+Fused images are in `fused/`, the two training runs (config, checkpoints, TensorBoard logs, model.pt) in `tdfusion/`
+and `fixed/`. A budget this small shows the mechanics, not the paper's numbers: raise it with `--epochs`.
+"""
 
 
 def run_demo(settings: DemoSettings, echo: Callable[[str], None] = print) -> Path:
@@ -157,98 +196,87 @@ def run_demo(settings: DemoSettings, echo: Callable[[str], None] = print) -> Pat
     s = settings
     out = s.out
     out.mkdir(parents=True, exist_ok=True)
-    train = SyntheticScenes(s.n_train, size=s.size, seed=s.seed, split="train")
-    test = SyntheticScenes(s.n_test, size=s.size, seed=s.seed, split="test")
+    train = _Prefixed(SyntheticScenes(s.n_train, size=s.size, seed=s.seed, split="train"), "train_")
+    test = _Prefixed(SyntheticScenes(s.n_test, size=s.size, seed=s.seed, split="test"), "test_")
     num_classes = int(train.num_classes or 5)
-    echo(f"synthetic scenes: {len(train)} train, {len(test)} held-out, {s.size[0]}x{s.size[1]}")
+    echo(f"synthetic scenes: {len(train)} train, {len(test)} held out, {s.size[0]}x{s.size[1]}")
 
     runs: dict[str, MetaTrainer] = {}
-    for label, changes in (("TDFusion", {}), ("Fixed ½ (ablation I)", {"fixed_weights": True})):
+    for label, folder, changes in (("TDFusion", "tdfusion", {}), ("Fixed ½", "fixed", {"fixed_weights": True})):
         echo(f"training {label} ...")
         torch.manual_seed(s.seed)
-        trainer = MetaTrainer(_train_config(s, **changes), train_set=train, out_dir=out / label.split()[0].lower())
-        trainer.fit()
-        runs[label] = trainer
+        runs[label] = MetaTrainer(_train_config(s, **changes), train_set=train, out_dir=out / folder)
+        runs[label].fit()
 
-    train_sources, train_masks = _stack(train)
-    test_sources, test_masks = _stack(test)
+    echo("fusing; fusion metrics and the downstream protocol on the held-out scenes ...")
+    train_sources, _, train_names = _stack(train)
+    test_sources, test_masks, test_names = _stack(test)
+    ir_dir, vi_dir = out / "sources" / "ir", out / "sources" / "vi"
+    _write_all(ir_dir, test_sources[:, :1], test_names)
+    _write_all(vi_dir, test_sources[:, 1:2], test_names)
+    fused_dirs: dict[str, Path] = {}
     fused_test: dict[str, torch.Tensor] = {}
-    fused_train: dict[str, torch.Tensor] = {}
     for label, trainer in runs.items():
+        fused_dirs[label] = out / "fused" / label.split()[0].lower()
         fused_test[label] = trainer.fuse(test_sources)[0].cpu()
-        fused_train[label] = trainer.fuse(train_sources)[0].cpu()
+        _write_all(fused_dirs[label], fused_test[label], test_names)
+        _write_all(fused_dirs[label], trainer.fuse(train_sources)[0].cpu(), train_names)
     weights = runs["TDFusion"].fuse(test_sources)[1].cpu()
-    for k, label in enumerate(("Infrared only", "Visible only")):
-        fused_test[label] = test_sources[:, k : k + 1]
-        fused_train[label] = train_sources[:, k : k + 1]
 
-    echo("fusion metrics and downstream segmentation on held-out scenes ...")
-    results: dict[str, dict[str, float]] = {}
-    for label in fused_test:
-        values = compute_fusion_metrics(fused_test[label], test_sources, value_range=1.0)
-        row = {name: float(v.mean()) for name, v in values.items()}
-        seg = train_segmenter_on(
-            fused_train[label],
-            train_masks,
-            fused_test[label],
-            test_masks,
-            s.downstream_steps,
-            s.seed,
-            num_classes,
-            s.device,
-        )
-        row["mIoU"], row["mAcc"] = seg["mIoU"], seg["mAcc"]
-        results[label] = row
-    night = torch.tensor([test.name(i).endswith("N") for i in range(len(test))])
+    table = evaluate_folders(
+        ir_dir, vi_dir, {**fused_dirs, "Infrared only": ir_dir, "Visible only": vi_dir}, dataset="synthetic, held out"
+    )
+    methods = [DownstreamMethod(label, fused_dir=folder) for label, folder in fused_dirs.items()]
+    methods += [DownstreamMethod("Infrared only", source=0), DownstreamMethod("Visible only", source=1)]
+    downstream = run_downstream(
+        "tiny-seg",
+        train,
+        methods,
+        val_set=test,
+        steps=s.downstream_steps,
+        batch_size=8,
+        size=s.size,
+        seed=s.seed,
+        device=s.device,
+        task_options={"input_kind": "luminance", "width": 16, "lr": 1e-3, "num_classes": num_classes},
+    )
+    for method, values in downstream.table.means.items():
+        table.means[method].update({k: values[k] for k in ("mIoU", "mAcc")})
+    table.metrics = [*table.metrics, "mIoU", "mAcc"]
+
+    night = torch.tensor([name.endswith("N") for name in test_names])
     prefs = weight_preferences(weights, test_masks, night)
-    figures = _figures(out, test_sources[:4], {k: v[:4] for k, v in fused_test.items() if "only" not in k}, weights[:4])
+    shown = torch.argsort((~night).int(), stable=True)[:4]  # night scenes first
+    figures = _figures(out, test_sources[shown], {k: v[shown] for k, v in fused_test.items()}, weights[shown])
     seconds = time.perf_counter() - start
 
-    columns = [*TABLE1, "mIoU", "mAcc"]
-    table = _markdown_table(
-        ["method", *columns], [[label, *(f"{row[c]:.3f}" for c in columns)] for label, row in results.items()]
-    )
-    pref_table = _markdown_table(
-        ["region", "mean infrared weight w_ir", "visible weight 1 − w_ir"],
-        [[region, _fmt(v), _fmt(None if v is None else 1 - v)] for region, v in prefs.items()],
-    )
+    pref_rows = [f"| {region} | {_fmt(v)} | {_fmt(None if v is None else 1 - v)} |" for region, v in prefs.items()]
     report = out / "report.md"
     report.write_text(
-        f"""# tdfusion demo
-
-Synthetic infrared/visible scenes ({len(train)} for training, {len(test)} held out, {s.size[0]}x{s.size[1]}),
-CPU, {seconds:.0f} s in all. F = ReFusion, G = LPN, task = built-in `tiny-seg` on the fused luminance;
-{s.epochs} epoch(s) of {s.meta_steps} meta steps and {s.fusion_steps} fusion steps; seed {s.seed}.
-
-## Held-out results
-
-Fusion metrics (paper Table 1 set, higher is better) and the downstream protocol (paper Table 2): a fresh
-segmenter trained for {s.downstream_steps} steps on each method's images, mIoU / mAcc on the held-out scenes.
-
-{table}
-
-## Where the learned loss looks
-
-Mean weight G gives the infrared source in each kind of region of the held-out scenes. Warm objects at night are
-visible only in infrared; markings and cold objects only in the visible image.
-
-{pref_table}
-
-## Figures
-
-Weight maps (columns: infrared, visible, TDFusion fused, w_ir, w_vis):
-
-![weights](weights.png)
-
-Fused images (columns: infrared, visible, TDFusion, fixed ½):
-
-![fused](fused.png)
-
-A budget this small shows the mechanics, not the paper's numbers; raise the budget with `tdfusion demo --epochs N`.
-"""
+        REPORT.format(
+            n_train=len(train),
+            n_test=len(test),
+            h=s.size[0],
+            w=s.size[1],
+            device=s.device.upper(),
+            seconds=seconds,
+            epochs=s.epochs,
+            meta=s.meta_steps,
+            fusion=s.fusion_steps,
+            seed=s.seed,
+            downstream=s.downstream_steps,
+            table=to_markdown([table], digits=3),
+            prefs="\n".join(["| region | mean infrared weight | visible weight |", "|---|---:|---:|", *pref_rows]),
+        )
     )
-    (out / "results.json").write_text(
-        json.dumps({"results": results, "weight_preferences": prefs, "seconds": seconds, "figures": figures}, indent=2)
-    )
+    settings_dict = {k: (str(v) if isinstance(v, Path) else v) for k, v in attrs.asdict(s).items()}
+    summary = {
+        "results": table.means,
+        "weight_preferences": prefs,
+        "seconds": seconds,
+        "figures": figures,
+        "settings": settings_dict,
+    }
+    (out / "results.json").write_text(json.dumps(summary, indent=2))
     echo(f"report: {report.resolve()}")
     return report

@@ -17,10 +17,10 @@ def test_quick_demo_writes_report(tmp_path):
         assert method in report
     assert "warm objects, night" in report and "markings" in report
     results = json.loads((out / "results.json").read_text())
-    assert set(results["results"]) == {"TDFusion", "Fixed ½ (ablation I)", "Infrared only", "Visible only"}
+    assert set(results["results"]) == {"TDFusion", "Fixed ½", "Infrared only", "Visible only"}
     for row in results["results"].values():
         assert 0.0 <= row["mIoU"] <= 1.0
-    for name in ("weights.png", "fused.png"):
+    for name in ("weights.png", "weight_grid.png", "fused.png"):
         assert (out / name).stat().st_size > 1000
     assert (out / "tdfusion" / "model.pt").is_file()
     # a second run refuses to overwrite
