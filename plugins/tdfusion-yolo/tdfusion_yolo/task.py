@@ -80,6 +80,7 @@ class YoloTask(Task):
         class_names: optional class names (a list or ``{index: name}``), used in per-class results.
     """
 
+    num_classes: int | None
     name = "yolo"
     input_kind = "rgb"
     target_kind = "boxes"
@@ -107,7 +108,7 @@ class YoloTask(Task):
         if input_kind is not None:
             if input_kind not in ("luminance", "rgb"):
                 raise ValueError(f"input_kind must be 'luminance' or 'rgb', not {input_kind!r}")
-            self.input_kind = input_kind  # type: ignore[misc,assignment]
+            self.input_kind = input_kind  # type: ignore[assignment,unused-ignore]
         if loss_reduction not in LOSS_REDUCTIONS:
             raise ValueError(f"loss_reduction must be one of {LOSS_REDUCTIONS}, not {loss_reduction!r}")
         for gain_name, gain in (("box", box), ("cls", cls), ("dfl", dfl)):
@@ -144,12 +145,12 @@ class YoloTask(Task):
                 "pass trained weights as checkpoint=PATH.pt"
             )
         try:
-            net = DetectionModel(cfg, ch=self.in_channels, nc=self.num_classes, verbose=False)
+            net: Any = DetectionModel(cfg, ch=self.in_channels, nc=self.num_classes, verbose=False)
         except FileNotFoundError as exc:
             raise FileNotFoundError(
                 f"ultralytics model yaml {cfg!r} not found (neither a local file nor one shipped with ultralytics)"
             ) from exc
-        head = net.model[-1]
+        head: Any = net.model[-1]
         if type(head).__name__ not in SUPPORTED_HEADS:
             raise ValueError(
                 f"model {cfg!r} has a {type(head).__name__} head; the yolo task needs a plain detection model "
@@ -180,7 +181,7 @@ class YoloTask(Task):
 
         return IterableSimpleNamespace(**self.gains)
 
-    def load_checkpoint(self, network: nn.Module, path: Path) -> None:
+    def load_checkpoint(self, network: Any, path: Path) -> None:
         """Load weights from a local file: a state dict (strict), or an ultralytics ``.pt`` checkpoint.
 
         Ultralytics checkpoints are pickles of whole models; they are read with ultralytics' allow-listed
@@ -202,7 +203,7 @@ class YoloTask(Task):
             return
         self._load_ultralytics_checkpoint(network, path)
 
-    def _load_ultralytics_checkpoint(self, network: nn.Module, path: Path) -> None:
+    def _load_ultralytics_checkpoint(self, network: Any, path: Path) -> None:
         ensure_offline()
         from ultralytics.nn.tasks import torch_safe_load
 
@@ -247,10 +248,10 @@ class YoloTask(Task):
             images = nnf.pad(images, (0, pw, 0, ph), value=PAD_VALUE)
         return images
 
-    def make_criterion(self, network: nn.Module) -> Any:
+    def make_criterion(self, network: Any) -> Any:
         """A fresh ultralytics criterion for ``network`` (``v8DetectionLoss``, or ``E2ELoss`` for end-to-end heads)."""
         if not isinstance(getattr(network, "args", None), SimpleNamespace):
-            network.args = self._hyp()  # type: ignore[assignment]
+            network.args = self._hyp()
         criterion = network.init_criterion()
         hyp = self._hyp()
         for part in (criterion, getattr(criterion, "one2many", None), getattr(criterion, "one2one", None)):
@@ -295,7 +296,8 @@ class YoloTask(Task):
         was_training = network.training
         network.eval()
         try:
-            head = network.model[-1] if hasattr(network, "model") else None
+            layers: Any = getattr(network, "model", None)
+            head: Any = layers[-1] if layers is not None else None
             if head is not None and hasattr(head, "shape"):
                 head.shape = None  # rebuild anchors for this device / dtype / size
             preds = network(self.prepare_images(network, images))
@@ -329,8 +331,8 @@ class YoloTask(Task):
                 gt_cls, gt_boxes = gt[:, 0], gt[:, 1:5]
                 pred_cls, conf = det[:, 5], det[:, 4]
                 if gt.shape[0] and det.shape[0]:
-                    tp = BaseValidator.match_predictions(matcher, pred_cls, gt_cls, box_iou(gt_boxes, det[:, :4]))  # type: ignore[arg-type]
-                    tp = tp.numpy()
+                    iou = box_iou(gt_boxes, det[:, :4])
+                    tp = BaseValidator.match_predictions(matcher, pred_cls, gt_cls, iou).numpy()  # type: ignore[arg-type]
                 else:
                     tp = torch.zeros(det.shape[0], iouv.numel(), dtype=torch.bool).numpy()
                 metrics.update_stats(
