@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import copy
 
+import pytest
 import torch
+from tdfusion_yolo.task import YoloTask
 from yolo_testutils import load_pairs
 
 from tdfusion_core.task import functional_task_loss
@@ -77,3 +79,18 @@ def test_loss_follows_the_network_across_device_and_dtype_changes(yolo_task):
     net.double()
     second = task.compute_loss(net, images.double(), boxes)
     torch.testing.assert_close(second.float(), first, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("model", ["yolo11n.yaml", "yolov10n.yaml"])
+def test_other_detection_yamls_work_functionally(model):
+    """YOLO11 and YOLOv10 (end-to-end head: ultralytics' E2ELoss, both branches on the loss path) behave the same."""
+    task = YoloTask(num_classes=2, model=model)
+    net = task.network.train()
+    images = torch.rand(2, 3, 64, 96, requires_grad=True)
+    boxes = [torch.tensor([[0.0, 10, 10, 50, 60]]), torch.tensor([[1.0, 40, 5, 90, 60]])]
+    params = {n: p.detach().clone().requires_grad_(True) for n, p in net.named_parameters()}
+    loss = functional_task_loss(task, images, boxes, params=params)
+    grads = torch.autograd.grad(loss, [images, *params.values()])
+    assert torch.isfinite(loss) and all(torch.isfinite(g).all() for g in grads)
+    metrics = task.evaluate(net, [(images.detach(), boxes)])
+    assert net.training and 0 <= metrics["mAP50-95"] <= 1
