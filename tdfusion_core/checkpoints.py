@@ -121,8 +121,22 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def unwrap_module(module: nn.Module) -> nn.Module:
+    """The plain module inside ``DataParallel``/``DistributedDataParallel`` and ``torch.compile`` wrappers.
+
+    Their state dicts carry ``module.``/``_orig_mod.`` prefixes that the registered architecture does not have.
+    """
+    while True:
+        if isinstance(module, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+            module = module.module
+        elif isinstance(getattr(module, "_orig_mod", None), nn.Module):
+            module = module._orig_mod  # type: ignore[assignment]
+        else:
+            return module
+
+
 def _cpu_state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
-    return {name: tensor.detach().cpu() for name, tensor in module.state_dict().items()}
+    return {name: tensor.detach().cpu() for name, tensor in unwrap_module(module).state_dict().items()}
 
 
 def _section(kind: str, module: nn.Module, arch: str, config: Mapping[str, Any], num_sources: int) -> dict[str, Any]:
@@ -171,9 +185,10 @@ def save_model_checkpoint(
 
     ``fusion_arch``/``lossgen_arch`` must be registered names and ``*_config`` the factory keywords that rebuild the
     modules: this is checked now by building them and comparing state-dict keys and shapes. Configurations must be
-    plain data; ``extra`` may also hold tensors.
+    plain data; ``extra`` may also hold tensors. Modules wrapped by ``DataParallel``, ``DistributedDataParallel`` or
+    ``torch.compile`` are saved as the plain module inside.
     """
-    net_sources = getattr(fusion_net, "num_sources", num_sources)
+    net_sources = getattr(unwrap_module(fusion_net), "num_sources", num_sources)
     if net_sources != num_sources:
         raise CheckpointError(f"num_sources={num_sources} but the fusion network takes {net_sources} sources")
     payload: dict[str, Any] = {

@@ -79,6 +79,22 @@ def test_fusion_only_checkpoint(tmp_path):
     assert ckpt.loss_generator is None and ckpt.lossgen_arch is None and ckpt.extra == {}
 
 
+def test_wrapped_modules_are_saved_as_the_plain_module(tmp_path):
+    fusion, lossgen = nets()
+    save_model_checkpoint(
+        tmp_path / "w.pt",
+        fusion_net=nn.DataParallel(fusion),
+        fusion_arch="refusion",
+        fusion_config=SMALL,
+        loss_generator=torch.compile(lossgen),
+        lossgen_arch="lpn",
+        lossgen_config=SMALL,
+    )
+    raw = torch.load(tmp_path / "w.pt", weights_only=True)
+    assert set(raw["fusion"]["state_dict"]) == set(fusion.state_dict())
+    assert set(raw["loss_generator"]["state_dict"]) == set(lossgen.state_dict())
+
+
 def test_failed_save_keeps_the_previous_file(tmp_path, monkeypatch):
     fusion, _ = nets()
     path = tmp_path / "m.pt"
