@@ -83,6 +83,7 @@ def _worker(rank: int, world: int, port: int, settings: dict[str, Any], out: str
             crop_size=tuple(settings["crop_size"]),
             task_size=tuple(settings["task_size"]),
             meta_mode=settings["mode"],
+            meta_sync=settings["meta_sync"],
             device=settings["device"],
             progress=False,
             log_images=False,
@@ -162,6 +163,7 @@ def bench_scaling(
     crop_size: tuple[int, int] = (64, 64),
     task_size: tuple[int, int] = (96, 128),
     mode: str = "jvp",
+    meta_sync: str = "union",
     steps: int = 4,
     warmup: int = 1,
     threads: int | None = None,
@@ -192,6 +194,7 @@ def bench_scaling(
             "crop_size": list(crop_size),
             "task_size": list(task_size),
             "mode": mode,
+            "meta_sync": meta_sync,
             "device": device,
             "steps": steps,
             "warmup": warmup,
@@ -236,6 +239,7 @@ def bench_scaling(
         "task": task,
         "arch": arch,
         "meta_mode": mode,
+        "meta_sync": meta_sync,
         "image_size": list(image_size),
         "crop_size": list(crop_size),
         "task_size": list(task_size),
@@ -251,7 +255,7 @@ def format_scaling(result: dict[str, Any]) -> str:
     """Human-readable table of :func:`bench_scaling` results."""
     lines = [
         f"{result['scaling']} scaling on {result['device']} ({result['cpu_cores']} cores), task {result['task']}, "
-        f"{result['arch']}, {result['meta_mode']}; sources {result['image_size']}, crop {result['crop_size']}, "
+        f"{result['arch']}, {result['meta_mode']}, meta_sync {result['meta_sync']}; sources {result['image_size']}, crop {result['crop_size']}, "
         f"task input {result['task_size']}; batch_size {result['batch_size']} (+ Switch); {result['steps']} steps",
         f"{'procs':>5}{'global batch':>13}{'items/proc':>11}{'threads':>8}{'meta ms':>10}{'fusion ms':>10}"
         f"{'meta cpu':>10}{'fusion cpu':>11}{'samples/s':>10}{'speedup':>8}{'efficiency':>11}{'cpu eff.':>9}",
@@ -291,11 +295,18 @@ def _counts(_ctx: click.Context, _param: click.Parameter, value: str) -> list[in
 @click.command(name="scaling")
 @click.option("--nprocs", default="1,2", show_default=True, callback=_counts, help="Process counts to compare.")
 @click.option("--scaling", type=click.Choice(["strong", "weak"]), default="strong", show_default=True)
-@click.option("--batch-size", type=click.IntRange(min=1), default=2, show_default=True, help="Global batch (strong).")
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    default=2,
+    show_default=True,
+    help="Global batch (weak scaling: times the process count).",
+)
 @click.option("--device", default="cpu", show_default=True, help="cpu (gloo) or cuda (NCCL, one GPU per process).")
 @click.option("--task", default="tiny-seg", show_default=True, help="Registered task.")
 @click.option("--arch", default="refusion", show_default=True, help="Registered fusion architecture.")
 @click.option("--mode", type=click.Choice(["jvp", "double-backward", "finite-difference"]), default="jvp")
+@click.option("--meta-sync", type=click.Choice(["union", "per-shard"]), default="union", show_default=True)
 @click.option("--size", default="96x128", show_default=True, callback=_size, help="Source size HEIGHTxWIDTH.")
 @click.option("--crop", default="64x64", show_default=True, callback=_size, help="Fusion-loss crop.")
 @click.option("--task-size", default="96x128", show_default=True, callback=_size, help="Task input size.")
@@ -311,6 +322,7 @@ def scaling_command(
     task: str,
     arch: str,
     mode: str,
+    meta_sync: str,
     size: tuple[int, int],
     crop: tuple[int, int],
     task_size: tuple[int, int],
@@ -329,6 +341,7 @@ def scaling_command(
             task=task,
             arch=arch,
             mode=mode,
+            meta_sync=meta_sync,
             image_size=size,
             crop_size=crop,
             task_size=task_size,
