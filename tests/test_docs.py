@@ -95,6 +95,7 @@ def test_docs_have_the_pages_the_site_promises():
         "index.md",
         "getting-started.md",
         "concepts.md",
+        "training.md",
         "plugins.md",
         "datasets.md",
         "metrics.md",
