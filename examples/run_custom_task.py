@@ -40,7 +40,7 @@ import torch.nn.functional as nnf
 from tdfusion_core import hookimpl
 from tdfusion_core.config import TrainConfig
 from tdfusion_core.data import SyntheticScenes
-from tdfusion_core.data.synthetic import MARKING, PERSON, SEG_CLASSES, VEHICLE
+from tdfusion_core.data.synthetic import COLD, MARKING, PERSON, VEHICLE
 from tdfusion_core.plugins import register_plugin, unregister_plugin
 from tdfusion_core.task import Task
 from tdfusion_core.trainer import MetaTrainer
@@ -183,7 +183,7 @@ def region_weight_table(trainer: MetaTrainer, scenes: SyntheticScenes) -> dict[t
     regions = {
         "warm objects": (PERSON, VEHICLE),
         "markings": (MARKING,),
-        "cold objects": (SEG_CLASSES.index("cold object"),),
+        "cold objects": (COLD,),
         "background": (0,),
     }
     for i in range(len(scenes)):
