@@ -15,7 +15,7 @@ and ``⟨∇θF Lf, v⟩ = Σ_pixels ∂Lf/∂If · (J_F v)``, where ``J_F v`` i
 * ``"finite-difference"`` (approximate, DARTS): ``−η (∇θG Lf(θF + εv) − ∇θG Lf(θF − εv)) / 2ε``.
 
 As in the released code, T' is trained on F's detached output, so T' is a constant of the outer objective. T itself
-is never mutated: T' is applied through ``functional_call`` and BatchNorm statistics of F and T are restored after
+is never mutated: T' is applied by substituting parameters (:mod:`tdfusion_core.functional`) and BatchNorm statistics of F and T are restored after
 the step. Nothing is written to disk.
 """
 
@@ -29,9 +29,10 @@ from typing import Any, Literal
 import attrs
 import torch
 import torch.nn as nn
-from torch.func import functional_call, jvp
+from torch.func import jvp
 
 from tdfusion_core.colour import task_input
+from tdfusion_core.functional import call_with_parameters
 from tdfusion_core.losses import FusionLoss
 from tdfusion_core.task import Task, functional_task_loss
 
@@ -168,7 +169,7 @@ class MetaStep:
         return torch.autocast(device.type, dtype=self.autocast_dtype or torch.bfloat16, enabled=enabled)
 
     def _fuse(self, params: Mapping[str, torch.Tensor], sources: torch.Tensor) -> torch.Tensor:
-        return functional_call(self.fusion_net, dict(params), (sources,))
+        return call_with_parameters(self.fusion_net, params, (sources,))
 
     def _task_loss(self, fused: torch.Tensor, batch: TaskInput, params: Params) -> torch.Tensor:
         images = task_input(fused, batch.chroma, self.task.input_kind)

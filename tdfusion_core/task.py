@@ -8,7 +8,7 @@ A task (segmentation, detection, counting, ...) wraps one network ``T``. TDFusio
    ``"rgb"`` is ``(B, 3, H, W)`` rebuilt by core from the fused Y and the sources' chroma
    (:func:`tdfusion_core.colour.task_input`, differentiable). Images are in ``[0, 1]``; normalisation is the task's.
 3. **Compute a scalar loss** (:meth:`Task.compute_loss`) that is differentiable with respect to the images. Core
-   calls it through :func:`functional_task_loss`, which substitutes parameters with ``torch.func.functional_call``;
+   calls it through :func:`functional_task_loss`, which substitutes parameters (:mod:`tdfusion_core.functional`);
    so the loss must reach the parameters only through ``network`` (calling it, or reading its attributes), never
    through tensors cached elsewhere. This is how the one-step-updated copy ``T'`` is evaluated without mutating ``T``.
 4. **Handle its targets** consistently with the images: collate, resize, crop, flip (:meth:`Task.collate_targets`
@@ -31,9 +31,9 @@ from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn as nn
-from torch.func import functional_call
 
 from tdfusion_core.data import targets as target_ops
+from tdfusion_core.functional import call_with_parameters
 
 InputKind = Literal["luminance", "rgb"]
 TargetKind = Literal["mask", "boxes", "none"]
@@ -180,7 +180,7 @@ class Task(abc.ABC):
 
 
 class TaskLoss(nn.Module):
-    """``nn.Module`` view of ``task.compute_loss`` so that ``functional_call`` can substitute T's parameters.
+    """``nn.Module`` view of ``task.compute_loss`` so that core can substitute T's parameters.
 
     Parameter names are those of the task network prefixed with ``"network."``.
     """
@@ -209,4 +209,4 @@ def functional_task_loss(
     if params is None:
         return wrapper(images, targets)
     prefixed = {f"network.{name}": value for name, value in params.items()}
-    return functional_call(wrapper, prefixed, (images, targets), strict=False)
+    return call_with_parameters(wrapper, prefixed, (images, targets))
