@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn as nn
@@ -30,11 +30,10 @@ def substituted_parameters(module: nn.Module, params: Mapping[str, torch.Tensor]
         for name, tensor in params.items():
             owner_name, _, attr = name.rpartition(".")
             owner = module.get_submodule(owner_name) if owner_name else module
-            slots: dict[str, Any]
             if attr in owner._parameters:
-                slots = owner._parameters
+                slots = cast(dict[str, Any], owner._parameters)
             elif attr in owner._buffers:
-                slots = owner._buffers
+                slots = cast(dict[str, Any], owner._buffers)
             else:
                 raise KeyError(f"{type(module).__name__} has no parameter or buffer named {name!r}")
             key = (id(slots), attr)
