@@ -37,7 +37,10 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "tdfusion_core.commands.downstream",
     "tdfusion_core.commands.fuse",
     "tdfusion_core.commands.bench",
+    "tdfusion_core.commands.train",
+    "tdfusion_core.commands.demo",
     "tdfusion_core.commands.new_plugin",
+    "tdfusion_core.tb_logger",
     "tdfusion_core.commands.placeholders",
 )
 
