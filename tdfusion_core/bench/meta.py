@@ -8,12 +8,14 @@ beforehand, so data loading is not included. Several ``modes`` run side by side 
 
 from __future__ import annotations
 
+import json
 import resource
 import sys
 import time
 from collections.abc import Sequence
 from typing import Any
 
+import click
 import torch
 
 from tdfusion_core.config import TrainConfig
@@ -161,3 +163,57 @@ def format_meta_results(results: dict[str, Any]) -> str:
     if "jvp_speedup_over_double_backward" in results:
         lines.append(f"jvp is {results['jvp_speedup_over_double_backward']:.2f}x faster than double-backward")
     return "\n".join(lines)
+
+
+def _size_option(value: str) -> tuple[int, int]:
+    parts = value.lower().split("x")
+    if len(parts) != 2 or not all(p.isdigit() and int(p) > 0 for p in parts):
+        raise click.BadParameter(f"expected HEIGHTxWIDTH, got {value!r}")
+    return int(parts[0]), int(parts[1])
+
+
+@click.command(name="meta")
+@click.option("--task", default="tiny-seg", show_default=True, help="Registered task (e.g. segformer, yolo).")
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1 ...")
+@click.option(
+    "--mode",
+    "modes",
+    multiple=True,
+    type=click.Choice(["jvp", "double-backward", "finite-difference"]),
+    help="Meta-gradient mode(s), repeatable; default: jvp and double-backward side by side.",
+)
+@click.option("--amp", is_flag=True, help="bfloat16 autocast for forward passes.")
+@click.option("--iters", type=click.IntRange(min=1), default=5, show_default=True, help="Timed steps.")
+@click.option("--warmup", type=click.IntRange(min=0), default=2, show_default=True, help="Untimed steps first.")
+@click.option("--image-size", default="480x640", show_default=True, help="Source size HEIGHTxWIDTH.")
+@click.option("--crop-size", default="256x256", show_default=True, help="Fusion-loss crop HEIGHTxWIDTH.")
+@click.option("--task-size", default=None, help="Task input HEIGHTxWIDTH (default 240x320 masks, 192x256 boxes).")
+@click.option("--num-classes", type=click.IntRange(min=1), default=9, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def meta_command(
+    task: str,
+    device: str,
+    modes: tuple[str, ...],
+    amp: bool,
+    iters: int,
+    warmup: int,
+    image_size: str,
+    crop_size: str,
+    task_size: str | None,
+    num_classes: int,
+    as_json: bool,
+) -> None:
+    """Time the meta step pair (inner + outer), the fusion step and peak memory at the released code's sizes."""
+    results = bench_meta(
+        task=task,
+        device=device,
+        modes=modes or ("jvp", "double-backward"),  # type: ignore[arg-type]
+        amp=amp,
+        iters=iters,
+        warmup=warmup,
+        image_size=_size_option(image_size),
+        crop_size=_size_option(crop_size),
+        task_size=_size_option(task_size) if task_size else None,
+        num_classes=num_classes,
+    )
+    click.echo(json.dumps(results) if as_json else format_meta_results(results))

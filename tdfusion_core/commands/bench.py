@@ -87,7 +87,9 @@ def bench_fuse_command(
 
 @hookimpl
 def tdfusion_register_commands(cli: Any) -> None:
+    from tdfusion_core.bench.meta import meta_command  # tdfusion bench meta (the training steps)
     from tdfusion_core.bench.scaling import scaling_command  # tdfusion bench scaling (multi-process training)
 
+    bench_group.add_command(meta_command)
     bench_group.add_command(scaling_command)
     cli.add_command(bench_group)
