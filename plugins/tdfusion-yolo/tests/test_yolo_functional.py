@@ -17,7 +17,7 @@ def _state(net: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def test_one_sgd_step_applied_functionally_equals_loading_the_stepped_parameters(yolo_task):
-    """Eq. 5 as the meta step does it: theta_T' = theta_T - lr * grad, evaluated with functional_call."""
+    """Eq. 5 as the meta step does it: theta_T' = theta_T - lr * grad, evaluated with substituted parameters."""
     task, net = yolo_task, yolo_task.network
     images, boxes = load_pairs("LLVIP", "train", count=2, size=(96, 128))
     before = _state(net)
