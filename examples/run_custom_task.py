@@ -122,7 +122,7 @@ class WarmCountTask(Task):
 
     def compute_loss(self, network: nn.Module, images: torch.Tensor, targets: Any) -> torch.Tensor:
         # Reach the parameters only through ``network``: core calls this with the one-step-updated T' substituted in
-        # (torch.func.functional_call), and differentiates the result with respect to ``images``.
+        # (tdfusion_core.functional), and differentiates the result with respect to ``images``.
         density = network(images)
         target = density_targets(targets, tuple(images.shape[-2:]), images.device)
         count_error = nnf.smooth_l1_loss(density.sum(dim=(1, 2, 3)), target.sum(dim=(1, 2, 3)))
