@@ -51,7 +51,7 @@ import atexit
 import datetime
 import logging
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 import attrs
@@ -60,7 +60,7 @@ import torch.distributed as dist
 import torch.nn as nn
 
 from tdfusion_core.data.transforms import meta_split
-from tdfusion_core.meta import MetaStep, MetaStepResult, Params, TaskInput, _all_finite, preserved_buffers
+from tdfusion_core.meta import MetaStep, MetaStepResult, Params
 
 log = logging.getLogger(__name__)
 
@@ -367,67 +367,18 @@ class DistributedMetaStep(MetaStep):
     sync: MetaSync = attrs.field(default="union", validator=attrs.validators.in_(("union", "per-shard")))
     average_inner_params: bool = False
 
-    def _avg(self, tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def _reduce(self, tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return average_tensors(tensors, self.ctx) if self.sync == "union" else dict(tensors)
 
-    def compute(
+    def _result(
         self,
-        mtr_crop: torch.Tensor,
-        mtr_task: TaskInput,
-        mts_task: TaskInput,
-        inner_lr: float,
-        task_update: Callable[[Params, Params], Params],
+        grad_g: Params,
+        lt: torch.Tensor,
+        lf: torch.Tensor,
+        lt_inner: torch.Tensor,
+        theta_f1: Params,
+        theta_t1: Params,
     ) -> MetaStepResult:
-        """G's meta-gradient for this process's shards, averaged over processes; no module is modified."""
-        F, G, T = self.fusion_net, self.loss_generator, self.task.network
-        device = mtr_crop.device
-        theta_g = [p for p in G.parameters() if p.requires_grad]
-        g_names = [n for n, p in G.named_parameters() if p.requires_grad]
-        double_backward = self.mode == "double-backward"
-        with preserved_buffers(F, T), self._autocast(device):
-            # 1. inner update of F (Eq. 4): the union's gradient is the mean of the shards' gradients
-            weights = G(mtr_crop)
-            theta_f = {n: p.detach().requires_grad_(True) for n, p in F.named_parameters()}
-            fused = self._fuse(theta_f, mtr_crop)
-            lf = self.fusion_loss(fused, mtr_crop, weights.detach())
-            if double_backward:  # keep ∇θF Lf as a function of θG for step 4
-                lf_graph = self.fusion_loss(fused, mtr_crop, weights)
-                grads_f_graph = torch.autograd.grad(lf_graph, list(theta_f.values()), create_graph=True)
-                grads_f = {n: g.detach() for n, g in zip(theta_f, grads_f_graph)}
-            else:
-                grads_f = dict(zip(theta_f, torch.autograd.grad(lf, list(theta_f.values()))))
-            grads_f = self._avg(grads_f)
-            theta_f1 = {n: (p.detach() - inner_lr * grads_f[n]).detach() for n, p in theta_f.items()}
-
-            # 2. T' = one step of T on T(F'(x_mtr)) with F's output detached (Eq. 5), on the union's gradient
-            theta_t = {n: p.detach().requires_grad_(True) for n, p in T.named_parameters()}
-            with torch.no_grad():
-                fused_mtr = self._fuse(theta_f1, mtr_task.sources)
-            lt_inner = self._task_loss(fused_mtr, mtr_task, theta_t)
-            grads_t = self._avg(dict(zip(theta_t, torch.autograd.grad(lt_inner, list(theta_t.values())))))
-            theta_t1 = {n: p.detach() for n, p in task_update(dict(theta_t), grads_t).items()}
-
-            # 3. v = ∂Lt(T'(F'(x_mts)))/∂θF' (Eq. 6), the union's: the mean of the shards'
-            leaves = {n: p.clone().requires_grad_(True) for n, p in theta_f1.items()}
-            fused_mts = self._fuse(leaves, mts_task.sources)
-            lt = self._task_loss(fused_mts, mts_task, theta_t1)
-            grads_v = torch.autograd.grad(lt, list(leaves.values()), allow_unused=True)
-            v = {n: (g if g is not None else torch.zeros_like(leaves[n])) for n, g in zip(leaves, grads_v)}
-            v = self._avg(v)
-
-            # 4. this shard's part of −η ∂/∂θG ⟨∇θF Lf(θF, θG), v⟩ (Eq. 7), exact in the jvp / double-backward modes
-            if self.mode == "jvp":
-                grad_g = self._jvp_grad(theta_f, v, mtr_crop, weights, inner_lr, g_names, theta_g)
-            elif self.mode == "finite-difference":
-                grad_g = self._finite_difference_grad(theta_f, v, mtr_crop, inner_lr, g_names, theta_g)
-            else:
-                dot = sum((g * v[n].to(g.dtype)).sum() for n, g in zip(theta_f, grads_f_graph))
-                grads = torch.autograd.grad(dot, theta_g, allow_unused=True)  # type: ignore[arg-type]
-                grad_g = {
-                    n: (-inner_lr * g if g is not None else torch.zeros_like(p))
-                    for n, p, g in zip(g_names, theta_g, grads)
-                }
-
         # G's gradient and the logged losses: one all-reduce (always, whatever ``sync``)
         dtype = next(iter(grad_g.values())).dtype if grad_g else torch.float32
         scalars = {"__lt": lt, "__lf": lf, "__lt_inner": lt_inner}
@@ -437,20 +388,10 @@ class DistributedMetaStep(MetaStep):
         )
         grad_g = {n: packed[n] for n in grad_g}
         task_loss, fusion_loss, inner_loss = (packed[k].reshape(()) for k in scalars)
-        fusion_params = {n: p.detach() for n, p in theta_f1.items()}
         if self.sync == "per-shard" and self.average_inner_params:
-            fusion_params = average_tensors(fusion_params, self.ctx)
+            theta_f1 = average_tensors(theta_f1, self.ctx)
             theta_t1 = average_tensors(theta_t1, self.ctx)
-        finite = bool(torch.isfinite(task_loss) and torch.isfinite(fusion_loss)) and _all_finite(grad_g)
-        return MetaStepResult(
-            grad_g=grad_g,
-            task_loss=task_loss,
-            fusion_loss=fusion_loss,
-            inner_task_loss=inner_loss,
-            finite=finite,
-            fusion_params=fusion_params,
-            task_params=theta_t1,
-        )
+        return super()._result(grad_g, task_loss, fusion_loss, inner_loss, theta_f1, theta_t1)
 
 
 class MultiInputForward(nn.Module):

@@ -183,6 +183,32 @@ class MetaStep:
         (grad,) = torch.autograd.grad(loss, fused, create_graph=True)
         return grad
 
+    # ----------------------------------------------------------------- hooks for multi-process steps
+    def _reduce(self, tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Combine a first-order quantity over processes (identity here; averaged by the distributed step)."""
+        return dict(tensors)
+
+    def _result(
+        self,
+        grad_g: Params,
+        lt: torch.Tensor,
+        lf: torch.Tensor,
+        lt_inner: torch.Tensor,
+        theta_f1: Params,
+        theta_t1: Params,
+    ) -> MetaStepResult:
+        """Package the step's outcome (the distributed step also averages G's gradient and the losses here)."""
+        finite = bool(torch.isfinite(lt).all() and torch.isfinite(lf).all()) and _all_finite(grad_g)
+        return MetaStepResult(
+            grad_g=grad_g,
+            task_loss=lt,
+            fusion_loss=lf,
+            inner_task_loss=lt_inner,
+            finite=finite,
+            fusion_params=theta_f1,
+            task_params=theta_t1,
+        )
+
     # ----------------------------------------------------------------- the step
     def compute(
         self,
@@ -202,61 +228,55 @@ class MetaStep:
             task_update: ``(θT, g) -> θT'`` (:func:`adam_task_step` or :func:`sgd_task_step`).
         """
         F, G, T = self.fusion_net, self.loss_generator, self.task.network
-        device = mtr_crop.device
         theta_g = [p for p in G.parameters() if p.requires_grad]
         g_names = [n for n, p in G.named_parameters() if p.requires_grad]
-        with preserved_buffers(F, T), self._autocast(device):
+        double_backward = self.mode == "double-backward"
+        with preserved_buffers(F, T), self._autocast(mtr_crop.device):
             # 1. inner update of F on the meta-train crop (Eq. 4), G's weights held constant
             weights = G(mtr_crop)
             theta_f = {n: p.detach().requires_grad_(True) for n, p in F.named_parameters()}
             fused = self._fuse(theta_f, mtr_crop)
             lf = self.fusion_loss(fused, mtr_crop, weights.detach())
-            create = self.mode == "double-backward"
-            if create:  # the generic path keeps the graph of ∇θF Lf to θG
+            if double_backward:  # the generic path keeps ∇θF Lf as a function of θG for step 4
                 lf_graph = self.fusion_loss(fused, mtr_crop, weights)
-                grads_f = torch.autograd.grad(lf_graph, list(theta_f.values()), create_graph=True)
+                grads_f_graph = torch.autograd.grad(lf_graph, list(theta_f.values()), create_graph=True)
+                grads_f = {n: g.detach() for n, g in zip(theta_f, grads_f_graph)}
             else:
-                grads_f = torch.autograd.grad(lf, list(theta_f.values()))
-            theta_f1 = {n: p - inner_lr * g for (n, p), g in zip(theta_f.items(), grads_f)}
-            if not create:
-                theta_f1 = {n: p.detach() for n, p in theta_f1.items()}
+                grads_f = dict(zip(theta_f, torch.autograd.grad(lf, list(theta_f.values()))))
+            grads_f = self._reduce(grads_f)
+            theta_f1 = {n: (p.detach() - inner_lr * grads_f[n]).detach() for n, p in theta_f.items()}
 
             # 2. T' = one step of T on T(F'(x_mtr)) with F's output detached (Eq. 5)
             theta_t = {n: p.detach().requires_grad_(True) for n, p in T.named_parameters()}
             with torch.no_grad():
-                fused_mtr = self._fuse({n: p.detach() for n, p in theta_f1.items()}, mtr_task.sources)
+                fused_mtr = self._fuse(theta_f1, mtr_task.sources)
             lt_inner = self._task_loss(fused_mtr, mtr_task, theta_t)
-            grads_t = torch.autograd.grad(lt_inner, list(theta_t.values()))
-            theta_t1 = {n: p.detach() for n, p in task_update(dict(theta_t), dict(zip(theta_t, grads_t))).items()}
+            grads_t = self._reduce(dict(zip(theta_t, torch.autograd.grad(lt_inner, list(theta_t.values())))))
+            theta_t1 = {n: p.detach() for n, p in task_update(dict(theta_t), grads_t).items()}
 
-            # 3. outer task loss on the meta-test batch through F' and T' (Eq. 6)
-            if create:
-                fused_mts = self._fuse(theta_f1, mts_task.sources)
-                lt = self._task_loss(fused_mts, mts_task, theta_t1)
-                grad_list = torch.autograd.grad(lt, theta_g, allow_unused=True)
-                grad_g = {
-                    n: (g if g is not None else torch.zeros_like(p)) for n, p, g in zip(g_names, theta_g, grad_list)
-                }
+            # 3. v = ∂Lt(T'(F'(x_mts)))/∂θF' (Eq. 6), an ordinary backward through T' and F'
+            leaves = {n: p.clone().requires_grad_(True) for n, p in theta_f1.items()}
+            lt = self._task_loss(self._fuse(leaves, mts_task.sources), mts_task, theta_t1)
+            grads_v = torch.autograd.grad(lt, list(leaves.values()), allow_unused=True)
+            v = self._reduce(
+                {n: (g if g is not None else torch.zeros_like(leaves[n])) for n, g in zip(leaves, grads_v)}
+            )
+
+            # 4. −η ∂/∂θG ⟨∇θF Lf(θF, θG), v⟩ (Eq. 7)
+            if self.mode == "jvp":
+                grad_g = self._jvp_grad(theta_f, v, mtr_crop, weights, inner_lr, g_names, theta_g)
+            elif self.mode == "finite-difference":
+                grad_g = self._finite_difference_grad(theta_f, v, mtr_crop, inner_lr, g_names, theta_g)
             else:
-                leaves = {n: p.requires_grad_(True) for n, p in theta_f1.items()}
-                fused_mts = self._fuse(leaves, mts_task.sources)
-                lt = self._task_loss(fused_mts, mts_task, theta_t1)
-                v = dict(zip(leaves, torch.autograd.grad(lt, list(leaves.values()), allow_unused=True)))
-                v = {n: (g if g is not None else torch.zeros_like(leaves[n])) for n, g in v.items()}
-                if self.mode == "jvp":
-                    grad_g = self._jvp_grad(theta_f, v, mtr_crop, weights, inner_lr, g_names, theta_g)
-                else:
-                    grad_g = self._finite_difference_grad(theta_f, v, mtr_crop, inner_lr, g_names, theta_g)
+                dot = sum((g * v[n].to(g.dtype)).sum() for n, g in zip(theta_f, grads_f_graph))
+                grads = torch.autograd.grad(dot, theta_g, allow_unused=True)  # type: ignore[arg-type]
+                grad_g = {
+                    n: (-inner_lr * g if g is not None else torch.zeros_like(p))
+                    for n, p, g in zip(g_names, theta_g, grads)
+                }
 
-        finite = bool(torch.isfinite(lt).all() and torch.isfinite(lf).all()) and _all_finite(grad_g)
-        return MetaStepResult(
-            grad_g={n: g.detach() for n, g in grad_g.items()},
-            task_loss=lt.detach(),
-            fusion_loss=lf.detach(),
-            inner_task_loss=lt_inner.detach(),
-            finite=finite,
-            fusion_params={n: p.detach() for n, p in theta_f1.items()},
-            task_params=theta_t1,
+        return self._result(
+            {n: g.detach() for n, g in grad_g.items()}, lt.detach(), lf.detach(), lt_inner.detach(), theta_f1, theta_t1
         )
 
     def _jvp_grad(
