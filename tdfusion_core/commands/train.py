@@ -101,7 +101,8 @@ def train_command(
         raise click.UsageError(f"{out_dir} already holds a run; use --resume to continue it or another --out")
     try:
         trainer = MetaTrainer(config, out_dir=out_dir, resume=resume)
-        click.echo(
+        say = click.echo if trainer.is_main_process else (lambda _message: None)  # once under torchrun
+        say(
             f"training task {config.task!r} on {config.data!r} ({len(trainer.train_set)} samples, "
             f"{trainer.num_sources} sources) on {config.device}; run directory {out_dir}"
         )
@@ -112,7 +113,7 @@ def train_command(
         raise click.ClickException(str(exc)) from exc
     last = history[-1] if history else {}
     weights = ", ".join(f"{last[k]:.3f}" for k in sorted(last) if k.startswith("weight/"))
-    click.echo(f"done: {trainer.epoch} epochs; mean source weights [{weights}]; model: {out_dir / 'model.pt'}")
+    say(f"done: {trainer.epoch} epochs; mean source weights [{weights}]; model: {out_dir / 'model.pt'}")
 
 
 @hookimpl
