@@ -118,6 +118,16 @@ class PairedDataset(Dataset[Sample]):
         self._annotation_lines: dict[str, tuple[int, str]] = {}
         self._bad: set[int] = set()
         self._scan()
+        if self.num_classes is None and self.label_format == "yolo":
+            self.num_classes = self._infer_yolo_classes()
+            if self.num_classes is not None:
+                self.class_names = tuple(f"class_{i}" for i in range(self.num_classes))
+                logger.warning(
+                    "%s: no class names (classes.txt) or num_classes given; %d class(es) inferred from the largest "
+                    "class index in the YOLO labels",
+                    self.split_dir,
+                    self.num_classes,
+                )
 
     # ------------------------------------------------------------------ layout
     def _resolve(self, spec: str | Path) -> Path:
@@ -175,6 +185,22 @@ class PairedDataset(Dataset[Sample]):
         if num_classes is not None:
             return tuple(f"class_{i}" for i in range(num_classes)), num_classes
         return None, None
+
+    def _infer_yolo_classes(self) -> int | None:
+        """1 + the largest integer class index in the YOLO label files (``None`` if there is none)."""
+        largest = -1
+        for path in self._labels.values():
+            if path is None:
+                continue
+            try:
+                lines = path.read_text(encoding="utf-8").splitlines()
+            except (OSError, UnicodeDecodeError):
+                continue  # reported by the reader when the sample is loaded
+            for line in lines:
+                first = line.split()[:1]
+                if first and first[0].isdigit():
+                    largest = max(largest, int(first[0]))
+        return largest + 1 if largest >= 0 else None
 
     def _label_files(self) -> dict[str, Path]:
         suffix = {"yolo": ".txt", "voc": ".xml"}.get(self.label_format)
