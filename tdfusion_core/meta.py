@@ -15,7 +15,8 @@ and ``⟨∇θF Lf, v⟩ = Σ_pixels ∂Lf/∂If · (J_F v)``, where ``J_F v`` i
 * ``"finite-difference"`` (approximate, DARTS): ``−η (∇θG Lf(θF + εv) − ∇θG Lf(θF − εv)) / 2ε``.
 
 As in the released code, T' is trained on F's detached output, so T' is a constant of the outer objective. T itself
-is never mutated: T' is applied by substituting parameters (:mod:`tdfusion_core.functional`) and BatchNorm statistics of F and T are restored after
+is never mutated: T' is applied by substituting its trainable parameters (frozen ones, ``requires_grad=False``, keep
+their values) (:mod:`tdfusion_core.functional`) and BatchNorm statistics of F and T are restored after
 the step. Nothing is written to disk.
 """
 
@@ -234,7 +235,7 @@ class MetaStep:
         with preserved_buffers(F, T), self._autocast(mtr_crop.device):
             # 1. inner update of F on the meta-train crop (Eq. 4), G's weights held constant
             weights = G(mtr_crop)
-            theta_f = {n: p.detach().requires_grad_(True) for n, p in F.named_parameters()}
+            theta_f = {n: p.detach().requires_grad_(True) for n, p in F.named_parameters() if p.requires_grad}
             fused = self._fuse(theta_f, mtr_crop)
             lf = self.fusion_loss(fused, mtr_crop, weights.detach())
             if double_backward:  # the generic path keeps ∇θF Lf as a function of θG for step 4
@@ -247,7 +248,7 @@ class MetaStep:
             theta_f1 = {n: (p.detach() - inner_lr * grads_f[n]).detach() for n, p in theta_f.items()}
 
             # 2. T' = one step of T on T(F'(x_mtr)) with F's output detached (Eq. 5)
-            theta_t = {n: p.detach().requires_grad_(True) for n, p in T.named_parameters()}
+            theta_t = {n: p.detach().requires_grad_(True) for n, p in T.named_parameters() if p.requires_grad}
             with torch.no_grad():
                 fused_mtr = self._fuse(theta_f1, mtr_task.sources)
             lt_inner = self._task_loss(fused_mtr, mtr_task, theta_t)

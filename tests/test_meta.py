@@ -153,3 +153,12 @@ def test_maxnorm_update():
     after = detached_params(G)
     assert torch.allclose(after["c.weight"], before["c.weight"] - 0.05)
     assert torch.allclose(after["c.bias"], before["c.bias"] + 0.1)
+
+
+def test_frozen_parameters_are_left_out_of_the_step():
+    step, crop, mtr, mts = _setup(seed=5)
+    frozen = step.task.network.head.bias
+    frozen.requires_grad_(False)
+    result = _grad(step, crop, mtr, mts, "jvp")
+    assert "head.bias" not in result.task_params and "head.weight" in result.task_params
+    assert result.finite
