@@ -41,7 +41,6 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "tdfusion_core.commands.demo",
     "tdfusion_core.commands.new_plugin",
     "tdfusion_core.tb_logger",
-    "tdfusion_core.commands.placeholders",
 )
 
 _lock = threading.Lock()

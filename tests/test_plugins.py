@@ -69,3 +69,10 @@ def test_cli_plugins_lists_builtin_and_installed(fresh_plugins):
     assert by_name["tdfusion_core.builtin_tasks"]["registers"]["task"] == ["tiny-seg"]
     assert "testplugin" in by_name and by_name["brokenplugin"]["error"]
     assert CliRunner().invoke(cli, ["hello-test"]).output.strip() == "hello from testplugin"
+
+
+def test_every_announced_command_has_help():
+    cli = build_cli()
+    for name in ("plugins", "train", "fuse", "eval", "data", "demo", "bench", "downstream", "new-plugin"):
+        result = CliRunner().invoke(cli, [name, "--help"])
+        assert result.exit_code == 0 and "Usage:" in result.output, name
