@@ -56,7 +56,7 @@ import random
 import time
 import warnings
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -423,22 +423,15 @@ class MetaTrainer:
             return {}
         split = self.meta_split(epoch)
         gen = self._epoch_generator(epoch, 1)
-        sums: dict[str, float] = defaultdict(float)
-        done = 0
-        bar = tqdm(range(cfg.meta_steps), desc=f"epoch {epoch + 1} meta", disable=not self._show_progress, leave=False)
         self.loss_generator.train()
-        for step in bar:
-            i_tr, i_ts = self.sampler.step(epoch, step, split)
+
+        def step(index: int) -> dict[str, float] | None:
+            i_tr, i_ts = self.sampler.step(epoch, index, split)
             crop, mtr_task = self._prepare_step(i_tr, gen)
             _, mts_task = self._prepare_step(i_ts, gen)
-            metrics = self.meta_update(crop, mtr_task, mts_task)
-            if metrics is None:
-                continue
-            for k, v in metrics.items():
-                sums[k] += v
-            done += 1
-            bar.set_postfix(task=f"{metrics['task_loss']:.4f}", fusion=f"{metrics['fusion_loss']:.4f}")
-        return {f"meta/{k}": v / max(done, 1) for k, v in sums.items()}
+            return self.meta_update(crop, mtr_task, mts_task)
+
+        return self._run_phase(range(cfg.meta_steps), step, f"epoch {epoch + 1} meta", "meta")
 
     def meta_update(self, crop: torch.Tensor, mtr_task: TaskInput, mts_task: TaskInput) -> dict[str, float] | None:
         """One meta step on prepared batches and the update of G; ``None`` if the step was skipped (non-finite)."""
@@ -498,21 +491,31 @@ class MetaTrainer:
         batches = full_batches(torch.randperm(n, generator=gen).tolist(), cfg.batch_size)
         if cfg.fusion_steps is not None:
             batches = [batches[i % len(batches)] for i in range(cfg.fusion_steps)]
-        sums: dict[str, float] = defaultdict(float)
-        done = 0
-        bar = tqdm(batches, desc=f"epoch {epoch + 1} fusion", disable=not self._show_progress, leave=False)
         self.fusion_net.train()
         self.task.network.train()
-        for idx in bar:
-            crop, batch = self._prepare_step(idx, gen)
-            metrics = self.fusion_update(crop, batch)
+        return self._run_phase(
+            batches,
+            lambda idx: self.fusion_update(*self._prepare_step(idx, gen)),
+            f"epoch {epoch + 1} fusion",
+            "fusion",
+        )
+
+    def _run_phase(
+        self, items: Iterable[Any], step: Callable[[Any], dict[str, float] | None], desc: str, prefix: str
+    ) -> dict[str, float]:
+        """Run ``step`` on each item under a progress bar; mean of the metrics of the steps not skipped."""
+        sums: dict[str, float] = defaultdict(float)
+        done = 0
+        bar = tqdm(items, desc=desc, disable=not self._show_progress, leave=False)
+        for item in bar:
+            metrics = step(item)
             if metrics is None:
                 continue
             for k, v in metrics.items():
                 sums[k] += v
             done += 1
-            bar.set_postfix(fusion=f"{metrics['fusion_loss']:.4f}", task=f"{metrics['task_loss']:.4f}")
-        return {f"fusion/{k}": v / max(done, 1) for k, v in sums.items()}
+            bar.set_postfix(task=f"{metrics['task_loss']:.4f}", fusion=f"{metrics['fusion_loss']:.4f}")
+        return {f"{prefix}/{k}": v / max(done, 1) for k, v in sums.items()}
 
     def fusion_update(self, crop: torch.Tensor, batch: TaskInput) -> dict[str, float] | None:
         """One fusion-phase step (F on Lf with G frozen, then T on Lt); ``None`` if skipped (non-finite).
