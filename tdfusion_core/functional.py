@@ -17,31 +17,41 @@ import torch
 import torch.nn as nn
 
 
+def _slots_by_tensor(module: nn.Module) -> dict[int, list[tuple[dict[str, Any], str]]]:
+    """``id(tensor) -> [(slot dict, attribute), ...]`` over every distinct submodule's parameters and buffers."""
+    found: dict[int, list[tuple[dict[str, Any], str]]] = {}
+    for sub in module.modules():  # each module object once, however many names reach it
+        for slots in (cast(dict[str, Any], sub._parameters), cast(dict[str, Any], sub._buffers)):
+            for attr, tensor in slots.items():
+                if tensor is not None:
+                    found.setdefault(id(tensor), []).append((slots, attr))
+    return found
+
+
 @contextmanager
 def substituted_parameters(module: nn.Module, params: Mapping[str, torch.Tensor]) -> Iterator[None]:
     """Within the block, ``module``'s parameters or buffers named in ``params`` are replaced by the given tensors.
 
-    Names are those of ``module.named_parameters()`` / ``named_buffers()``; an alias of a shared submodule sees the
-    substitution too (it is the same slot). Unknown names raise ``KeyError`` naming them.
+    Names are those of ``module.named_parameters()`` / ``named_buffers()``. Every slot that holds the same tensor is
+    substituted too: an alias of a shared submodule (the same slot) and a tied weight in another module (the same
+    tensor), as ``torch.func.functional_call(..., tie_weights=True)`` intends. Unknown names raise ``KeyError``.
     """
+    by_tensor = _slots_by_tensor(module)
     saved: list[tuple[dict[str, Any], str, Any]] = []
     seen: set[tuple[int, str]] = set()
     try:
         for name, tensor in params.items():
             owner_name, _, attr = name.rpartition(".")
             owner = module.get_submodule(owner_name) if owner_name else module
-            if attr in owner._parameters:
-                slots = cast(dict[str, Any], owner._parameters)
-            elif attr in owner._buffers:
-                slots = cast(dict[str, Any], owner._buffers)
-            else:
+            current = owner._parameters.get(attr, owner._buffers.get(attr))
+            if current is None:
                 raise KeyError(f"{type(module).__name__} has no parameter or buffer named {name!r}")
-            key = (id(slots), attr)
-            if key in seen:
-                continue
-            seen.add(key)
-            saved.append((slots, attr, slots[attr]))
-            slots[attr] = tensor
+            for slots, slot_attr in by_tensor[id(current)]:
+                key = (id(slots), slot_attr)
+                if key not in seen:
+                    seen.add(key)
+                    saved.append((slots, slot_attr, slots[slot_attr]))
+                    slots[slot_attr] = tensor
         yield
     finally:
         for slots, attr, original in reversed(saved):

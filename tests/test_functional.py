@@ -49,3 +49,32 @@ def test_unknown_name_is_reported_and_nothing_left_swapped():
             net, {"conv.weight": torch.zeros(1, 1, 3, 3), "nope": torch.zeros(1)}, (torch.zeros(1, 1, 2, 2),)
         )
     assert net.conv.weight is before
+
+
+class Tied(nn.Module):
+    """Two distinct modules holding one weight tensor (tied weights)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(1, 1, 3, padding=1)
+        self.b = nn.Conv2d(1, 1, 3, padding=1)
+        self.b.weight = self.a.weight
+
+    def forward(self, x):
+        return self.b(self.a(x))
+
+
+def test_tied_weights_in_distinct_modules_are_substituted_together():
+    net = Tied().double()
+    x = torch.rand(1, 1, 5, 5, dtype=torch.float64)
+    params = {k: v.detach() * 2 for k, v in net.named_parameters()}
+    assert "b.weight" not in params  # named_parameters() lists a tied tensor once
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    out = call_with_parameters(net, params, (x,))
+    for k, v in net.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    with torch.no_grad():
+        net.a.weight.mul_(2)
+        net.a.bias.mul_(2)
+        net.b.bias.mul_(2)
+    assert torch.allclose(out, net(x))
