@@ -42,13 +42,13 @@ class DemoSettings:
 
     out: Path = attrs.field(default=Path("runs/demo"), converter=Path)
     size: tuple[int, int] = (96, 128)
-    n_train: int = 48
-    n_test: int = 24
-    epochs: int = 4
-    meta_steps: int = 12
-    fusion_steps: int = 24
+    n_train: int = 32
+    n_test: int = 16
+    epochs: int = 3
+    meta_steps: int = 10
+    fusion_steps: int = 16
     crop: int = 64
-    downstream_steps: int = 150
+    downstream_steps: int = 100
     seed: int = 0
     device: str = "cpu"
 
@@ -73,7 +73,7 @@ def _train_config(s: DemoSettings, **changes: Any) -> TrainConfig:
         task_size=s.size,
         lr_fusion=1e-3,
         lr_task=1e-3,
-        lr_generator=1e-3,
+        lr_generator=1e-2,  # G takes max-normalised steps: a short budget needs a larger one
         lr_step_size=max(s.epochs, 1),
         seed=s.seed,
         device=s.device,
@@ -234,7 +234,7 @@ def run_demo(settings: DemoSettings, echo: Callable[[str], None] = print) -> Pat
         methods,
         val_set=test,
         steps=s.downstream_steps,
-        batch_size=8,
+        batch_size=4,
         size=s.size,
         seed=s.seed,
         device=s.device,
