@@ -79,7 +79,7 @@ def typecheck(session: nox.Session) -> None:
 def demo(session: nox.Session) -> None:
     """The built-in end-to-end demo on synthetic scenes (CPU, no downloads)."""
     install_core(session, "report")
-    session.run("tdfusion", "demo", *session.posargs)
+    session.run("tdfusion", "demo", *(session.posargs or ["--overwrite"]))  # rerunnable: replaces runs/demo
 
 
 @nox.session(python=PYTHON)
