@@ -13,7 +13,8 @@ Switch every batch is also fed with its sources in reverse order. Learning rates
 
 Ablations (paper Table 3): ``fixed_weights`` (w = 1/K, G untouched, no meta phase); ``alpha = 0`` (no gradient
 loss); ``task_loss_on_fusion > 0`` (F also trained by the task loss in the fusion phase); ``separate_fusion_phase =
-False`` (F and T keep their inner updates θF', θT' from every meta step, no fusion phase); ``discriminative``
+False`` (no fusion phase: after each outer update of G, F takes one step of its optimizer on Lf with G's current
+weights and T one step of its optimizer, both on the meta-train batch); ``discriminative``
 (``If = Σ w_k I_k`` from G's weights; G is then trained directly by the task loss in the fusion phase and there is
 no F and no meta phase).
 
@@ -207,7 +208,9 @@ class MetaTrainer:
             ).to(self.device)
             if config.fusion_checkpoint:
                 self._load_fusion_weights(Path(config.fusion_checkpoint))
-        self.fusion_loss = FusionLoss(intensity=config.intensity, alpha=config.alpha)
+        self.fusion_loss = FusionLoss(
+            intensity=config.intensity, alpha=config.alpha, gradient_form=config.gradient_form
+        )
         self.task_size = self._resolve_task_size()
 
         self.opt_fusion = torch.optim.Adam(self.fusion_net.parameters(), lr=config.lr_fusion)
@@ -230,7 +233,6 @@ class MetaTrainer:
                 autocast_dtype=autocast,
                 ctx=self.dist,
                 sync=config.meta_sync,  # type: ignore[arg-type]
-                average_inner_params=not config.separate_fusion_phase,
             )
         else:
             self.meta_step_fn = MetaStep(
@@ -461,18 +463,18 @@ class MetaTrainer:
             apply_maxnorm_update(self.loss_generator, result.grad_g, self.opt_generator.param_groups[0]["lr"])
         else:
             apply_optimizer_update(self.loss_generator, result.grad_g, self.opt_generator)
-        if not cfg.separate_fusion_phase:
-            self._adopt(self.fusion_net, result.fusion_params)
-            self._adopt(self.task.network, result.task_params)
         self._emit("tdfusion_on_meta_step_end", trainer=self, step=self.meta_step_count, metrics=metrics)
+        if not cfg.separate_fusion_phase:
+            # ablation IV: F and T learn inside the meta loop, one step of their own optimizers on the meta-train
+            # batch after each outer update (F on Lf with G's current weights, T on Lt of F's detached output)
+            self.loss_generator.eval()
+            try:
+                learned = self.fusion_update(crop, mtr_task)
+            finally:
+                self.loss_generator.train()
+            if learned is not None:
+                metrics.update({f"learn/{k}": v for k, v in learned.items()})
         return metrics
-
-    @staticmethod
-    def _adopt(module: nn.Module, params: dict[str, torch.Tensor]) -> None:
-        with torch.no_grad():
-            for name, p in module.named_parameters():
-                if name in params:
-                    p.copy_(params[name])
 
     def _weights(self, sources: torch.Tensor) -> torch.Tensor:
         if self.config.fixed_weights:
@@ -492,6 +494,8 @@ class MetaTrainer:
             batches = [batches[i % len(batches)] for i in range(cfg.fusion_steps)]
         self.fusion_net.train()
         self.task.network.train()
+        # G frozen in eval mode, as the released Loss_model.eval() (it is the network trained in ablation V)
+        self.loss_generator.train(cfg.discriminative)
         return self._run_phase(
             batches,
             lambda idx: self.fusion_update(*self._prepare_step(idx, gen)),
@@ -583,7 +587,8 @@ class MetaTrainer:
     ) -> torch.Tensor:
         """Task loss of ``network`` on the task input built from ``fused``; ``distributed=True`` (T's own step)
         goes through T's DDP loss module in a multi-process run, so that T's gradients are averaged."""
-        images = task_input(fused.float(), batch.chroma, self.task.input_kind)
+        fused = fused if fused.dtype in (torch.float32, torch.float64) else fused.float()  # autocast's bf16 -> fp32
+        images = task_input(fused, batch.chroma, self.task.input_kind)
         if distributed and self._task_loss_module is not None and network is self.task.network:
             loss: torch.Tensor = self._task_loss_module(images, batch.targets)
             return loss
