@@ -21,7 +21,8 @@ def offline_guard() -> Iterator[None]:
 
 @pytest.fixture(scope="session")
 def base_task(offline_guard: None) -> Any:
-    """The default ``segformer`` task (mit-b0, 5 classes), built offline with a fixed seed. Do not mutate it."""
+    """The default ``segformer`` task (mit-b0, 5 classes, luminance input, full-resolution loss), built offline with
+    a fixed seed. Do not mutate it."""
     from tdfusion_core.registry import get_task
 
     torch.manual_seed(0)
@@ -40,11 +41,29 @@ def seg_task(base_task: Any) -> Any:
     return task
 
 
+@pytest.fixture(scope="session")
+def rgb_base_task(offline_guard: None) -> Any:
+    """The ``mmseg`` task with its defaults (SegFormer mit-b0 config, RGB input) and the ``"task"`` loss resolution."""
+    from tdfusion_core.registry import get_task
+
+    torch.manual_seed(0)
+    task = get_task("mmseg", num_classes=NUM_CLASSES, loss_resolution="task")
+    _ = task.network
+    return task
+
+
 @pytest.fixture
 def batch() -> tuple[torch.Tensor, torch.Tensor]:
-    """Two 64x80 RGB images in [0, 1] and masks with all classes and some ignored pixels."""
+    """Two 64x80 luminance images in [0, 1] and masks of the same size with all classes and some ignored pixels."""
     g = torch.Generator().manual_seed(0)
-    images = torch.rand(2, 3, 64, 80, generator=g)
+    images = torch.rand(2, 1, 64, 80, generator=g)
     masks = torch.randint(0, NUM_CLASSES, (2, 64, 80), generator=g)
     masks[:, :4] = 255
     return images, masks
+
+
+@pytest.fixture
+def rgb_batch(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`batch` with three colour channels."""
+    g = torch.Generator().manual_seed(1)
+    return torch.rand(2, 3, 64, 80, generator=g), batch[1]
