@@ -62,7 +62,8 @@ def plugins_command(check: bool) -> None:
         return
     for row in rows:
         status = "ready" if row["ready"] else f"NOT READY: {row['problem']}"
-        click.echo(f"{row['name']} {row['version'] or ''}: {status}".replace("  ", " "))
+        version = f" {row['version']}" if row["version"] else ""
+        click.echo(f"{row['name']}{version}: {status}")
     if not all(row["ready"] for row in rows):
         sys.exit(1)
 

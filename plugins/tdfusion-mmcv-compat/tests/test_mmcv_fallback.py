@@ -302,4 +302,3 @@ def test_missing_op_message_for_point_cloud_and_unknown_ops() -> None:
     assert "'not_an_op'" in missing_op_message("not_an_op")
     with pytest.raises(AttributeError):
         _ = FallbackExtModule().__wrapped__  # private names are not stubbed (keeps inspect / pickle sane)
-

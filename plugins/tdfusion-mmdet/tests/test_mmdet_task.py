@@ -193,6 +193,7 @@ def test_luminance_option_sets_in_channels_where_the_backbone_takes_it() -> None
 
     model = MMDetTask(num_classes=1, config="retinanet-r50", input_kind="luminance").model_config()
     assert model["backbone"]["type"] == "ResNet" and model["backbone"]["in_channels"] == 1
-    assert "in_channels" not in MMDetTask(num_classes=1, config="rtmdet-tiny", input_kind="luminance").model_config()[
-        "backbone"
-    ]  # CSPNeXt has no such argument: its stem is converted after building
+    assert (
+        "in_channels"
+        not in MMDetTask(num_classes=1, config="rtmdet-tiny", input_kind="luminance").model_config()["backbone"]
+    )  # CSPNeXt has no such argument: its stem is converted after building

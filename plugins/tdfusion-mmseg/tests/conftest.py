@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 import torch
-from tdfusion_openmmlab.testing import offline
 from mmseg_testutils import NUM_CLASSES
+from tdfusion_openmmlab.testing import offline
 
 
 @pytest.fixture(scope="session")

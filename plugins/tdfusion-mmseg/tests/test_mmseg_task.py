@@ -64,8 +64,8 @@ def test_segformer_variants_resolve_offline(offline_guard: None, variant: str, d
 
 
 def test_unknown_variant_and_config_are_clear_errors() -> None:
-    from tdfusion_openmmlab.glue import OpenMMLabConfigError
     from tdfusion_mmseg.task import MMSegTask, SegFormerTask
+    from tdfusion_openmmlab.glue import OpenMMLabConfigError
 
     with pytest.raises(ValueError, match=r"b0, b1, b2, b3, b4, b5"):
         SegFormerTask(variant="b9")
@@ -110,8 +110,8 @@ def test_builds_offline_with_dataset_class_count(base_task: Any) -> None:
 def released_ce_loss(inputs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Port of the released TDFusion ``utils.CE_Loss``: logits upsampled to the mask (bilinear, align_corners=True)
     when both sides differ, then ``nn.CrossEntropyLoss()`` over every pixel."""
-    n, c, h, w = inputs.size()
-    nt, ht, wt = target.size()
+    _, c, h, w = inputs.size()
+    _, ht, wt = target.size()
     if h != ht and w != wt:
         inputs = nnf.interpolate(inputs, size=(ht, wt), mode="bilinear", align_corners=True)
     return torch.nn.CrossEntropyLoss()(inputs.permute(0, 2, 3, 1).reshape(-1, c), target.reshape(-1))
@@ -142,7 +142,10 @@ def test_default_loss_is_the_released_full_resolution_cross_entropy(seg_task: An
 def test_masks_of_different_native_sizes_give_the_pixel_weighted_mean(seg_task: Any, batch: Any) -> None:
     images, _ = batch
     g = torch.Generator().manual_seed(6)
-    masks = [torch.randint(0, NUM_CLASSES, (128, 160), generator=g), torch.randint(0, NUM_CLASSES, (96, 120), generator=g)]
+    masks = [
+        torch.randint(0, NUM_CLASSES, (128, 160), generator=g),
+        torch.randint(0, NUM_CLASSES, (96, 120), generator=g),
+    ]
     collated = seg_task.collate_targets(masks)
     assert isinstance(collated, list)
     net = seg_task.network.eval()

@@ -30,7 +30,6 @@ from typing import Any
 import torch
 import torch.nn as nn
 import torch.nn.functional as nnf
-
 from tdfusion_mmcv_compat import MmcvNotInstalledError, install
 
 from tdfusion_openmmlab.luminance import is_rgb_weight_for_luminance, rgb_to_luminance_weight

@@ -18,7 +18,10 @@ from tdfusion_core.hookspecs import PluginNotReadyError
 #: first mmcv version mmseg 1.2.2 / mmdet 3.3.0 refuse (they assert ``mmcv < 2.2.0`` on import)
 MMCV_TOO_NEW = (2, 2)
 #: modules each framework imports at import time besides mmcv and mmengine
-REQUIRED_MODULES: dict[str, tuple[str, ...]] = {"mmseg": ("mmengine", "mmseg", "ftfy", "regex"), "mmdet": ("mmengine", "mmdet")}
+REQUIRED_MODULES: dict[str, tuple[str, ...]] = {
+    "mmseg": ("mmengine", "mmseg", "ftfy", "regex"),
+    "mmdet": ("mmengine", "mmdet"),
+}
 
 
 class OpenMMLabNotReadyError(PluginNotReadyError, ImportError):

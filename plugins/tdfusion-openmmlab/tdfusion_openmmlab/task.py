@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import torch.nn as nn
+
+from tdfusion_core.task import Task
 from tdfusion_openmmlab.glue import (
     NormalizedModel,
     build_model,
@@ -28,8 +30,6 @@ from tdfusion_openmmlab.glue import (
 )
 from tdfusion_openmmlab.luminance import convert_first_conv, set_config_in_channels
 from tdfusion_openmmlab.readiness import ensure_ready
-
-from tdfusion_core.task import Task
 
 INPUT_KINDS = ("luminance", "rgb")
 
