@@ -33,5 +33,12 @@ def build_cli() -> click.Group:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Console-script entry point."""
-    build_cli().main(args=argv if argv is not None else sys.argv[1:], prog_name="tdfusion")
+    """Console-script entry point. A :class:`~tdfusion_core.hookspecs.PluginNotReadyError` from any command (a
+    plugin's missing dependency) is printed as one line saying the fix, without a traceback (exit status 1)."""
+    from tdfusion_core.hookspecs import PluginNotReadyError
+
+    try:
+        build_cli().main(args=argv if argv is not None else sys.argv[1:], prog_name="tdfusion")
+    except PluginNotReadyError as exc:
+        click.echo(f"Error: {exc}", err=True)
+        sys.exit(1)
