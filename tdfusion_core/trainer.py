@@ -98,6 +98,7 @@ from tdfusion_core.plugins import get_plugin_manager
 from tdfusion_core.run_files import RunLock, check_resume_config, load_training_state, save_training_state
 from tdfusion_core.state_guard import NonFiniteStateError, StepGuard, assert_finite_state
 from tdfusion_core.task import Task, TaskLoss, functional_task_loss
+from tdfusion_core.user_errors import check_device
 
 log = logging.getLogger(__name__)
 
@@ -172,6 +173,7 @@ class MetaTrainer:
     ) -> None:
         self.config = config
         #: this process's place in a multi-process run (world_size 1 without torchrun)
+        check_device(config.device)  # a device this machine lacks: one line naming what it has
         self.dist: DistContext = init_distributed(config.device, config.dist_backend)
         self.device = resolve_device(config.device, self.dist)
         self.out_dir = Path(out_dir) if out_dir is not None else None
