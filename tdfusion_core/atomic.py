@@ -66,7 +66,11 @@ def _explain(exc: OSError, path: Path, previous_kept: bool) -> OutputWriteError:
 
 
 def atomic_write(
-    path: str | Path, write: Callable[[IO[bytes]], None] | bytes, *, keep_previous: bool = False, mode: int = 0o644
+    path: str | Path,
+    write: Callable[[IO[bytes]], None] | bytes | memoryview,
+    *,
+    keep_previous: bool = False,
+    mode: int = 0o644,
 ) -> Path:
     """Write ``path`` atomically and durably (see the module docstring); returns ``path``.
 
