@@ -312,6 +312,17 @@ def read_torch_file(path: str | Path, map_location: Any = "cpu", what: str = "ch
     size = path.stat().st_size
     if size == 0:
         raise CheckpointError(f"{path} is empty (0 bytes): the write of this {what} never completed")
+    with open(path, "rb") as fh:
+        magic = fh.read(4)
+    if magic == b"PK\x03\x04":  # torch.save's zip container: a truncated one has no central directory
+        try:
+            with zipfile.ZipFile(path):
+                pass
+        except (zipfile.BadZipFile, OSError) as exc:
+            raise CheckpointError(
+                f"{path} is truncated or corrupted ({size} bytes, an incomplete archive): an interrupted write or "
+                "copy; use an intact copy"
+            ) from exc
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:

@@ -9,8 +9,9 @@ every output of the saved model.
 :class:`StepGuard` wraps one step:
 
 * before it, the buffers of the guarded modules are copied (cheap: running statistics and counters);
-* after it, every buffer, parameter and optimizer state tensor is checked. Non-finite **buffers** are restored
-  from the copy (the step is then reported as bad, see :attr:`StepGuard.restored`); non-finite **parameters or
+* after it, every buffer, parameter and optimizer state tensor is checked. If any **buffer** is non-finite, all
+  buffers are restored from the copy (counters included; :attr:`StepGuard.restored` names the bad ones, and the
+  trainer warns); non-finite **parameters or
   optimizer states** cannot be rolled back without copying them every step, so they raise
   :class:`NonFiniteStateError` and the run stops with the last good checkpoint intact.
 
@@ -97,16 +98,15 @@ class StepGuard:
         return self
 
     def __exit__(self, exc_type: object, *exc: object) -> None:
-        if exc_type is not None:
-            return
-        bad = [(name, buf) for name, buf in self._buffers() if buf.is_floating_point() and not _finite(buf)]
-        if bad:
+        bad = [name for name, buf in self._buffers() if buf.is_floating_point() and not _finite(buf)]
+        if bad:  # roll every buffer back (counters too), as if the step had not run
             with torch.no_grad():
-                for name, buf in bad:
+                for name, buf in self._buffers():
                     buf.copy_(self._saved[name])
-            self.restored = [name for name, _ in bad]
+            self.restored = bad
         self._saved = {}
-        self.check_parameters()
+        if exc_type is None:  # a step that raised (e.g. the bad-step limit) has its buffers restored, nothing more
+            self.check_parameters()
 
     def check_parameters(self) -> None:
         """Raise :class:`NonFiniteStateError` if a parameter or optimizer state of the guarded objects is non-finite."""
