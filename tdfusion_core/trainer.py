@@ -96,7 +96,10 @@ from tdfusion_core.meta import (
     task_step_rule,
 )
 from tdfusion_core.plugins import get_plugin_manager
+from tdfusion_core.run_files import RunLock, check_resume_config, load_training_state, save_training_state
+from tdfusion_core.state_guard import NonFiniteStateError, StepGuard, assert_finite_state
 from tdfusion_core.task import Task, TaskLoss, functional_task_loss
+from tdfusion_core.user_errors import check_device
 
 log = logging.getLogger(__name__)
 
@@ -128,14 +131,7 @@ def _resize(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 
 def _atomic_save(obj: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    save_training_state(obj, path)
 
 
 def seed_everything(seed: int, deterministic: bool = False) -> None:
@@ -178,6 +174,7 @@ class MetaTrainer:
     ) -> None:
         self.config = config
         #: this process's place in a multi-process run (world_size 1 without torchrun)
+        check_device(config.device)  # a device this machine lacks: one line naming what it has
         self.dist: DistContext = init_distributed(config.device, config.dist_backend)
         self.device = resolve_device(config.device, self.dist)
         self.out_dir = Path(out_dir) if out_dir is not None else None
@@ -312,15 +309,11 @@ class MetaTrainer:
         return torch.optim.SGD(params, lr=lr)
 
     def _load_fusion_weights(self, path: Path) -> None:
-        from tdfusion_core.checkpoints import load_model_checkpoint
+        from tdfusion_core.checkpoints import check_state_fits, load_model_checkpoint
 
         state = load_model_checkpoint(path).fusion_net.state_dict()
-        missing, unexpected = self.fusion_net.load_state_dict(state, strict=False)
-        if missing or unexpected:
-            raise ValueError(
-                f"fusion checkpoint {path} does not fit {self.config.fusion_net!r}: "
-                f"missing keys {list(missing)[:8]}, unexpected keys {list(unexpected)[:8]}"
-            )
+        check_state_fits(self.fusion_net, state, f"{self.config.fusion_net!r} {self.config.fusion_options}", str(path))
+        self.fusion_net.load_state_dict(state)
 
     # ------------------------------------------------------------------ data
     def _epoch_generator(self, epoch: int, phase: int) -> torch.Generator:
@@ -511,7 +504,7 @@ class MetaTrainer:
         done = 0
         bar = tqdm(items, desc=desc, disable=not self._show_progress, leave=False)
         for item in bar:
-            metrics = step(item)
+            metrics = self._guarded(step, item, desc)
             if metrics is None:
                 continue
             for k, v in metrics.items():
@@ -519,6 +512,28 @@ class MetaTrainer:
             done += 1
             bar.set_postfix(task=f"{metrics['task_loss']:.4f}", fusion=f"{metrics['fusion_loss']:.4f}")
         return {f"{prefix}/{k}": v / max(done, 1) for k, v in sums.items()}
+
+    def _guarded(self, step: Callable[[Any], dict[str, float] | None], item: Any, desc: str) -> dict[str, float] | None:
+        """``step(item)`` under a :class:`~tdfusion_core.state_guard.StepGuard` over F, G, T and their optimizers:
+        non-finite buffers are rolled back, non-finite parameters or optimizer states stop the run."""
+        guard = StepGuard(
+            {"F": self.fusion_net, "G": self.loss_generator, "T": self.task.network},
+            {"F": self.opt_fusion, "G": self.opt_generator, "T": self.opt_task},
+        )
+        try:
+            with guard:
+                metrics = step(item)
+        except NonFiniteStateError as exc:
+            where = f" The last good checkpoint is {self.checkpoint_path}." if self.out_dir else ""
+            raise TrainingDivergedError(f"training stopped in the {desc} phase: {exc}.{where}") from exc
+        if guard.restored:
+            warnings.warn(
+                f"{desc} phase: non-finite values in {', '.join(guard.restored[:8])}; restored to their values "
+                "before the step",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+        return metrics
 
     def fusion_update(self, crop: torch.Tensor, batch: TaskInput) -> dict[str, float] | None:
         """One fusion-phase step (F on Lf with G frozen, then T on Lt); ``None`` if skipped (non-finite).
@@ -636,6 +651,9 @@ class MetaTrainer:
         """Run the remaining epochs; returns the per-epoch metrics history."""
         cfg = self.config
         main = self.dist.is_main
+        lock = RunLock(self.out_dir) if self.out_dir is not None and main else None
+        if lock is not None:
+            lock.acquire()  # a second run into the same out_dir stops here, before writing anything
         if self.out_dir is not None and main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             cfg.to_yaml(self.out_dir / "config.yaml")
@@ -676,7 +694,11 @@ class MetaTrainer:
             status = "stopped"
             raise
         finally:
-            self._emit("tdfusion_on_run_end", trainer=self, status=status)
+            try:
+                self._emit("tdfusion_on_run_end", trainer=self, status=status)
+            finally:
+                if lock is not None:
+                    lock.release()
         return self.history
 
     # ------------------------------------------------------------------ checkpoints
@@ -745,16 +767,19 @@ class MetaTrainer:
         """
         path = self.checkpoint_path
         if self.dist.is_main:
-            _atomic_save(self.state_dict(), path)
+            state = self.state_dict()
+            try:
+                assert_finite_state(state, "the training state")
+            except NonFiniteStateError as exc:
+                raise TrainingDivergedError(f"{exc}; not saved, the last good checkpoint is {path}") from exc
+            _atomic_save(state, path)
             self._emit("tdfusion_on_checkpoint_saved", trainer=self, path=str(path), epoch=self.epoch)
         barrier(self.dist)
         return path
 
     def _resume(self) -> None:
-        path = self.checkpoint_path
-        if not path.is_file():
-            raise FileNotFoundError(f"--resume: no checkpoint at {path}")
-        state = torch.load(path, map_location=self.device, weights_only=True)
+        state, path = load_training_state(self.checkpoint_path, map_location=self.device)
+        check_resume_config(state.get("config", {}), self.config.to_dict(), path)
         self.load_state_dict(state)
         if self.dist.is_main:
             saved = int(state.get("world_size", 1))
