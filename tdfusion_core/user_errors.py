@@ -31,8 +31,9 @@ def one_line(exc: BaseException) -> str:
         return f"out of memory ({first}); use a smaller batch or image tile size, or another device"
     if isinstance(exc, OSError) and exc.filename and exc.strerror and str(exc.filename) not in str(exc.strerror):
         return f"{exc.strerror}: {exc.filename}"
-    text = str(exc).strip().strip("'\"")
-    return text or type(exc).__name__
+    # str(KeyError("x")) is "'x'": use the bare message; other messages keep their quotes
+    text = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
+    return text.strip() or type(exc).__name__
 
 
 class DeviceError(ValueError):
