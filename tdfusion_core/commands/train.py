@@ -27,7 +27,7 @@ def _parse_overrides(pairs: tuple[str, ...]) -> dict[str, Any]:
 @click.option("--task", help="Registered task name (see `tdfusion plugins`). Default: from --config, else tiny-seg.")
 @click.option("--data", help="Dataset folder or registered dataset name (synthetic, llvip, msrs, ...).")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), help="YAML settings.")
-@click.option("--device", help="torch device, e.g. cpu, cuda, cuda:1.")
+@click.option("--device", help="auto (default: CUDA, then MPS, else CPU), cpu, cuda, cuda:1, mps.")
 @click.option("--amp/--no-amp", default=None, help="bfloat16 autocast for forward passes.")
 @click.option(
     "--out",
