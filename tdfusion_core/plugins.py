@@ -53,9 +53,11 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "tdfusion_core.commands.fuse",
     "tdfusion_core.commands.bench",
     "tdfusion_core.commands.train",
+    "tdfusion_core.commands.val",
     "tdfusion_core.commands.demo",
     "tdfusion_core.commands.new_plugin",
     "tdfusion_core.tb_logger",
+    "tdfusion_core.run_logger",
 )
 
 _lock = threading.Lock()
