@@ -3,7 +3,8 @@
 Defaults are those of the released TDFusion code: Adam at 1e-4 for F, T and G with StepLR(10, 0.1), batch 2 made
 of one pair and its Switch (both source orders), 256x256 crops for the fusion loss, α = 1, 40 epochs of M = 200
 meta steps, G updated by ``θG −= lr·g/max|g|``, the inner learning rate of F equal to F's current learning rate,
-and T' by one step of T's own Adam state.
+and T' by one real step of T's own optimizer on the pre-update F's detached output (its Adam state advances; T's
+weights are put back). ``tests/test_released_port.py`` checks these defaults against a port of the released step.
 
 ``batch_size`` is the global batch (samples per step before the Switch doubles them), the same with any number of
 processes: under ``torchrun`` each process takes ``batch_size × (2 if switch else 1) / world_size`` items of it
@@ -19,7 +20,7 @@ import attrs
 import yaml
 
 from tdfusion_core.losses import IntensityForm
-from tdfusion_core.meta import MetaMode, TaskStepRule
+from tdfusion_core.meta import TASK_STEP_RULES, MetaMode, TaskStepRule
 from tdfusion_core.multitask import normalise_task_specs
 
 
@@ -81,7 +82,8 @@ class TrainConfig:
     lr_step_size: int = attrs.field(default=10, validator=_positive)
     lr_gamma: float = attrs.field(default=0.1, validator=_positive)
     inner_lr: float | None = attrs.field(default=None, validator=_positive)
-    task_step: TaskStepRule = attrs.field(default="adam", validator=attrs.validators.in_(("adam", "sgd")))
+    #: T' rule: ``adam`` (released: one real step of T's optimizer, state advances), ``adam-readonly``, ``sgd``
+    task_step: TaskStepRule = attrs.field(default="adam", validator=attrs.validators.in_(TASK_STEP_RULES))
     generator_update: str = "maxnorm"
     meta_mode: MetaMode = attrs.field(
         default="jvp", validator=attrs.validators.in_(("jvp", "double-backward", "finite-difference"))

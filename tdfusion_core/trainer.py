@@ -88,11 +88,11 @@ from tdfusion_core.distributed import (
 from tdfusion_core.losses import FusionLoss, discriminative_fusion, fixed_weights
 from tdfusion_core.meta import (
     MetaStep,
+    Params,
     TaskInput,
-    adam_task_step,
     apply_maxnorm_update,
     apply_optimizer_update,
-    sgd_task_step,
+    task_step_rule,
 )
 from tdfusion_core.plugins import get_plugin_manager
 from tdfusion_core.task import Task, TaskLoss, functional_task_loss
@@ -433,15 +433,14 @@ class MetaTrainer:
 
         return self._run_phase(range(cfg.meta_steps), step, f"epoch {epoch + 1} meta", "meta")
 
+    def task_update_rule(self) -> Callable[[Params, Params], Params]:
+        """The meta step's T' rule: ``config.task_step`` over T's optimizer (:func:`tdfusion_core.meta.task_step_rule`)."""
+        return task_step_rule(self.config.task_step, self.opt_task, self.task.network)
+
     def meta_update(self, crop: torch.Tensor, mtr_task: TaskInput, mts_task: TaskInput) -> dict[str, float] | None:
         """One meta step on prepared batches and the update of G; ``None`` if the step was skipped (non-finite)."""
         cfg = self.config
-        task_update = (
-            adam_task_step(self.opt_task, self.task.network)
-            if cfg.task_step == "adam"
-            else sgd_task_step(self.opt_task.param_groups[0]["lr"])
-        )
-        result = self.meta_step_fn.compute(crop, mtr_task, mts_task, self._inner_lr(), task_update)
+        result = self.meta_step_fn.compute(crop, mtr_task, mts_task, self._inner_lr(), self.task_update_rule())
         self.meta_step_count += 1
         metrics = {
             "task_loss": float(result.task_loss),
