@@ -14,7 +14,7 @@ def seg_task():
 
 
 def _data():
-    images = torch.rand(2, 3, 16, 20, requires_grad=True)
+    images = torch.rand(2, 1, 16, 20, requires_grad=True)  # tiny-seg takes the fused luminance
     targets = torch.randint(0, 3, (2, 16, 20))
     return images, targets
 
