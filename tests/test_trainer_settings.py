@@ -4,6 +4,7 @@ rate, the LR schedule, mixed precision, the T' rule and SyncBatchNorm (small mod
 from __future__ import annotations
 
 import copy
+import itertools
 
 import pytest
 import torch
@@ -109,7 +110,7 @@ def test_lr_schedule_steps_every_lr_step_size_epochs_by_lr_gamma(g_recorder):
     assert trainer.opt_fusion.param_groups[0]["lr"] == pytest.approx(5e-3)
     # the maxnorm step of G uses the scheduled learning rate: 1e-2, 1e-2, then 5e-3
     states = [g0, *g_recorder.states]
-    steps = [float((b - a).abs().max()) for a, b in zip(states, states[1:])]
+    steps = [float((b - a).abs().max()) for a, b in itertools.pairwise(states)]
     assert steps == pytest.approx([1e-2, 1e-2, 5e-3], rel=1e-4)
 
 
