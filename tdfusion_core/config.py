@@ -24,6 +24,7 @@ from tdfusion_core.config_io import build, finite_positive, load_yaml_file
 from tdfusion_core.losses import GradientForm, IntensityForm
 from tdfusion_core.meta import TASK_STEP_RULES, MetaMode, TaskStepRule
 from tdfusion_core.multitask import normalise_task_specs
+from tdfusion_core.sizes import optional_size
 
 Profile = Literal["released", "paper"]
 
@@ -60,17 +61,7 @@ def _from_profile(key: str) -> Any:
 
 
 def _size(value: Any) -> tuple[int, int] | None:
-    if value is None:
-        return None
-    if isinstance(value, int):
-        return (value, value)
-    if isinstance(value, str):
-        parts = value.lower().replace("×", "x").split("x")
-        value = [int(p) for p in parts] if len(parts) == 2 else [int(parts[0])] * 2
-    h, w = (int(v) for v in value)
-    if h <= 0 or w <= 0:
-        raise ValueError(f"sizes must be positive, got {h}x{w}")
-    return (h, w)
+    return optional_size(value)
 
 
 def _positive(instance: Any, attribute: attrs.Attribute, value: Any) -> None:

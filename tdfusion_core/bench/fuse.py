@@ -21,17 +21,7 @@ from torch import nn
 
 from tdfusion_core.devices import pick_device
 from tdfusion_core.fusion import amp_dtype_for, autocast
-
-
-def parse_size(text: str) -> tuple[int, int]:
-    """``"480x640"`` -> ``(480, 640)`` (height x width)."""
-    try:
-        h, w = (int(v) for v in text.lower().replace("×", "x").split("x"))
-    except ValueError:
-        raise ValueError(f"expected HEIGHTxWIDTH such as 480x640, got {text!r}") from None
-    if h < 1 or w < 1:
-        raise ValueError(f"size must be positive, got {text!r}")
-    return h, w
+from tdfusion_core.sizes import parse_size  # noqa: F401  (re-exported: ``bench.fuse.parse_size`` was public)
 
 
 def _peak_rss_mb() -> float | None:

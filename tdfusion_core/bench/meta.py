@@ -18,6 +18,7 @@ from typing import Any
 import click
 import torch
 
+from tdfusion_core.commands.options import size_callback
 from tdfusion_core.config import TrainConfig
 from tdfusion_core.data.sample import Sample
 from tdfusion_core.devices import pick_device
@@ -166,13 +167,6 @@ def format_meta_results(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _size_option(value: str) -> tuple[int, int]:
-    parts = value.lower().split("x")
-    if len(parts) != 2 or not all(p.isdigit() and int(p) > 0 for p in parts):
-        raise click.BadParameter(f"expected HEIGHTxWIDTH, got {value!r}")
-    return int(parts[0]), int(parts[1])
-
-
 @click.command(name="meta")
 @click.option("--task", default="tiny-seg", show_default=True, help="Registered task (e.g. segformer, yolo).")
 @click.option("--device", default="auto", show_default=True, help="auto (CUDA, then MPS, else CPU), cpu, cuda:1 ...")
@@ -186,9 +180,18 @@ def _size_option(value: str) -> tuple[int, int]:
 @click.option("--amp", is_flag=True, help="bfloat16 autocast for forward passes.")
 @click.option("--iters", type=click.IntRange(min=1), default=5, show_default=True, help="Timed steps.")
 @click.option("--warmup", type=click.IntRange(min=0), default=2, show_default=True, help="Untimed steps first.")
-@click.option("--image-size", default="480x640", show_default=True, help="Source size HEIGHTxWIDTH.")
-@click.option("--crop-size", default="256x256", show_default=True, help="Fusion-loss crop HEIGHTxWIDTH.")
-@click.option("--task-size", default=None, help="Task input HEIGHTxWIDTH (default 240x320 masks, 192x256 boxes).")
+@click.option(
+    "--image-size", default="480x640", show_default=True, callback=size_callback(), help="Source size HEIGHTxWIDTH."
+)
+@click.option(
+    "--crop-size", default="256x256", show_default=True, callback=size_callback(), help="Fusion-loss crop HEIGHTxWIDTH."
+)
+@click.option(
+    "--task-size",
+    default=None,
+    callback=size_callback(),
+    help="Task input HEIGHTxWIDTH (default 240x320 masks, 192x256 boxes).",
+)
 @click.option("--num-classes", type=click.IntRange(min=1), default=9, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def meta_command(
@@ -198,9 +201,9 @@ def meta_command(
     amp: bool,
     iters: int,
     warmup: int,
-    image_size: str,
-    crop_size: str,
-    task_size: str | None,
+    image_size: tuple[int, int],
+    crop_size: tuple[int, int],
+    task_size: tuple[int, int] | None,
     num_classes: int,
     as_json: bool,
 ) -> None:
@@ -212,9 +215,9 @@ def meta_command(
         amp=amp,
         iters=iters,
         warmup=warmup,
-        image_size=_size_option(image_size),
-        crop_size=_size_option(crop_size),
-        task_size=_size_option(task_size) if task_size else None,
+        image_size=image_size,
+        crop_size=crop_size,
+        task_size=task_size,
         num_classes=num_classes,
     )
     click.echo(json.dumps(results) if as_json else format_meta_results(results))
