@@ -22,8 +22,16 @@ def test_meta_trainer_steps_with_segformer_on_synthetic_scenes(base_task: Any) -
     task = SegFormerTask(num_classes=train_set.num_classes)
     task.network = copy.deepcopy(base_task.network)
     config = TrainConfig(
-        task="segformer", epochs=1, meta_steps=2, fusion_steps=1, batch_size=1, crop_size=(32, 32),
-        task_size=(32, 40), progress=False, log_images=False, seed=0,
+        task="segformer",
+        epochs=1,
+        meta_steps=2,
+        fusion_steps=1,
+        batch_size=1,
+        crop_size=(32, 32),
+        task_size=(32, 40),
+        progress=False,
+        log_images=False,
+        seed=0,
     )  # fmt: skip  (task input half the scene size: the masks stay at 64x80, the full-resolution loss)
     torch.manual_seed(0)
     trainer = MetaTrainer(
