@@ -73,6 +73,7 @@ from tdfusion_core.config import TrainConfig
 from tdfusion_core.config_io import check_task_options
 from tdfusion_core.data.sample import Sample
 from tdfusion_core.data.transforms import meta_split
+from tdfusion_core.devices import pick_device
 from tdfusion_core.distributed import (
     DistContext,
     DistributedMetaSampler,
@@ -101,7 +102,6 @@ from tdfusion_core.provenance import check_rebuildable, record_instances
 from tdfusion_core.run_files import RunLock, check_resume_config, load_training_state, save_training_state
 from tdfusion_core.state_guard import NonFiniteStateError, StepGuard, assert_finite_state
 from tdfusion_core.task import Task, TaskLoss, functional_task_loss
-from tdfusion_core.user_errors import check_device
 from tdfusion_core.validation import Validator, make_validator
 
 log = logging.getLogger(__name__)
@@ -184,7 +184,7 @@ class MetaTrainer:
         check_rebuildable(config, need_task=task is None and not config.tasks, need_data=train_set is None)
         self.config = config
         #: this process's place in a multi-process run (world_size 1 without torchrun)
-        check_device(config.device)  # a device this machine lacks: one line naming what it has
+        pick_device(config.device)  # a device this machine lacks fails in one line, before any process group
         self.dist: DistContext = init_distributed(config.device, config.dist_backend)
         self.device = resolve_device(config.device, self.dist)
         self.out_dir = Path(out_dir) if out_dir is not None else None
