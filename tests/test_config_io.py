@@ -59,7 +59,7 @@ def test_config_file_errors_are_one_line_and_name_the_file(tmp_path, text, expec
 
 
 def test_missing_config_file():
-    with pytest.raises(FileNotFoundError, match="config file not found: nowhere.yaml"):
+    with pytest.raises(FileNotFoundError, match=r"config file not found: nowhere\.yaml"):
         TrainConfig.from_yaml("nowhere.yaml")
 
 
