@@ -30,7 +30,7 @@ def on_page_content(html_text: str, page: Any, **kwargs: Any) -> str:
         latex = html.unescape(match.group("block") if block else match.group("inline"))
         try:
             mathml = to_mathml(latex, block)
-        except Exception as exc:  # noqa: BLE001 - any converter failure must name the page and formula
+        except Exception as exc:  # any converter failure must name the page and formula
             raise ValueError(f"{page.file.src_path}: formula {latex!r} could not be converted: {exc}") from exc
         return f'<div class="arithmatex">{mathml}</div>' if block else f'<span class="arithmatex">{mathml}</span>'
 

@@ -85,7 +85,10 @@ def export_fusion_net(
             str(out),
             input_names=["sources"],
             output_names=["fused"],
-            dynamic_axes={"sources": {0: "batch", 2: "height", 3: "width"}, "fused": {0: "batch", 2: "height", 3: "width"}},
+            dynamic_axes={
+                "sources": {0: "batch", 2: "height", 3: "width"},
+                "fused": {0: "batch", 2: "height", 3: "width"},
+            },
             opset_version=opset,
             dynamo=False,
         )
@@ -110,6 +113,19 @@ def run_exported(path: str | Path, sources: torch.Tensor, fmt: Format | None = N
     return result
 
 
+def read_pairs(folder: str | Path, limit: int | None = None) -> list[torch.Tensor]:
+    """Sources ``(1, 2, H, W)`` of the pairs of a folder holding ``ir/`` and ``vi/`` (or ``vis/``) images."""
+    from tdfusion_core.io import list_images, read_image
+
+    folder = Path(folder)
+    vis_dir = folder / "vi" if (folder / "vi").is_dir() else folder / "vis"
+    ir, vis = list_images(folder / "ir"), list_images(vis_dir)
+    names = sorted(set(ir) & set(vis))[:limit]
+    if not names:
+        raise ExportError(f"no infrared/visible pairs in {folder}/ir and {vis_dir}")
+    return [torch.cat([read_image(ir[n])[0], read_image(vis[n])[0]])[None] for n in names]
+
+
 def check_export(checkpoint: str | Path, exported: str | Path, inputs: list[torch.Tensor]) -> dict[str, Any]:
     """Largest absolute difference between the exported model and F in PyTorch over ``inputs`` (each
     ``(B, K, H, W)``), with the sizes checked."""
@@ -121,7 +137,9 @@ def check_export(checkpoint: str | Path, exported: str | Path, inputs: list[torc
             reference = model(x.float())
         got = run_exported(exported, x)
         if got.shape != reference.shape:
-            raise ExportError(f"exported model returned {tuple(got.shape)} for {tuple(x.shape)}, PyTorch {tuple(reference.shape)}")
+            raise ExportError(
+                f"exported model returned {tuple(got.shape)} for {tuple(x.shape)}, PyTorch {tuple(reference.shape)}"
+            )
         worst = max(worst, float((got - reference).abs().max()))
         sizes.append(tuple(x.shape[-2:]))
     return {"max_abs_diff": worst, "sizes": sizes}

@@ -54,6 +54,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "tdfusion_core.commands.bench",
     "tdfusion_core.commands.train",
     "tdfusion_core.commands.val",
+    "tdfusion_core.commands.export",
     "tdfusion_core.commands.demo",
     "tdfusion_core.commands.new_plugin",
     "tdfusion_core.tb_logger",

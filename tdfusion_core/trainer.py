@@ -693,10 +693,10 @@ class MetaTrainer:
                 if main:  # for the logs only
                     for k, w in enumerate(self.source_weight_means()):
                         metrics[f"weight/source{k}"] = w
-                    if self.validator is not None:
-                        metrics.update(self.validator.after_epoch(self, epoch))
                 self.epoch = epoch + 1
                 self.history.append(metrics)
+                if self.validator is not None:  # after the counters: best.pt resumes after this epoch
+                    self.validator.after_epoch(self, epoch, metrics)
                 self._emit("tdfusion_on_epoch_end", trainer=self, epoch=epoch, metrics=metrics)
                 if self.out_dir is not None:
                     if cfg.log_images and main:
@@ -846,17 +846,22 @@ class MetaTrainer:
             self.fusion_net.train(was_f)
             self.loss_generator.train(was_g)
 
-    def save_epoch_figure(self, epoch: int, count: int = 4) -> Path:
-        """PNG grid of sources, fused image and weight maps (rows: samples) under ``<out>/images``."""
-        from tdfusion_core.visual import save_weight_grid
+    def epoch_figure(self, count: int = 4) -> np.ndarray:
+        """RGB grid (titled columns, 0-1 colour bar) of sources, fused image and weight maps of the first
+        ``count`` training samples (rows), at the task size."""
+        from tdfusion_core.visual import weight_grid
 
-        assert self.out_dir is not None
         count = min(count, len(self.train_set))
         sources = torch.stack([_resize(self.train_set[i].sources[None], self.task_size)[0] for i in range(count)])
         fused, weights = self.fuse(sources)
-        path = self.out_dir / "images" / f"epoch_{epoch + 1:04d}.png"
-        save_weight_grid(path, sources, fused.cpu(), weights.cpu())
-        return path
+        return weight_grid(sources, fused.cpu(), weights.cpu())
+
+    def save_epoch_figure(self, epoch: int, count: int = 4) -> Path:
+        """PNG of :meth:`epoch_figure` under ``<out>/images``."""
+        from tdfusion_core.visual import save_png
+
+        assert self.out_dir is not None
+        return save_png(self.out_dir / "images" / f"epoch_{epoch + 1:04d}.png", self.epoch_figure(count))
 
     @torch.no_grad()
     def evaluate(self, dataset: Any, batch_size: int = 4) -> dict[str, float]:

@@ -139,25 +139,29 @@ class Validator:
         task_metrics = {k[len(PREFIX) :]: v for k, v in metrics.items() if not k.startswith(FUSION_PREFIX)}
         return trainer.task.select_primary(task_metrics)
 
-    def after_epoch(self, trainer: Any, epoch: int) -> dict[str, float]:
-        """Validate after ``epoch`` (0-based) when due; write ``best.pt`` on improvement. Empty dict when not due."""
+    def after_epoch(self, trainer: Any, epoch: int, metrics: dict[str, float]) -> dict[str, float]:
+        """Validate after ``epoch`` (0-based) when due, adding the results to ``metrics`` (the epoch's entry of the
+        history); write ``best.pt`` on improvement. Returns the validation metrics (empty when not due)."""
         cfg = trainer.config
         if (epoch + 1) % cfg.val_every != 0 and epoch + 1 != cfg.epochs:
             return {}
-        metrics = self.evaluate(trainer)
-        chosen = self.primary(trainer, metrics)
+        found = self.evaluate(trainer)
+        chosen = self.primary(trainer, found)
+        improved = False
         if chosen is not None:
             name, value = chosen
             maximise = getattr(trainer.task, "primary_mode", "max") != "min"
-            better = (
-                self.best is None or (maximise and value > self.best[1]) or (not maximise and value < self.best[1])
-            ) and math.isfinite(value)
-            if better:
+            improved = math.isfinite(value) and (
+                self.best is None or (value > self.best[1] if maximise else value < self.best[1])
+            )
+            if improved:
                 self.best = (name, value, epoch + 1)
-                if trainer.out_dir is not None:
-                    save_best(trainer, epoch + 1)
-            metrics["val/best_epoch"] = float(self.best[2]) if self.best else float("nan")
-        return metrics
+            if self.best is not None:
+                found["val/best_epoch"] = float(self.best[2])
+        metrics.update(found)
+        if improved and trainer.out_dir is not None:
+            save_best(trainer, epoch + 1)
+        return found
 
     def restore(self, trainer: Any, history: list[dict[str, float]]) -> None:
         """Recover the best value from a resumed run's history."""
