@@ -128,6 +128,7 @@ class TrainConfig:
     intensity: IntensityForm = attrs.field(
         default=_from_profile("intensity"), validator=attrs.validators.in_(("reference", "paper"))
     )
+    #: form of the gradient loss: `released` (Sobel x/y responses, sign kept) or `paper` (Eq. 3, gradient magnitudes)
     gradient_form: GradientForm = attrs.field(
         default=_from_profile("gradient_form"), validator=attrs.validators.in_(("released", "paper"))
     )

@@ -46,7 +46,6 @@ MEANINGS: dict[str, str] = {
     "lr_step_size": "StepLR period in epochs (all three learning rates)",
     "lr_gamma": "StepLR factor",
     "inner_lr": "learning rate of F's inner (virtual) step in the meta step; null: F's current learning rate",
-    "task_step": "rule of T's virtual step T': `adam` (one step of T's own Adam state) or `sgd`",
     "generator_update": "G's update: `maxnorm` (θ −= lr·g/max|g|, as released), `adam`, `adamw` or `sgd`",
     "meta_mode": "how the meta-gradient is computed: `jvp` (exact), `double-backward` or `finite-difference`",
     "intensity": "form of the intensity loss: `reference` (released code) or `paper`",
@@ -114,9 +113,17 @@ def _type(tp: Any) -> str:
 
 
 def _default(field: attrs.Attribute) -> str:
-    default = field.default
+    from tdfusion_core.config import PROFILES
+
+    default: Any = field.default
     if isinstance(default, attrs.Factory):  # type: ignore[arg-type]
-        default = default.factory()  # type: ignore[attr-defined]
+        if default.takes_self:  # a profile setting: its value under the default profile
+            return f"{_yaml(PROFILES['released'][field.name])} (profile)"
+        default = default.factory()
+    return _yaml(default)
+
+
+def _yaml(default: Any) -> str:
     if isinstance(default, tuple):
         default = list(default)
     import yaml
