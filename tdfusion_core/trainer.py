@@ -282,9 +282,10 @@ class MetaTrainer:
         if num_classes is not None:
             options.setdefault("num_classes", num_classes)
         task = registry.get_task(self.config.task, **options)
-        if num_classes is None and hasattr(self.train_set, "num_classes") and getattr(task, "num_classes", None):
+        task_classes = getattr(task, "num_classes", None)
+        if num_classes is None and hasattr(self.train_set, "num_classes") and task_classes:
             # labels are then checked against the task's count when loaded, naming the file of a value out of range
-            self.train_set.num_classes = int(task.num_classes)
+            self.train_set.num_classes = int(task_classes)
         return task
 
     def _build_dataset(self) -> Any:
