@@ -38,6 +38,12 @@ def _parse_overrides(pairs: tuple[str, ...]) -> dict[str, Any]:
     help="Run directory: config, checkpoints, logs, images, model.pt.",
 )
 @click.option("--resume", is_flag=True, help="Continue from <out>/checkpoints/last.pt.")
+@click.option(
+    "--trust-checkpoint",
+    is_flag=True,
+    help="Let the task load its pretrained checkpoint with a full unpickle, which runs code from the file. Only for "
+    "files you trust; a config file cannot set this.",
+)
 @click.option("--deterministic", is_flag=True, default=None, help="Deterministic kernels (bit-reproducible on CPU).")
 @click.option("--epochs", type=int, help="Number of epochs L.")
 @click.option("--meta-steps", type=int, help="Meta steps M per epoch.")
@@ -58,6 +64,7 @@ def train_command(
     amp: bool | None,
     out_dir: Path,
     resume: bool,
+    trust_checkpoint: bool,
     deterministic: bool | None,
     epochs: int | None,
     meta_steps: int | None,
@@ -72,14 +79,20 @@ def train_command(
     """
     from tdfusion_core.config import TrainConfig
     from tdfusion_core.trainer import MetaTrainer, TrainingDivergedError
+    from tdfusion_core.trust import refuse_trust_from_file, with_trust, without_trust
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     values: dict[str, Any] = {}
     saved = out_dir / "config.yaml"
     if resume and saved.is_file():
-        values.update(TrainConfig.from_yaml(saved).to_dict())
+        values.update(without_trust(TrainConfig.from_yaml(saved).to_dict()))
     if config_path is not None:
-        values.update(TrainConfig.from_yaml(config_path).to_dict())
+        from_file = TrainConfig.from_yaml(config_path).to_dict()
+        try:
+            refuse_trust_from_file(from_file, str(config_path))
+        except ValueError as exc:
+            raise click.UsageError(str(exc)) from exc
+        values.update(from_file)
     given = {
         "task": task,
         "data": data,
@@ -93,6 +106,8 @@ def train_command(
     }
     values.update({k: v for k, v in given.items() if v is not None})
     values.update(_parse_overrides(overrides))
+    if trust_checkpoint:
+        values = with_trust(values)
     try:
         config = TrainConfig.from_dict(values, source="the command line")
     except (TypeError, ValueError) as exc:
