@@ -31,3 +31,37 @@ def test_flag_sets_and_saved_config_drops_trust():
     assert trusted["tasks"][0]["options"] == {"trust_checkpoint": True}
     dropped = without_trust(trusted)
     assert dropped["task_options"] == {"width": 4} and dropped["tasks"][0]["options"] == {}
+
+
+class _Payload:
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+@pytest.mark.parametrize("where", ["task", "model", "resume"])
+def test_malicious_pickle_never_runs_and_the_refusal_explains(tmp_path, where):
+    import torch
+
+    from tdfusion_core.checkpoints import CheckpointError, load_model_checkpoint
+    from tdfusion_core.registry import get_task
+    from tdfusion_core.run_files import ResumeError, load_training_state
+
+    marker = tmp_path / "payload-ran"
+    path = tmp_path / "checkpoints" / "last.pt"
+    path.parent.mkdir()
+    torch.save({"format": "tdfusion-train-state", "x": _Payload(str(marker))}, path)
+    with pytest.raises((CheckpointError, ResumeError)) as refused:
+        if where == "task":
+            task = get_task("tiny-seg")
+            task.load_checkpoint(task.network, path)
+        elif where == "model":
+            load_model_checkpoint(path)
+        else:
+            load_training_state(path)
+    message = str(refused.value)
+    assert not marker.exists()
+    assert "only load by executing code" in message and "(io.open)" in message
+    assert "weights_only=False" not in message and "safe_globals" in message
