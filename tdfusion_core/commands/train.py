@@ -86,6 +86,14 @@ def train_command(
     saved = out_dir / "config.yaml"
     if resume and saved.is_file():
         values.update(without_trust(TrainConfig.from_yaml(saved).to_dict()))
+    elif resume:  # config.yaml lost: the settings stored in the checkpoint itself
+        from tdfusion_core.run_files import load_training_state
+
+        try:
+            state, _ = load_training_state(out_dir / "checkpoints" / "last.pt")
+        except (OSError, ValueError) as exc:
+            raise click.ClickException(str(exc)) from exc
+        values.update(without_trust(dict(state.get("config") or {})))
     if config_path is not None:
         from_file = TrainConfig.from_yaml(config_path).to_dict()
         try:
