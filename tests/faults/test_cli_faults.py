@@ -62,6 +62,7 @@ def test_unknown_device_lists_what_exists():
 
 
 def test_user_errors_are_one_line_and_debug_shows_the_traceback(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("TDFUSION_DEBUG", "0")  # recorded first, so the variable --debug sets is undone after the test
     args = [
         "fuse",
         "--ir",
