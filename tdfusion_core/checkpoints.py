@@ -37,6 +37,7 @@ too; the reference's own scripts never write one, so that case is recognised by 
 from __future__ import annotations
 
 import pickle
+import re
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -329,7 +330,8 @@ def read_torch_file(path: str | Path, map_location: Any = "cpu", what: str = "ch
         text = str(exc)
         blocked = [line.strip() for line in text.splitlines() if "GLOBAL" in line or "Unsupported global" in line]
         if blocked:
-            detail = blocked[0].replace("Trying to load ", "").rstrip(".")
+            named = re.search(r"GLOBAL ([\w.]+)", blocked[0])
+            detail = named.group(1) if named else blocked[0]
             raise CheckpointError(unsafe_pickle_message(path, detail)) from exc
         raise CheckpointError(
             f"{path} is not a readable PyTorch {what}: its {size} bytes are another format or a plain pickle, "

@@ -145,11 +145,12 @@ class Task(abc.ABC):
     def load_checkpoint(self, network: nn.Module, path: Path) -> None:
         """Load weights from a local file into ``network`` (a state dict, or a dict with a ``state_dict`` key).
 
-        Loaded with ``weights_only=True``: no code from the file is executed.
+        Loaded with ``weights_only=True``: no code from the file is executed (a file that needs it is refused with
+        how to convert a trusted one, see :func:`tdfusion_core.checkpoints.read_torch_file`).
         """
-        if not path.is_file():
-            raise FileNotFoundError(f"task checkpoint not found: {path}")
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        from tdfusion_core.checkpoints import read_torch_file
+
+        state = read_torch_file(path, "cpu", what="task checkpoint")
         if isinstance(state, Mapping) and "state_dict" in state:
             state = state["state_dict"]
         network.load_state_dict(state)

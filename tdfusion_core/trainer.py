@@ -300,7 +300,12 @@ class MetaTrainer:
         num_classes = getattr(self.train_set, "num_classes", None)
         if num_classes is not None:
             options.setdefault("num_classes", num_classes)
-        return registry.get_task(self.config.task, **options)
+        task = registry.get_task(self.config.task, **options)
+        task_classes = getattr(task, "num_classes", None)
+        if num_classes is None and hasattr(self.train_set, "num_classes") and task_classes:
+            # labels are then checked against the task's count when loaded, naming the file of a value out of range
+            self.train_set.num_classes = int(task_classes)
+        return task
 
     def _build_dataset(self) -> Any:
         return resolve_dataset(self.config.data, split="train", **self.config.data_options)
