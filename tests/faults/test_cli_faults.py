@@ -8,9 +8,9 @@ from click.testing import CliRunner
 
 from tdfusion_core.checkpoints import CheckpointError, save_model_checkpoint
 from tdfusion_core.cli import build_cli, main
+from tdfusion_core.devices import DeviceError, pick_device
 from tdfusion_core.io import list_images
 from tdfusion_core.nets.refusion import FusionNet
-from tdfusion_core.user_errors import DeviceError, check_device
 from tests.trainer_utils import small_trainer
 
 
@@ -52,11 +52,11 @@ def test_webp_images_are_listed(tmp_path):
 
 
 def test_unknown_device_lists_what_exists():
-    with pytest.raises(DeviceError, match=r"cuda:\d+: .*(it|this machine) has: cpu"):
-        check_device("cuda:3") if not torch.cuda.is_available() else check_device(f"cuda:{torch.cuda.device_count()}")
-    with pytest.raises(DeviceError, match="not a device name"):
-        check_device("gpu0")
-    assert check_device("cpu") == torch.device("cpu")
+    with pytest.raises(DeviceError, match=r"cuda:\d+.* not available on this machine \(it has: .*cpu"):
+        pick_device("cuda:3") if not torch.cuda.is_available() else pick_device(f"cuda:{torch.cuda.device_count()}")
+    with pytest.raises(DeviceError, match="not a torch device"):
+        pick_device("gpu0")
+    assert pick_device("cpu") == torch.device("cpu")
     with pytest.raises(DeviceError):
         small_trainer(device="cuda:99")
 
