@@ -83,6 +83,9 @@ class Task(abc.ABC):
     target_kind: ClassVar[TargetKind] = "mask"
     #: (height, width) the images are resized to for the task loss, unless the run configures another size
     default_input_size: ClassVar[tuple[int, int] | None] = None
+    #: mask targets: the trainer passes them at the image's own resolution instead of resizing them to the task
+    #: size, and ``compute_loss`` brings the logits to the mask's size (the released segmentation loss)
+    full_resolution_targets: bool = False
 
     def __init__(
         self, num_classes: int | None = None, checkpoint: str | Path | None = None, lr: float = 1e-4, **config: Any
