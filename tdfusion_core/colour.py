@@ -9,7 +9,9 @@ source has colour, the result is grayscale. Everything here is differentiable an
 The RGB values are clamped to ``[0, 1]`` with a straight-through gradient (:func:`clamp_straight_through`): the
 values, and so every image written to disk, are truly clamped, but a task trained on RGB (``input_kind="rgb"``, an
 extension: the released code feeds its task networks the one-channel luminance) still sends a gradient to F
-through saturated pixels, where a plain clamp would send zero.
+through saturated pixels, where a plain clamp would send zero. The price: at saturated pixels the gradient is the
+straight-through surrogate's, not that of the clamped image, so the RGB path's meta-gradient matches finite
+differences only where nothing saturates (the luminance path is exact everywhere).
 """
 
 from __future__ import annotations
