@@ -90,6 +90,9 @@ class Task(abc.ABC):
     #: free-form options this task reads from :attr:`config`, besides its ``__init__`` parameters; ``None``: any key
     #: is accepted (``task_options`` cannot be checked for typos)
     config_keys: ClassVar[tuple[str, ...] | None] = None
+    #: mask targets: the trainer passes them at the image's own resolution instead of resizing them to the task
+    #: size, and ``compute_loss`` brings the logits to the mask's size (the released segmentation loss)
+    full_resolution_targets: bool = False
 
     def __init__(
         self, num_classes: int | None = None, checkpoint: str | Path | None = None, lr: float = 1e-4, **config: Any

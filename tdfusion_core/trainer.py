@@ -51,6 +51,7 @@ it (``refusion`` and ``lpn`` take any K ≥ 2); the Switch reverses the source o
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import random
@@ -122,6 +123,14 @@ class WeightedSum(nn.Module):
 
     def forward(self, sources: torch.Tensor) -> torch.Tensor:
         return discriminative_fusion(sources, self.loss_generator(sources))
+
+
+def _takes_option(factory: Any, name: str) -> bool:
+    """Whether ``factory`` (a task class) names the keyword ``name`` in its signature (``**config`` does not count)."""
+    try:
+        return name in inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 def _resize(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -300,6 +309,9 @@ class MetaTrainer:
         num_classes = getattr(self.train_set, "num_classes", None)
         if num_classes is not None:
             options.setdefault("num_classes", num_classes)
+        input_kind = getattr(self.train_set, "input_kind", None)  # a dataset preset's (the released code's)
+        if input_kind is not None and _takes_option(registry.lookup("task", self.config.task), "input_kind"):
+            options.setdefault("input_kind", input_kind)
         task = registry.get_task(self.config.task, **options)
         task_classes = getattr(task, "num_classes", None)
         if num_classes is None and hasattr(self.train_set, "num_classes") and task_classes:
@@ -381,7 +393,7 @@ class MetaTrainer:
             h, w = s.size
             top = int(draws[j, 0]) % (h - ch + 1)
             left = int(draws[j, 1]) % (w - cw + 1)
-            target = self.task.resize_targets(s.target, s.size, self.task_size) if s.target is not None else None
+            target = self._loss_target(s.target, s.size) if s.target is not None else None
             prepared[j] = (
                 s.sources[:, top : top + ch, left : left + cw],
                 _resize(s.sources[None], self.task_size)[0],
@@ -397,6 +409,7 @@ class MetaTrainer:
             task_sources.append(sources)
             task_chroma.append(chroma)
             targets.append(target)
+        targets = self._common_resolution(targets)
         collated = self.task.collate_targets(targets) if any(t is not None for t in targets) else None
         batch = TaskInput(
             torch.stack(task_sources).to(self.device),
@@ -404,6 +417,27 @@ class MetaTrainer:
             self.task.targets_to(collated, self.device),
         )
         return torch.stack(crops).to(self.device), batch
+
+    def _loss_target(self, target: Any, size: tuple[int, int]) -> Any:
+        """A sample's target for the task loss: resized to the task size, or kept at the image's resolution for a
+        task with ``full_resolution_targets`` (masks; its loss upsamples the logits to them)."""
+        if getattr(self.task, "full_resolution_targets", False):
+            return target
+        return self.task.resize_targets(target, size, self.task_size)
+
+    def _common_resolution(self, targets: list[Any]) -> list[Any]:
+        """Full-resolution masks of different sizes, resized (nearest) to the largest so that they stack; each
+        still covers its whole image, as the task input does."""
+        sizes = {(int(t.shape[-2]), int(t.shape[-1])) for t in targets if isinstance(t, torch.Tensor)}
+        if len(sizes) <= 1 or not getattr(self.task, "full_resolution_targets", False):
+            return targets
+        largest = max(sizes, key=lambda hw: hw[0] * hw[1])
+        return [
+            self.task.resize_targets(t, (int(t.shape[-2]), int(t.shape[-1])), largest)
+            if isinstance(t, torch.Tensor)
+            else t
+            for t in targets
+        ]
 
     def meta_split(self, epoch: int) -> tuple[list[int], list[int]]:
         """Disjoint meta-train and meta-test index sets of ``epoch`` (a pure function of the seed and the epoch,
@@ -879,7 +913,7 @@ class MetaTrainer:
                 chroma = torch.stack([_resize(s.chroma, self.task_size) for s in samples])
                 fused, _ = self.fuse(sources)
                 images = task_input(fused, chroma.to(self.device), self.task.input_kind)
-                targets = [self.task.resize_targets(s.target, s.size, self.task_size) for s in samples]
+                targets = self._common_resolution([self._loss_target(s.target, s.size) for s in samples])
                 yield images, self.task.targets_to(self.task.collate_targets(targets), self.device)
 
         return self.task.evaluate(self.task.network, batches())
