@@ -5,6 +5,7 @@ import torch
 
 from tdfusion_core.registry import get_task
 from tdfusion_core.task import functional_task_loss
+from tdfusion_core.tasks.tiny_seg import TinySegTask
 
 
 @pytest.fixture
@@ -88,3 +89,30 @@ def test_checkpoint_round_trip(tmp_path, seg_task):
     other = get_task("tiny-seg", num_classes=3, width=8, checkpoint=path)
     for (k, a), (_, b) in zip(seg_task.network.state_dict().items(), other.network.state_dict().items()):
         assert torch.equal(a, b), k
+
+
+class _ModeProbe(TinySegTask):
+    """Records the network's mode while evaluating; raises when asked to."""
+
+    seen: list[bool] = []
+
+    def evaluate(self, network, batches):
+        self.seen.append(network.training)
+        if self.config.get("fail"):
+            raise RuntimeError("evaluation failed")
+        return {"n": float(len(list(batches)))}
+
+
+def test_core_runs_every_tasks_evaluate_in_eval_mode_and_restores_the_mode():
+    probe = _ModeProbe(num_classes=3, width=4)
+    net = probe.network.train()
+    assert probe.evaluate(net, [1, 2]) == {"n": 2.0}
+    assert probe.seen == [False] and net.training
+    net.eval()
+    probe.evaluate(net, [])
+    assert not net.training  # a network in eval mode stays there
+    failing = _ModeProbe(num_classes=3, width=4, fail=True)
+    net = failing.network.train()
+    with pytest.raises(RuntimeError, match="evaluation failed"):
+        failing.evaluate(net, [])
+    assert net.training
