@@ -1,4 +1,5 @@
 import copy
+from typing import ClassVar
 
 import pytest
 import torch
@@ -94,7 +95,7 @@ def test_checkpoint_round_trip(tmp_path, seg_task):
 class _ModeProbe(TinySegTask):
     """Records the network's mode while evaluating; raises when asked to."""
 
-    seen: list[bool] = []
+    seen: ClassVar[list[bool]] = []
 
     def evaluate(self, network, batches):
         self.seen.append(network.training)
