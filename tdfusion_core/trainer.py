@@ -73,8 +73,8 @@ from tdfusion_core.data.sample import Sample
 from tdfusion_core.data.transforms import meta_split
 from tdfusion_core.distributed import (
     DistContext,
-    DistributedMetaSampler,
     DistributedMetaStep,
+    MetaBatchSampler,
     MultiInputForward,
     agree_finite,
     barrier,
@@ -242,7 +242,7 @@ class MetaTrainer:
                 autocast_dtype=autocast,
             )
         #: global meta batches of each step and this process's share of every global batch
-        self.sampler = DistributedMetaSampler(
+        self.sampler = MetaBatchSampler(
             len(self.train_set), config.batch_size, config.seed, config.switch, self.dist.rank, self.dist.world_size
         )
         self.epoch = 0  # epochs completed

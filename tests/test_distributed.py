@@ -15,8 +15,8 @@ import torch.multiprocessing as mp
 
 from tdfusion_core.distributed import (
     DistContext,
-    DistributedMetaSampler,
     DistributedMetaStep,
+    MetaBatchSampler,
     ShardedBatches,
     average_tensors,
     full_batches,
@@ -53,7 +53,7 @@ def test_uneven_shards_are_refused_with_a_clear_message():
 
 
 def test_meta_sampler_is_the_same_in_every_process_and_disjoint():
-    samplers = [DistributedMetaSampler(10, 2, seed=3, rank=r, world_size=2) for r in range(2)]
+    samplers = [MetaBatchSampler(10, 2, seed=3, rank=r, world_size=2) for r in range(2)]
     split = samplers[0].split(4)
     assert split == samplers[1].split(4) and not set(split[0]) & set(split[1])
     for step in range(5):
@@ -245,3 +245,10 @@ def test_bench_scaling_reports_both_process_counts():
     assert [r["processes"] for r in rows] == [1, 2] and [r["global_batch"] for r in rows] == [2, 4]
     assert [r["items_per_process"] for r in rows] == [4, 4]  # weak scaling: the same share per process
     assert rows[0]["efficiency"] == 1.0 and rows[1]["meta_step_ms"] > 0 and rows[1]["cpu_efficiency"] > 0
+
+
+def test_the_old_sampler_name_still_works_with_a_deprecation_warning():
+    import tdfusion_core.distributed as distributed
+
+    with pytest.warns(DeprecationWarning, match="MetaBatchSampler"):
+        assert distributed.DistributedMetaSampler is MetaBatchSampler
