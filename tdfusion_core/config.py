@@ -14,11 +14,12 @@ processes: under ``torchrun`` each process takes ``batch_size × (2 if switch el
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import attrs
 import yaml
 
+from tdfusion_core.distributed import MetaSync
 from tdfusion_core.losses import IntensityForm
 from tdfusion_core.meta import TASK_STEP_RULES, MetaMode, TaskStepRule
 from tdfusion_core.multitask import normalise_task_specs
@@ -27,6 +28,16 @@ from tdfusion_core.sizes import optional_size
 
 def _size(value: Any) -> tuple[int, int] | None:
     return optional_size(value)
+
+
+#: how G's meta-gradient updates G: the released ``θG −= lr·g/max|g|``, or a step of that torch optimizer
+GeneratorUpdate = Literal["maxnorm", "adam", "adamw", "sgd"]
+DistBackend = Literal["nccl", "gloo", "mpi", "ucc"]
+
+
+def _one_of(choices: Any) -> Any:
+    """attrs validator: the value is one of a ``Literal``'s choices (the type is the one list of them)."""
+    return attrs.validators.in_(get_args(choices))
 
 
 def _positive(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
@@ -75,13 +86,11 @@ class TrainConfig:
     inner_lr: float | None = attrs.field(default=None, validator=_positive)
     #: T' rule: ``adam`` (released: one real step of T's optimizer, state advances), ``adam-readonly``, ``sgd``
     task_step: TaskStepRule = attrs.field(default="adam", validator=attrs.validators.in_(TASK_STEP_RULES))
-    generator_update: str = "maxnorm"
-    meta_mode: MetaMode = attrs.field(
-        default="jvp", validator=attrs.validators.in_(("jvp", "double-backward", "finite-difference"))
-    )
+    generator_update: GeneratorUpdate = attrs.field(default="maxnorm", validator=_one_of(GeneratorUpdate))
+    meta_mode: MetaMode = attrs.field(default="jvp", validator=_one_of(MetaMode))
 
     # fusion loss
-    intensity: IntensityForm = attrs.field(default="reference", validator=attrs.validators.in_(("reference", "paper")))
+    intensity: IntensityForm = attrs.field(default="reference", validator=_one_of(IntensityForm))
     alpha: float = attrs.field(default=1.0, validator=_non_negative)
 
     # ablations (paper Table 3)
@@ -104,10 +113,10 @@ class TrainConfig:
     # several processes (torchrun; see tdfusion_core.distributed). batch_size above is the global batch.
     #: ``union``: the meta step's inner gradients, T's gradient and v are averaged too, so G's update is the exact
     #: meta-gradient of the union of the shards; ``per-shard``: only G's meta-gradients are averaged (cheaper)
-    meta_sync: str = attrs.field(default="union", validator=attrs.validators.in_(("union", "per-shard")))
+    meta_sync: MetaSync = attrs.field(default="union", validator=_one_of(MetaSync))
     #: process-group backend; default NCCL on CUDA, gloo on CPU
-    dist_backend: str | None = attrs.field(
-        default=None, validator=attrs.validators.optional(attrs.validators.in_(("nccl", "gloo", "mpi", "ucc")))
+    dist_backend: DistBackend | None = attrs.field(
+        default=None, validator=attrs.validators.optional(_one_of(DistBackend))
     )
     #: convert T's BatchNorm layers to SyncBatchNorm in multi-process runs (CUDA only)
     sync_batchnorm: bool = False
@@ -115,10 +124,6 @@ class TrainConfig:
     find_unused_parameters: bool = False
 
     def __attrs_post_init__(self) -> None:
-        if self.generator_update != "maxnorm" and not self.generator_update.startswith(("adam", "sgd", "adamw")):
-            raise ValueError(
-                f"generator_update must be 'maxnorm', 'adam', 'adamw' or 'sgd', not {self.generator_update!r}"
-            )
         if self.discriminative and self.fixed_weights:
             raise ValueError("discriminative fusion needs the loss generator: it cannot be combined with fixed_weights")
 

@@ -229,7 +229,7 @@ class MetaTrainer:
                 config.meta_mode,
                 autocast_dtype=autocast,
                 ctx=self.dist,
-                sync=config.meta_sync,  # type: ignore[arg-type]
+                sync=config.meta_sync,
                 average_inner_params=not config.separate_fusion_phase,
             )
         else:
