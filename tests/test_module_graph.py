@@ -23,6 +23,8 @@ LAYERS: list[tuple[str, int]] = [
     ("tdfusion_core.precision", 0),
     ("tdfusion_core.seeding", 0),
     ("tdfusion_core.sizes", 0),
+    ("tdfusion_core.atomic", 0),
+    ("tdfusion_core.devices", 0),
     # 1: the kernel (the paper) and the plugin system
     ("tdfusion_core.task", 1),
     ("tdfusion_core.tasks", 1),
@@ -33,7 +35,14 @@ LAYERS: list[tuple[str, int]] = [
     ("tdfusion_core.registry", 1),
     ("tdfusion_core.builtin_", 1),
     # 2: the training harness
+    ("tdfusion_core.config_docs", 3),
+    ("tdfusion_core.config_io", 2),
     ("tdfusion_core.config", 2),
+    ("tdfusion_core.state_guard", 2),
+    ("tdfusion_core.provenance", 2),
+    ("tdfusion_core.run_files", 2),
+    ("tdfusion_core.run_logger", 2),
+    ("tdfusion_core.validation", 2),
     ("tdfusion_core.distributed", 2),
     ("tdfusion_core.checkpoints", 2),
     ("tdfusion_core.batches", 2),

@@ -80,6 +80,13 @@ def port_fusion_loss_released(fused: torch.Tensor, sources: torch.Tensor, w: tor
     return lint + nnf.l1_loss(fx, mx) + nnf.l1_loss(fy, my)
 
 
+def port_fusion_loss_paper(fused: torch.Tensor, sources: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """Eq. 2 ``mean Σ_k w_k (If − I_k)²`` + Eq. 3 ``mean | |∇If| − max_k |∇I_k| |`` with ``|∇I| = |∂x I| + |∂y I|``."""
+    lint = (w * (fused - sources) ** 2).sum(dim=1).mean()
+    mags = [sum(d.abs() for d in _sobel(sources[:, k : k + 1])) for k in range(sources.shape[1])]
+    return lint + (sum(d.abs() for d in _sobel(fused)) - torch.maximum(*mags)).abs().mean()
+
+
 def port_ce(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """``CE_Loss``: logits upsampled bilinearly (align_corners=True) to the mask size, then cross-entropy."""
     if logits.shape[-2:] != mask.shape[-2:]:
@@ -119,6 +126,36 @@ class ReleasedPort:
         T.load_state_dict(saved_t)
         F.zero_grad()
         self.opt_t.zero_grad()
+        return grad_g
+
+
+class PaperPort:
+    """The printed Eqs. 2-7 (float64): SGD T' on the pre-update F (Eq. 5), plain gradient step of G (Eq. 6)."""
+
+    def __init__(self, fusion: nn.Module, generator: nn.Module, task_net: nn.Module) -> None:
+        self.F, self.G, self.T = fusion, generator, task_net
+        self.opt_t = torch.optim.SGD(self.T.parameters(), lr=LR_T)  # never stepped (compared: both states empty)
+
+    def step(self, crop: torch.Tensor, mtr: TaskInput, mts: TaskInput) -> dict[str, torch.Tensor]:
+        F, G, T = self.F, self.G, self.T
+        buffers = copy.deepcopy({n: b for n, b in T.named_buffers()})
+        lf = port_fusion_loss_paper(F(crop), crop, G(crop))  # Eqs. 2-3
+        names, params = zip(*F.named_parameters())
+        grads = torch.autograd.grad(lf, params, create_graph=True)
+        theta_f1 = {n: p - LR_F * g for n, p, g in zip(names, params, grads)}  # Eq. 4
+        t_names, t_params = zip(*T.named_parameters())
+        lt_inner = port_ce(T(F(mtr.sources).detach()), mtr.targets)
+        t_grads = torch.autograd.grad(lt_inner, t_params)
+        theta_t1 = {n: (p - LR_T * g).detach() for n, p, g in zip(t_names, t_params, t_grads)}  # Eq. 5
+        fused = functional_call(F, theta_f1, (mts.sources,))
+        lt = port_ce(functional_call(T, {**theta_t1, **buffers}, (fused,)), mts.targets)
+        g_names, g_params = zip(*G.named_parameters())
+        grad_g = dict(zip(g_names, (g.detach() for g in torch.autograd.grad(lt, g_params))))  # Eqs. 6-7
+        with torch.no_grad():
+            for n, p in G.named_parameters():
+                p.add_(-LR_G * grad_g[n])  # Eq. 6: a plain gradient step
+            for n, b in T.named_buffers():
+                b.copy_(buffers[n])
         return grad_g
 
 
@@ -183,7 +220,11 @@ def _rel(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
 
 
 def _adam_state(opt: torch.optim.Optimizer, net: nn.Module) -> dict[str, dict[str, torch.Tensor]]:
-    return {n: {k: torch.as_tensor(v).clone() for k, v in opt.state[p].items()} for n, p in net.named_parameters()}
+    return {
+        n: {k: torch.as_tensor(v).clone() for k, v in opt.state[p].items()}
+        for n, p in net.named_parameters()
+        if p in opt.state
+    }
 
 
 def _run_both(trainer: MetaTrainer, port: Any) -> list[dict[str, Any]]:
@@ -215,7 +256,7 @@ def _port_of(trainer: MetaTrainer, cls: type = ReleasedPort) -> Any:
 @pytest.mark.parametrize("mode", ["jvp", "double-backward"])
 def test_default_meta_step_is_the_released_one_over_three_steps(mode):
     trainer = _trainer(meta_mode=mode)
-    assert trainer.task.input_kind == "luminance"
+    assert trainer.config.profile == "released" and trainer.task.input_kind == "luminance"
     port = _port_of(trainer)
     for step, r in enumerate(_run_both(trainer, port)):
         assert r["grad_rel"] < 1e-10, f"step {step + 1}: G's gradient differs by {r['grad_rel']:.3g} (relative)"
@@ -226,3 +267,30 @@ def test_default_meta_step_is_the_released_one_over_three_steps(mode):
             assert int(ours[name]["step"]) == int(state["step"]) == step + 1, name
             for key in ("exp_avg", "exp_avg_sq"):
                 assert torch.allclose(ours[name][key], state[key], rtol=1e-10, atol=1e-20), (step, name, key)
+
+
+def test_paper_profile_is_the_printed_equations_over_three_steps():
+    trainer = _trainer(profile="paper")
+    cfg = trainer.config
+    assert (cfg.intensity, cfg.gradient_form, cfg.task_step, cfg.generator_update) == ("paper", "paper", "sgd", "sgd")
+    assert TrainConfig(profile="paper").epochs == 50 and TrainConfig().epochs == 40
+    port = _port_of(trainer, PaperPort)
+    for step, r in enumerate(_run_both(trainer, port)):
+        assert r["grad_rel"] < 1e-10, f"step {step + 1}: G's gradient differs by {r['grad_rel']:.3g} (relative)"
+        assert r["g_rel"] < 1e-10, step
+        assert r["t_restored"]
+        assert not trainer.opt_task.state  # the SGD T' rule leaves T's optimizer alone
+
+
+def test_profile_fills_only_what_is_not_given(tmp_path):
+    config = TrainConfig(profile="paper", epochs=3, task_step="adam")
+    assert (config.epochs, config.task_step, config.intensity, config.generator_update) == (3, "adam", "paper", "sgd")
+    config.to_yaml(tmp_path / "run.yaml")
+    assert TrainConfig.from_yaml(tmp_path / "run.yaml") == config
+    (tmp_path / "short.yaml").write_text("profile: paper\nintensity: reference\n")
+    short = TrainConfig.from_yaml(tmp_path / "short.yaml")
+    assert (short.epochs, short.intensity, short.gradient_form) == (50, "reference", "paper")
+    with pytest.raises(ValueError, match="profile"):
+        TrainConfig(profile="as-released")
+    with pytest.raises(ValueError, match="task_step"):
+        TrainConfig(task_step="adam-live")
