@@ -64,10 +64,10 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as nnf
 from tqdm.auto import tqdm
 
 from tdfusion_core import __version__, registry
+from tdfusion_core.batches import Batcher, epoch_generator, resize_images
 from tdfusion_core.colour import task_input
 from tdfusion_core.config import TrainConfig
 from tdfusion_core.config_io import check_task_options
@@ -123,15 +123,6 @@ class WeightedSum(nn.Module):
 
     def forward(self, sources: torch.Tensor) -> torch.Tensor:
         return discriminative_fusion(sources, self.loss_generator(sources))
-
-
-def _resize(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    if tuple(images.shape[-2:]) == tuple(size):
-        return images
-    lead = images.shape[:-3]
-    flat = images.reshape(-1, *images.shape[-3:])
-    out = nnf.interpolate(flat, size=size, mode="bilinear", align_corners=False)
-    return out.reshape(*lead, *out.shape[-3:])
 
 
 def _atomic_save(obj: Any, path: Path) -> None:
@@ -257,6 +248,10 @@ class MetaTrainer:
         self.sampler = MetaBatchSampler(
             len(self.train_set), config.batch_size, config.seed, config.switch, self.dist.rank, self.dist.world_size
         )
+        #: builds every training batch: crops, task-size images and targets, the Switch, this process's share
+        self.batcher = Batcher(
+            self.task, self.task_size, config.crop_size, config.switch, self.device, self.sampler.shards
+        )
         self.epoch = 0  # epochs completed
         self.meta_step_count = 0
         self.fusion_step_count = 0
@@ -333,73 +328,17 @@ class MetaTrainer:
         check_state_fits(self.fusion_net, state, f"{self.config.fusion_net!r} {self.config.fusion_options}", str(path))
         self.fusion_net.load_state_dict(state)
 
-    # ------------------------------------------------------------------ data
+    # ------------------------------------------------------------------ data (tdfusion_core.batches)
     def _epoch_generator(self, epoch: int, phase: int) -> torch.Generator:
-        return torch.Generator().manual_seed(self.config.seed * 1_000_003 + epoch * 7919 + phase)
-
-    def _load(self, indices: Sequence[int] | Sequence[torch.Tensor]) -> list[Sample]:
-        return [self.train_set[int(i)] for i in indices]
-
-    @staticmethod
-    def _crop_draws(count: int, gen: torch.Generator) -> torch.Tensor:
-        """Two random integers per sample of a global batch; the crop window of sample ``j`` is derived from row
-        ``j`` and the image size, so every process (whatever its share) draws the same windows."""
-        return torch.randint(0, 2**31 - 1, (count, 2), generator=gen)
+        return epoch_generator(self.config.seed, epoch, phase)
 
     def _prepare(self, samples: list[Sample], gen: torch.Generator) -> tuple[torch.Tensor, TaskInput]:
-        """Crops for the fusion loss and resized images + targets for the task of a whole batch (every item, Switch
-        applied), on the device. Training steps use :meth:`_prepare_step`, which prepares this process's share."""
-        draws = self._crop_draws(len(samples), gen)
-        items = [(j, False) for j in range(len(samples))]
-        if self.config.switch:
-            items += [(j, True) for j in range(len(samples))]
-        return self._build_batch(dict(enumerate(samples)), draws, items)
+        """Kept for callers of the old private name: :meth:`Batcher.whole`."""
+        return self.batcher.whole(samples, gen)
 
     def _prepare_step(self, indices: Sequence[int], gen: torch.Generator) -> tuple[torch.Tensor, TaskInput]:
-        """This process's share of the global batch of dataset ``indices`` (see :class:`ShardedBatches`)."""
-        draws = self._crop_draws(len(indices), gen)
-        items = self.sampler.shards.local_items()
-        samples = {j: self.train_set[int(indices[j])] for j in sorted({j for j, _ in items})}
-        return self._build_batch(samples, draws, items)
-
-    def _build_batch(
-        self, samples: dict[int, Sample], draws: torch.Tensor, items: Sequence[tuple[int, bool]]
-    ) -> tuple[torch.Tensor, TaskInput]:
-        """Stack ``items`` (``(position in the batch, sources reversed?)``) of loaded ``samples``."""
-        sizes = [s.size for s in samples.values()]
-        if self.config.crop_size is None:
-            ch, cw = min(h for h, _ in sizes), min(w for _, w in sizes)
-        else:
-            ch = min(self.config.crop_size[0], *(h for h, _ in sizes))
-            cw = min(self.config.crop_size[1], *(w for _, w in sizes))
-        prepared: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor, Any]] = {}
-        for j, s in samples.items():
-            h, w = s.size
-            top = int(draws[j, 0]) % (h - ch + 1)
-            left = int(draws[j, 1]) % (w - cw + 1)
-            target = self.task.resize_targets(s.target, s.size, self.task_size) if s.target is not None else None
-            prepared[j] = (
-                s.sources[:, top : top + ch, left : left + cw],
-                _resize(s.sources[None], self.task_size)[0],
-                _resize(s.chroma, self.task_size),
-                target,
-            )
-        crops, task_sources, task_chroma, targets = [], [], [], []
-        for j, reverse in items:
-            crop, sources, chroma, target = prepared[j]
-            if reverse:  # the Switch: the same sample with its sources in reverse order, same labels
-                crop, sources, chroma = crop.flip(0), sources.flip(0), chroma.flip(0)
-            crops.append(crop)
-            task_sources.append(sources)
-            task_chroma.append(chroma)
-            targets.append(target)
-        collated = self.task.collate_targets(targets) if any(t is not None for t in targets) else None
-        batch = TaskInput(
-            torch.stack(task_sources).to(self.device),
-            torch.stack(task_chroma).to(self.device),
-            self.task.targets_to(collated, self.device),
-        )
-        return torch.stack(crops).to(self.device), batch
+        """This process's share of the global batch of dataset ``indices`` (:meth:`Batcher.share`)."""
+        return self.batcher.share(self.train_set, indices, gen)
 
     def meta_split(self, epoch: int) -> tuple[list[int], list[int]]:
         """Disjoint meta-train and meta-test index sets of ``epoch`` (a pure function of the seed and the epoch,
@@ -659,7 +598,7 @@ class MetaTrainer:
         totals = torch.zeros(self.num_sources)
         count = min(max_samples, len(self.train_set))
         for i in range(count):
-            sources = _resize(self.train_set[i].sources[None], self.task_size).to(self.device)
+            sources = resize_images(self.train_set[i].sources[None], self.task_size).to(self.device)
             totals += self.loss_generator(sources).mean(dim=(0, 2, 3)).float().cpu()
         self.loss_generator.train(was)
         return (totals / max(count, 1)).tolist()
@@ -853,7 +792,7 @@ class MetaTrainer:
         from tdfusion_core.visual import weight_grid
 
         count = min(count, len(self.train_set))
-        sources = torch.stack([_resize(self.train_set[i].sources[None], self.task_size)[0] for i in range(count)])
+        sources = torch.stack([resize_images(self.train_set[i].sources[None], self.task_size)[0] for i in range(count)])
         fused, weights = self.fuse(sources)
         return weight_grid(sources, fused.cpu(), weights.cpu())
 
@@ -871,11 +810,8 @@ class MetaTrainer:
         def batches() -> Any:
             for start in range(0, len(dataset), batch_size):
                 samples = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
-                sources = torch.stack([_resize(s.sources[None], self.task_size)[0] for s in samples])
-                chroma = torch.stack([_resize(s.chroma, self.task_size) for s in samples])
+                sources, chroma, targets = self.batcher.task_view(samples)
                 fused, _ = self.fuse(sources)
-                images = task_input(fused, chroma.to(self.device), self.task.input_kind)
-                targets = [self.task.resize_targets(s.target, s.size, self.task_size) for s in samples]
-                yield images, self.task.targets_to(self.task.collate_targets(targets), self.device)
+                yield task_input(fused, chroma.to(self.device), self.task.input_kind), targets
 
         return self.task.evaluate(self.task.network, batches())

@@ -74,8 +74,8 @@ def test_full_batches_complete_the_last_batch():
 def test_distributed_meta_step_with_one_process_is_the_meta_step(mode):
     trainer = _float64_trainer(meta_mode=mode)
     gen = torch.Generator().manual_seed(0)
-    crop, mtr = trainer._prepare([trainer.train_set[i] for i in (0, 1)], gen)
-    _, mts = trainer._prepare([trainer.train_set[i] for i in (2, 3)], gen)
+    crop, mtr = trainer.batcher.whole([trainer.train_set[i] for i in (0, 1)], gen)
+    _, mts = trainer.batcher.whole([trainer.train_set[i] for i in (2, 3)], gen)
     args = (trainer.fusion_net, trainer.loss_generator, trainer.task, trainer.fusion_loss, mode)
     update = adam_task_step(trainer.opt_task, trainer.task.network)
     ref = MetaStep(*args).compute(crop, mtr, mts, 1e-2, update)
