@@ -88,7 +88,8 @@ from tdfusion_core.distributed import (
     resolve_device,
     wrap_ddp,
 )
-from tdfusion_core.losses import FusionLoss, discriminative_fusion, fixed_weights
+from tdfusion_core.fusion_phase import FusionPhaseStep
+from tdfusion_core.losses import FusionLoss, discriminative_fusion
 from tdfusion_core.meta import (
     MetaStep,
     Params,
@@ -102,7 +103,7 @@ from tdfusion_core.provenance import check_rebuildable, record_instances
 from tdfusion_core.registry import resolve_dataset
 from tdfusion_core.run_files import RunLock, check_resume_config, load_training_state, save_training_state
 from tdfusion_core.state_guard import NonFiniteStateError, StepGuard, assert_finite_state
-from tdfusion_core.task import Task, TaskLoss, functional_task_loss
+from tdfusion_core.task import Task, TaskLoss
 from tdfusion_core.validation import Validator, make_validator
 
 log = logging.getLogger(__name__)
@@ -267,13 +268,29 @@ class MetaTrainer:
         # the same starting point everywhere, then DDP for the fusion phase (F's and T's gradients averaged)
         for module in (self.fusion_net, self.loss_generator, self.task.network):
             broadcast_module(module, self.dist)
-        self._fusion_forward: nn.Module = MultiInputForward(self.fusion_net)
-        self._task_loss_module: nn.Module | None = None
+        fusion_forward: nn.Module = MultiInputForward(self.fusion_net)
+        task_loss_module: nn.Module | None = None
         if self.dist.enabled:
-            self._fusion_forward = wrap_ddp(self._fusion_forward, self.device, config.find_unused_parameters)
-            self._task_loss_module = wrap_ddp(
+            fusion_forward = wrap_ddp(fusion_forward, self.device, config.find_unused_parameters)
+            task_loss_module = wrap_ddp(
                 TaskLoss(self.task, self.task.network), self.device, config.find_unused_parameters
             )
+        #: the fusion phase's maths (Eqs. 8-9 with the ablations) over F's and T's (DDP-wrapped) forwards
+        self.fusion_step = FusionPhaseStep(
+            self.fusion_net,
+            self.loss_generator,
+            self.task,
+            self.fusion_loss,
+            self.opt_fusion,
+            self.opt_task,
+            fusion_forward,
+            task_loss_module,
+            fixed_weights=config.fixed_weights,
+            task_loss_on_fusion=config.task_loss_on_fusion,
+            discriminative=config.discriminative,
+            autocast_dtype=torch.bfloat16 if config.amp else None,
+            agree=lambda values: agree_finite(values, self.dist),
+        )
 
     @property
     def is_main_process(self) -> bool:
@@ -427,10 +444,7 @@ class MetaTrainer:
         return metrics
 
     def _weights(self, sources: torch.Tensor) -> torch.Tensor:
-        if self.config.fixed_weights:
-            return fixed_weights(sources)
-        with torch.no_grad():
-            return self.loss_generator(sources)
+        return self.fusion_step.weights(sources)
 
     def fusion_phase(self, epoch: int) -> dict[str, float]:
         """Learning of F and T over the training set (Eqs. 8-9)."""
@@ -493,97 +507,21 @@ class MetaTrainer:
         return metrics
 
     def fusion_update(self, crop: torch.Tensor, batch: TaskInput) -> dict[str, float] | None:
-        """One fusion-phase step (F on Lf with G frozen, then T on Lt); ``None`` if skipped (non-finite).
+        """One fusion-phase step (:class:`~tdfusion_core.fusion_phase.FusionPhaseStep`: F on Lf with G frozen, then
+        T on Lt); ``None`` if skipped (non-finite).
 
         With several processes F and T go through DistributedDataParallel (gradients averaged over the shards),
         the finiteness checks agree across processes and the returned losses are averaged over them.
         """
-        cfg = self.config
-        amp = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.amp)
         self.fusion_step_count += 1
-        # F (or G in the discriminative ablation) on the fusion loss, G frozen
-        self.opt_fusion.zero_grad(set_to_none=True)
-        with amp:
-            if cfg.discriminative:
-                loss_f = self._task_loss(self._fusion_forward(batch.sources), batch, self.task.network)
-                terms = {"total": loss_f}
-            else:
-                if cfg.task_loss_on_fusion:  # one (DDP) forward for both inputs of this backward
-                    fused_crop, fused_task = self._fusion_forward(crop, batch.sources)
-                else:
-                    fused_crop = self._fusion_forward(crop)
-                terms = self.fusion_loss.terms(fused_crop, crop, self._weights(crop))
-                loss_f = terms["total"]
-                if cfg.task_loss_on_fusion:
-                    with self._frozen(self.task.network):
-                        lt_f = self._task_loss(fused_task, batch, self.task.network)
-                    loss_f = loss_f + cfg.task_loss_on_fusion * lt_f
-        ok, f_values = agree_finite({"__loss": loss_f, **terms}, self.dist)
-        if not ok:
-            self._bad_step("fusion phase (F step)", "fusion loss")
+        outcome = self.fusion_step.update(crop, batch)
+        if outcome.metrics is None:
+            assert outcome.skipped is not None
+            self._bad_step(*outcome.skipped)
             return None
-        loss_f.backward()
-        if not self._grads_finite(self.fusion_net):
-            self.opt_fusion.zero_grad(set_to_none=True)
-            self._bad_step("fusion phase (F step)", "gradient of F")
-            return None
-        self.opt_fusion.step()
-        # T on the task loss of F's detached output
-        self.opt_task.zero_grad(set_to_none=True)
-        with amp:
-            with torch.no_grad():
-                fused = self.fusion_net(batch.sources)
-            loss_t = self._task_loss(fused, batch, self.task.network, distributed=True)
-        per_task = {f"task_loss/{k}": v for k, v in getattr(self.task, "last_losses", {}).items()}
-        ok, t_values = agree_finite({"task_loss": loss_t, **per_task}, self.dist)
-        if not ok:
-            self._bad_step("fusion phase (T step)", "task loss")
-            return None
-        loss_t.backward()
-        if not self._grads_finite(self.task.network):
-            self.opt_task.zero_grad(set_to_none=True)
-            self._bad_step("fusion phase (T step)", "gradient of T")
-            return None
-        self.opt_task.step()
         self.bad_steps = 0
-        metrics = {"fusion_loss": f_values["total"], "task_loss": t_values["task_loss"]}
-        if "intensity" in terms:
-            metrics["intensity_loss"] = f_values["intensity"]
-            metrics["gradient_loss"] = f_values["gradient"]
-        metrics.update({k: t_values[k] for k in per_task})
-        self._emit("tdfusion_on_fusion_step_end", trainer=self, step=self.fusion_step_count, metrics=metrics)
-        return metrics
-
-    def _task_loss(
-        self, fused: torch.Tensor, batch: TaskInput, network: nn.Module, distributed: bool = False
-    ) -> torch.Tensor:
-        """Task loss of ``network`` on the task input built from ``fused``; ``distributed=True`` (T's own step)
-        goes through T's DDP loss module in a multi-process run, so that T's gradients are averaged."""
-        fused = fused if fused.dtype in (torch.float32, torch.float64) else fused.float()  # autocast's bf16 -> fp32
-        images = task_input(fused, batch.chroma, self.task.input_kind)
-        if distributed and self._task_loss_module is not None and network is self.task.network:
-            loss: torch.Tensor = self._task_loss_module(images, batch.targets)
-            return loss
-        return functional_task_loss(self.task, images, batch.targets, network=network)
-
-    @staticmethod
-    def _grads_finite(module: nn.Module) -> bool:
-        grads = [p.grad for p in module.parameters() if p.grad is not None]
-        return not grads or bool(torch.stack([torch.isfinite(g).all() for g in grads]).all())
-
-    class _frozen:
-        """Context: parameters of a module do not require grad (the task loss trains F only)."""
-
-        def __init__(self, module: nn.Module) -> None:
-            self.params = [p for p in module.parameters() if p.requires_grad]
-
-        def __enter__(self) -> None:
-            for p in self.params:
-                p.requires_grad_(False)
-
-        def __exit__(self, *exc: object) -> None:
-            for p in self.params:
-                p.requires_grad_(True)
+        self._emit("tdfusion_on_fusion_step_end", trainer=self, step=self.fusion_step_count, metrics=outcome.metrics)
+        return outcome.metrics
 
     # ------------------------------------------------------------------ statistics
     @torch.no_grad()

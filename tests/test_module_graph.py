@@ -29,6 +29,7 @@ LAYERS: list[tuple[str, int]] = [
     ("tdfusion_core.task", 1),
     ("tdfusion_core.tasks", 1),
     ("tdfusion_core.meta", 1),
+    ("tdfusion_core.fusion_phase", 1),
     ("tdfusion_core.multitask", 1),
     ("tdfusion_core.hookspecs", 1),
     ("tdfusion_core.plugins", 1),
