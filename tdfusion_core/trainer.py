@@ -225,26 +225,12 @@ class MetaTrainer:
             for opt in (self.opt_fusion, self.opt_task, self.opt_generator)
         ]
         autocast = torch.bfloat16 if config.amp else None
-        if self.dist.enabled:
-            self.meta_step_fn: MetaStep = DistributedMetaStep(
-                self.fusion_net,
-                self.loss_generator,
-                self.task,
-                self.fusion_loss,
-                config.meta_mode,
-                autocast_dtype=autocast,
-                ctx=self.dist,
-                sync=config.meta_sync,
-            )
-        else:
-            self.meta_step_fn = MetaStep(
-                self.fusion_net,
-                self.loss_generator,
-                self.task,
-                self.fusion_loss,
-                config.meta_mode,
-                autocast_dtype=autocast,
-            )
+        step_args = (self.fusion_net, self.loss_generator, self.task, self.fusion_loss, config.meta_mode)
+        self.meta_step_fn: MetaStep = (
+            DistributedMetaStep(*step_args, autocast_dtype=autocast, ctx=self.dist, sync=config.meta_sync)
+            if self.dist.enabled
+            else MetaStep(*step_args, autocast_dtype=autocast)
+        )
         #: global meta batches of each step and this process's share of every global batch
         self.sampler = MetaBatchSampler(
             len(self.train_set), config.batch_size, config.seed, config.switch, self.dist.rank, self.dist.world_size
