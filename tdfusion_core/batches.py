@@ -10,7 +10,7 @@ For every sample of a batch the :class:`Batcher` builds
 
 and stacks them on the device: ``(crops (B', K, h, w), TaskInput)`` with ``B' = B`` or ``2B`` with the Switch.
 
-Crop windows are drawn for the whole global batch from the epoch's generator (:func:`epoch_generator`); the window
+Crop windows are drawn for the whole global batch from the epoch's generator (:func:`tdfusion_core.seeding.epoch_generator`); the window
 of sample ``j`` is derived from row ``j`` of the draws and the image size, so every process of a multi-process run
 draws the same windows whatever its share (:class:`~tdfusion_core.distributed.ShardedBatches`).
 ``MetaTrainer.batcher`` is the trainer's; benchmarks and tests build their batches with it too.
@@ -28,14 +28,6 @@ from tdfusion_core.data.sample import Sample
 from tdfusion_core.distributed import ShardedBatches
 from tdfusion_core.meta import TaskInput
 from tdfusion_core.task import Task
-
-#: the two phases of an epoch, as :func:`epoch_generator` numbers them
-META_PHASE, FUSION_PHASE = 1, 2
-
-
-def epoch_generator(seed: int, epoch: int, phase: int) -> torch.Generator:
-    """The seeded generator of one phase of one epoch (crop windows, the fusion phase's permutation)."""
-    return torch.Generator().manual_seed(seed * 1_000_003 + epoch * 7919 + phase)
 
 
 def resize_images(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

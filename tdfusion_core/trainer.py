@@ -52,7 +52,6 @@ it (``refusion`` and ``lpn`` take any K ≥ 2); the Switch reverses the source o
 from __future__ import annotations
 
 import logging
-import os
 import random
 import time
 import warnings
@@ -67,7 +66,7 @@ import torch.nn as nn
 from tqdm.auto import tqdm
 
 from tdfusion_core import __version__, registry
-from tdfusion_core.batches import Batcher, epoch_generator, resize_images
+from tdfusion_core.batches import Batcher, resize_images
 from tdfusion_core.colour import task_input
 from tdfusion_core.config import TrainConfig
 from tdfusion_core.config_io import check_task_options
@@ -102,6 +101,7 @@ from tdfusion_core.plugins import get_plugin_manager
 from tdfusion_core.provenance import check_rebuildable, record_instances
 from tdfusion_core.registry import resolve_dataset
 from tdfusion_core.run_files import RunLock, check_resume_config, load_training_state, save_training_state
+from tdfusion_core.seeding import epoch_generator, seed_everything
 from tdfusion_core.state_guard import NonFiniteStateError, StepGuard, assert_finite_state
 from tdfusion_core.task import Task, TaskLoss
 from tdfusion_core.validation import Validator, make_validator
@@ -128,17 +128,6 @@ class WeightedSum(nn.Module):
 
 def _atomic_save(obj: Any, path: Path) -> None:
     save_training_state(obj, path)
-
-
-def seed_everything(seed: int, deterministic: bool = False) -> None:
-    """Seed Python, NumPy and torch; with ``deterministic`` also force deterministic torch kernels."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-    if deterministic:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True)
-        torch.backends.cudnn.benchmark = False
 
 
 class MetaTrainer:
