@@ -209,27 +209,15 @@ class Task(abc.ABC):
 
     def resize_targets(self, target: Any, size: tuple[int, int], new_size: tuple[int, int]) -> Any:
         """Resize one sample's target from image size ``size`` to ``new_size`` (both ``(H, W)``)."""
-        if self.target_kind == "mask":
-            return target_ops.resize_mask(target, new_size)
-        if self.target_kind == "boxes":
-            return target_ops.resize_boxes(target, size, new_size)
-        return target
+        return target_ops.apply("resize", self.target_kind, target, size, new_size)
 
     def crop_targets(self, target: Any, top: int, left: int, height: int, width: int) -> Any:
         """Crop one sample's target to the window ``[top:top+height, left:left+width]``."""
-        if self.target_kind == "mask":
-            return target[..., top : top + height, left : left + width]
-        if self.target_kind == "boxes":
-            return target_ops.crop_boxes(target, top, left, height, width)
-        return target
+        return target_ops.apply("crop", self.target_kind, target, top, left, height, width)
 
     def hflip_targets(self, target: Any, width: int) -> Any:
         """Mirror one sample's target horizontally in an image ``width`` pixels wide."""
-        if self.target_kind == "mask":
-            return target.flip(-1)
-        if self.target_kind == "boxes":
-            return target_ops.hflip_boxes(target, width)
-        return target
+        return target_ops.apply("hflip", self.target_kind, target, width)
 
     def targets_to(self, targets: Any, device: torch.device | str) -> Any:
         """Move collated targets to ``device``."""

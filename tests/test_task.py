@@ -117,3 +117,21 @@ def test_core_runs_every_tasks_evaluate_in_eval_mode_and_restores_the_mode():
     with pytest.raises(RuntimeError, match="evaluation failed"):
         failing.evaluate(net, [])
     assert net.training
+
+
+def test_task_and_transform_target_ops_are_one_table():
+    from tdfusion_core.data import targets as target_ops
+    from tdfusion_core.data.transforms import DefaultTargetOps
+
+    mask = torch.arange(12).reshape(3, 4)
+    boxes = torch.tensor([[1.0, 0.5, 0.5, 2.5, 2.0]])
+    by_type = DefaultTargetOps()
+    for kind, target in (("mask", mask), ("boxes", boxes)):
+        task = TinySegTask(num_classes=3)
+        task.target_kind = kind  # type: ignore[misc]
+        for op, args in (("resize", ((3, 4), (6, 8))), ("crop", (1, 1, 2, 2)), ("hflip", (4,))):
+            expected = target_ops.apply(op, kind, target, *args)
+            assert torch.equal(getattr(task, f"{op}_targets")(target, *args), expected), (kind, op)
+            assert torch.equal(getattr(by_type, f"{op}_targets")(target, *args), expected), (kind, op)
+    assert target_ops.apply("pad", "boxes", boxes, 5, 5, 255) is boxes
+    assert target_ops.apply("crop", "none", None, 0, 0, 1, 1) is None
