@@ -1,52 +1,11 @@
 """MetaTrainer: Algorithm 1 of TDFusion with checkpoints, resume, guards and events.
 
-Each epoch:
-
-1. **Meta phase** (learning of G): the training set is split into disjoint meta-train and meta-test halves, drawn
-   anew each epoch from a seeded generator; for each of ``meta_steps`` steps one meta-train and one meta-test batch
-   go through :class:`tdfusion_core.meta.MetaStep` and G is updated.
-2. **Fusion phase** (learning of F and T, Eqs. 8-9): over the whole training set (or ``fusion_steps`` batches),
-   F takes one step on the fusion loss with G frozen, then T one step on the task loss of F's detached output.
-
-The fusion loss sees random crops (``crop_size``); the task sees the whole image resized to ``task_size``. With the
-Switch every batch is also fed with its sources in reverse order. Learning rates follow StepLR per epoch.
-
-Ablations (paper Table 3): ``fixed_weights`` (w = 1/K, G untouched, no meta phase); ``alpha = 0`` (no gradient
-loss); ``task_loss_on_fusion > 0`` (F also trained by the task loss in the fusion phase); ``separate_fusion_phase =
-False`` (no fusion phase: after each outer update of G, F takes one step of its optimizer on Lf with G's current
-weights and T one step of its optimizer, both on the meta-train batch); ``discriminative``
-(``If = Σ w_k I_k`` from G's weights; G is then trained directly by the task loss in the fusion phase and there is
-no F and no meta phase).
-
-Checkpoints (``<out>/checkpoints/last.pt``) hold F, G, T, every optimizer and scheduler, RNG states and counters;
-they are written atomically after each epoch (temp file + rename). ``resume=True`` continues from the last one.
-A non-finite loss or gradient skips the step before any parameter changes (with a warning naming the phase); after
-``max_bad_steps`` consecutive bad steps the run stops with :class:`TrainingDivergedError`, leaving the last good
-checkpoint intact.
-
-Batches: ``batch_size`` is the global batch. Meta step ``s`` of an epoch takes samples ``s·B … s·B + B − 1`` of the
-epoch's meta-train and meta-test subsets; the fusion phase takes consecutive batches of a per-epoch permutation, the
-last one completed from the permutation's start so that every batch is full. Crop windows are drawn for the whole
-global batch from the epoch's generator.
-
-**Several processes** (``torchrun --nproc_per_node=N $(which tdfusion) train ...``, or any script that builds a
-MetaTrainer under torchrun): the trainer finds ``WORLD_SIZE`` / ``RANK`` / ``LOCAL_RANK`` in the environment and
-joins the process group itself (NCCL for CUDA, gloo for CPU; an existing group is reused). Each process prepares
-an equal, contiguous share of every global batch (with the Switch, the share is of the ``2·B`` items, so the default
-``batch_size: 1`` runs on 2 processes with one source order each); the fusion phase runs F and T under
-DistributedDataParallel (G frozen), and the meta phase all-reduces explicitly
-(:class:`tdfusion_core.distributed.DistributedMetaStep`): with ``meta_sync: union`` G's, F's and T's updates equal
-those of one process on the union of the shards (up to rounding, and BatchNorm layers aside: they see per-shard
-statistics unless ``sync_batchnorm``). Rank 0 alone writes the run directory, logs, shows progress and fires the
-event hooks; checkpoints hold no process-specific state, so a run saved with N processes resumes with any number.
-See :mod:`tdfusion_core.distributed` for the details and caveats.
-
-**Several tasks** (``tasks: [{name, weight, options}, ...]``): the task is a
-:class:`tdfusion_core.multitask.MultiTask`, whose loss is the weighted sum of the tasks' losses; each task's loss is
-logged as ``task_loss/<key>`` and :meth:`MetaTrainer.evaluate` reports ``<key>/<metric>``.
-
-**K sources**: the number of sources is the dataset's (``Sample.sources`` is ``(K, H, W)``); F and G are built for
-it (``refusion`` and ``lpn`` take any K ≥ 2); the Switch reverses the source order.
+Each epoch runs the **meta phase** (G learns: :class:`~tdfusion_core.meta.MetaStep` on disjoint meta-train and
+meta-test batches, Eqs. 4-7) and the **fusion phase** (F and T learn, Eqs. 8-9:
+:class:`~tdfusion_core.fusion_phase.FusionPhaseStep`); batches come from :class:`~tdfusion_core.batches.Batcher`.
+The trainer keeps the orchestration: schedules, non-finite guards, event hooks, checkpoints and resume, several
+processes and several tasks. The whole story (ablations, batches, checkpoints, ``torchrun``, K sources) is in ``docs/architecture.md``,
+section "The training loop".
 """
 
 from __future__ import annotations
