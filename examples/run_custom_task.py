@@ -132,17 +132,12 @@ class WarmCountTask(Task):
 
     @torch.no_grad()
     def evaluate(self, network: nn.Module, batches: Iterable[tuple[torch.Tensor, Any]]) -> dict[str, float]:
-        # the contract: evaluate puts the network in eval mode itself and restores the previous mode
-        was_training = network.training
-        network.eval()
+        # the network is in eval mode here: the Task base class switches it and restores its mode afterwards
         errors: list[float] = []
-        try:
-            for images, targets in batches:
-                predicted = network(images).sum(dim=(1, 2, 3)).cpu()
-                true = torch.tensor([sum(int(c) in WARM_BOX_CLASSES for c in t[:, 0].tolist()) for t in targets])
-                errors.extend((predicted - true.to(predicted)).tolist())
-        finally:
-            network.train(was_training)
+        for images, targets in batches:
+            predicted = network(images).sum(dim=(1, 2, 3)).cpu()
+            true = torch.tensor([sum(int(c) in WARM_BOX_CLASSES for c in t[:, 0].tolist()) for t in targets])
+            errors.extend((predicted - true.to(predicted)).tolist())
         e = torch.tensor(errors, dtype=torch.float64)
         return {
             "count_MAE": float(e.abs().mean()),

@@ -26,7 +26,7 @@ _LAZY: dict[str, str] = {
     "FusionLoss": "tdfusion_core.losses",
     "MetaStep": "tdfusion_core.meta",
     "Validator": "tdfusion_core.validation",
-    "resolve_dataset": "tdfusion_core.trainer",
+    "resolve_dataset": "tdfusion_core.registry",
     # models and inference
     "load_model_checkpoint": "tdfusion_core.checkpoints",
     "save_model_checkpoint": "tdfusion_core.checkpoints",

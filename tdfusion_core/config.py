@@ -15,14 +15,15 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import attrs
 import yaml
 
 from tdfusion_core.config_io import build, finite_positive, load_yaml_file
+from tdfusion_core.distributed import MetaSync
 from tdfusion_core.losses import GradientForm, IntensityForm
-from tdfusion_core.meta import TASK_STEP_RULES, MetaMode, TaskStepRule
+from tdfusion_core.meta import MetaMode, TaskStepRule
 from tdfusion_core.multitask import normalise_task_specs
 from tdfusion_core.sizes import optional_size
 
@@ -62,6 +63,16 @@ def _from_profile(key: str) -> Any:
 
 def _size(value: Any) -> tuple[int, int] | None:
     return optional_size(value)
+
+
+#: how G's meta-gradient updates G: the released ``θG −= lr·g/max|g|``, or a step of that torch optimizer
+GeneratorUpdate = Literal["maxnorm", "adam", "adamw", "sgd"]
+DistBackend = Literal["nccl", "gloo", "mpi", "ucc"]
+
+
+def _one_of(choices: Any) -> Any:
+    """attrs validator: the value is one of a ``Literal``'s choices (the type is the one list of them)."""
+    return attrs.validators.in_(get_args(choices))
 
 
 def _positive(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
@@ -116,22 +127,16 @@ class TrainConfig:
     lr_gamma: float = attrs.field(default=0.1, validator=_positive)
     inner_lr: float | None = attrs.field(default=None, validator=_positive)
     #: T' rule: ``adam`` (released: one real step of T's optimizer, state advances), ``adam-readonly``, ``sgd``
-    task_step: TaskStepRule = attrs.field(
-        default=_from_profile("task_step"), validator=attrs.validators.in_(TASK_STEP_RULES)
+    task_step: TaskStepRule = attrs.field(default=_from_profile("task_step"), validator=_one_of(TaskStepRule))
+    generator_update: GeneratorUpdate = attrs.field(
+        default=_from_profile("generator_update"), validator=_one_of(GeneratorUpdate)
     )
-    generator_update: str = attrs.field(default=_from_profile("generator_update"))
-    meta_mode: MetaMode = attrs.field(
-        default="jvp", validator=attrs.validators.in_(("jvp", "double-backward", "finite-difference"))
-    )
+    meta_mode: MetaMode = attrs.field(default="jvp", validator=_one_of(MetaMode))
 
     # fusion loss
-    intensity: IntensityForm = attrs.field(
-        default=_from_profile("intensity"), validator=attrs.validators.in_(("reference", "paper"))
-    )
+    intensity: IntensityForm = attrs.field(default=_from_profile("intensity"), validator=_one_of(IntensityForm))
     #: form of the gradient loss: `released` (Sobel x/y responses, sign kept) or `paper` (Eq. 3, gradient magnitudes)
-    gradient_form: GradientForm = attrs.field(
-        default=_from_profile("gradient_form"), validator=attrs.validators.in_(("released", "paper"))
-    )
+    gradient_form: GradientForm = attrs.field(default=_from_profile("gradient_form"), validator=_one_of(GradientForm))
     alpha: float = attrs.field(default=1.0, validator=_non_negative)
 
     # ablations (paper Table 3)
@@ -165,10 +170,10 @@ class TrainConfig:
     # several processes (torchrun; see tdfusion_core.distributed). batch_size above is the global batch.
     #: ``union``: the meta step's inner gradients, T's gradient and v are averaged too, so G's update is the exact
     #: meta-gradient of the union of the shards; ``per-shard``: only G's meta-gradients are averaged (cheaper)
-    meta_sync: str = attrs.field(default="union", validator=attrs.validators.in_(("union", "per-shard")))
+    meta_sync: MetaSync = attrs.field(default="union", validator=_one_of(MetaSync))
     #: process-group backend; default NCCL on CUDA, gloo on CPU
-    dist_backend: str | None = attrs.field(
-        default=None, validator=attrs.validators.optional(attrs.validators.in_(("nccl", "gloo", "mpi", "ucc")))
+    dist_backend: DistBackend | None = attrs.field(
+        default=None, validator=attrs.validators.optional(_one_of(DistBackend))
     )
     #: convert T's BatchNorm layers to SyncBatchNorm in multi-process runs (CUDA only)
     sync_batchnorm: bool = False
@@ -176,10 +181,6 @@ class TrainConfig:
     find_unused_parameters: bool = False
 
     def __attrs_post_init__(self) -> None:
-        if self.generator_update != "maxnorm" and not self.generator_update.startswith(("adam", "sgd", "adamw")):
-            raise ValueError(
-                f"generator_update must be 'maxnorm', 'adam', 'adamw' or 'sgd', not {self.generator_update!r}"
-            )
         if self.discriminative and self.fixed_weights:
             raise ValueError("discriminative fusion needs the loss generator: it cannot be combined with fixed_weights")
 

@@ -16,7 +16,7 @@ sources in reverse order, so one step has ``items = batch_size × (2 if switch e
 a contiguous, equal slice of ``items / N`` of them (:class:`ShardedBatches`; ``items`` must be a multiple of ``N``:
 the default ``batch_size: 1`` with the Switch runs on 1 or 2 processes, ``batch_size: 2`` on up to 4, ...). All
 processes draw the same per-epoch meta-train / meta-test split, the same global batches and the same crop windows
-(:class:`DistributedMetaSampler`), so the union of the N shards is exactly the batch one process would see, and the
+(:class:`MetaBatchSampler`), so the union of the N shards is exactly the batch one process would see, and the
 losses are means over the batch: averaging the per-process gradients of equal shards gives the gradient of the
 union. Hence F's, T's and G's updates equal those of one process (up to rounding), and a checkpoint can be resumed
 with any number of processes.
@@ -53,6 +53,7 @@ import atexit
 import datetime
 import logging
 import os
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
@@ -311,8 +312,8 @@ def full_batches(order: Sequence[int], batch_size: int) -> list[list[int]]:
 
 
 @attrs.define
-class DistributedMetaSampler:
-    """Global meta-train / meta-test batches of each meta step, identical in every process.
+class MetaBatchSampler:
+    """Global meta-train / meta-test batches of each meta step, identical in every process (one or several).
 
     The per-epoch split is :func:`~tdfusion_core.data.transforms.meta_split` of ``(seed, epoch)``; meta step ``s``
     takes samples ``s·B … s·B + B − 1`` (modulo the subset's length) of each subset, ``B = batch_size`` (global).
@@ -436,3 +437,12 @@ def convert_sync_batchnorm(module: nn.Module, device: torch.device) -> nn.Module
     if device.type != "cuda":
         raise ValueError("sync_batchnorm needs CUDA devices (SyncBatchNorm is not implemented for CPU / gloo)")
     return nn.SyncBatchNorm.convert_sync_batchnorm(module)
+
+
+def __getattr__(name: str) -> Any:
+    if name == "DistributedMetaSampler":  # the old name: the sampler serves single-process runs too
+        warnings.warn(
+            "tdfusion_core.distributed.DistributedMetaSampler is now MetaBatchSampler", DeprecationWarning, stacklevel=2
+        )
+        return MetaBatchSampler
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

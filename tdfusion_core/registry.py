@@ -13,6 +13,7 @@ from __future__ import annotations
 import difflib
 import inspect
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pluggy
@@ -144,3 +145,16 @@ def get_loss_generator(name: str, num_sources: int = 2, **config: Any) -> nn.Mod
 def get_dataset(name: str, **options: Any) -> Any:
     """Build the dataset registered as ``name``."""
     return lookup("dataset", name)(**options)
+
+
+def resolve_dataset(data: str, split: str = "train", **options: Any) -> Any:
+    """A registered dataset name (``synthetic``, ``llvip``, ...) or a folder path (the ``folder`` dataset)."""
+    names = available("dataset")
+    if data in names:
+        return get_dataset(data, split=split, **options)
+    path = Path(data)
+    if path.exists():
+        return get_dataset("folder", root=str(path), split=split, **options)
+    raise FileNotFoundError(
+        f"--data {data!r} is neither an existing folder nor a registered dataset ({', '.join(names)})"
+    )

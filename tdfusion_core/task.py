@@ -18,14 +18,17 @@ A task (segmentation, detection, counting, ...) wraps one network ``T``. TDFusio
 
 Invariants core relies on: ``compute_loss`` returns a finite 0-dim tensor for valid input; it does not step an
 optimizer or modify parameters; it may update BatchNorm running statistics (core saves and restores them around the
-meta step). ``evaluate`` puts the network in eval mode itself and restores the previous mode.
+meta step). ``evaluate`` runs with the network in eval mode, whoever calls it: the Task base class wraps every
+subclass's ``evaluate`` so that it switches the network to eval mode and restores its previous mode afterwards
+(:func:`in_eval_mode`); a task need not do it itself.
 """
 
 from __future__ import annotations
 
 import abc
+import functools
 import inspect
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -65,6 +68,24 @@ def check_task_class(cls: type[Task]) -> None:
             raise TaskDefinitionError(f"{cls.__qualname__}.{name} must be a method")
 
 
+def in_eval_mode(evaluate: Callable[..., dict[str, float]]) -> Callable[..., dict[str, float]]:
+    """Wrap a task's ``evaluate(self, network, batches)``: ``network`` in eval mode during it, previous mode after."""
+    if getattr(evaluate, "runs_in_eval_mode", False):
+        return evaluate
+
+    @functools.wraps(evaluate)
+    def wrapper(self: Task, network: nn.Module, batches: Iterable[tuple[torch.Tensor, Any]]) -> dict[str, float]:
+        was_training = network.training
+        network.eval()
+        try:
+            return evaluate(self, network, batches)
+        finally:
+            network.train(was_training)
+
+    wrapper.runs_in_eval_mode = True  # type: ignore[attr-defined]
+    return wrapper
+
+
 class Task(abc.ABC):
     """Abstract downstream task. Subclass it, implement the three abstract methods, register it with a hook.
 
@@ -93,6 +114,12 @@ class Task(abc.ABC):
     #: mask targets: the trainer passes them at the image's own resolution instead of resizing them to the task
     #: size, and ``compute_loss`` brings the logits to the mask's size (the released segmentation loss)
     full_resolution_targets: bool = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        evaluate = cls.__dict__.get("evaluate")
+        if inspect.isfunction(evaluate) and not getattr(evaluate, "__isabstractmethod__", False):
+            cls.evaluate = in_eval_mode(evaluate)  # type: ignore[method-assign]
 
     def __init__(
         self, num_classes: int | None = None, checkpoint: str | Path | None = None, lr: float = 1e-4, **config: Any
@@ -168,7 +195,10 @@ class Task(abc.ABC):
 
     @abc.abstractmethod
     def evaluate(self, network: nn.Module, batches: Iterable[tuple[torch.Tensor, Any]]) -> dict[str, float]:
-        """Metrics of ``network`` over ``(images, targets)`` batches, e.g. ``{"mIoU": ..., "mAcc": ...}``."""
+        """Metrics of ``network`` over ``(images, targets)`` batches, e.g. ``{"mIoU": ..., "mAcc": ...}``.
+
+        Runs with ``network`` in eval mode (the base class switches it and restores the previous mode after).
+        """
 
     def make_optimizer(self, parameters: Iterable[nn.Parameter]) -> torch.optim.Optimizer:
         """The optimizer of T (Adam at :attr:`lr`, as the released code); override for another."""
@@ -183,27 +213,15 @@ class Task(abc.ABC):
 
     def resize_targets(self, target: Any, size: tuple[int, int], new_size: tuple[int, int]) -> Any:
         """Resize one sample's target from image size ``size`` to ``new_size`` (both ``(H, W)``)."""
-        if self.target_kind == "mask":
-            return target_ops.resize_mask(target, new_size)
-        if self.target_kind == "boxes":
-            return target_ops.resize_boxes(target, size, new_size)
-        return target
+        return target_ops.apply("resize", self.target_kind, target, size, new_size)
 
     def crop_targets(self, target: Any, top: int, left: int, height: int, width: int) -> Any:
         """Crop one sample's target to the window ``[top:top+height, left:left+width]``."""
-        if self.target_kind == "mask":
-            return target[..., top : top + height, left : left + width]
-        if self.target_kind == "boxes":
-            return target_ops.crop_boxes(target, top, left, height, width)
-        return target
+        return target_ops.apply("crop", self.target_kind, target, top, left, height, width)
 
     def hflip_targets(self, target: Any, width: int) -> Any:
         """Mirror one sample's target horizontally in an image ``width`` pixels wide."""
-        if self.target_kind == "mask":
-            return target.flip(-1)
-        if self.target_kind == "boxes":
-            return target_ops.hflip_boxes(target, width)
-        return target
+        return target_ops.apply("hflip", self.target_kind, target, width)
 
     def targets_to(self, targets: Any, device: torch.device | str) -> Any:
         """Move collated targets to ``device``."""

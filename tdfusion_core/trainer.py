@@ -1,59 +1,17 @@
 """MetaTrainer: Algorithm 1 of TDFusion with checkpoints, resume, guards and events.
 
-Each epoch:
-
-1. **Meta phase** (learning of G): the training set is split into disjoint meta-train and meta-test halves, drawn
-   anew each epoch from a seeded generator; for each of ``meta_steps`` steps one meta-train and one meta-test batch
-   go through :class:`tdfusion_core.meta.MetaStep` and G is updated.
-2. **Fusion phase** (learning of F and T, Eqs. 8-9): over the whole training set (or ``fusion_steps`` batches),
-   F takes one step on the fusion loss with G frozen, then T one step on the task loss of F's detached output.
-
-The fusion loss sees random crops (``crop_size``); the task sees the whole image resized to ``task_size``. With the
-Switch every batch is also fed with its sources in reverse order. Learning rates follow StepLR per epoch.
-
-Ablations (paper Table 3): ``fixed_weights`` (w = 1/K, G untouched, no meta phase); ``alpha = 0`` (no gradient
-loss); ``task_loss_on_fusion > 0`` (F also trained by the task loss in the fusion phase); ``separate_fusion_phase =
-False`` (no fusion phase: after each outer update of G, F takes one step of its optimizer on Lf with G's current
-weights and T one step of its optimizer, both on the meta-train batch); ``discriminative``
-(``If = Σ w_k I_k`` from G's weights; G is then trained directly by the task loss in the fusion phase and there is
-no F and no meta phase).
-
-Checkpoints (``<out>/checkpoints/last.pt``) hold F, G, T, every optimizer and scheduler, RNG states and counters;
-they are written atomically after each epoch (temp file + rename). ``resume=True`` continues from the last one.
-A non-finite loss or gradient skips the step before any parameter changes (with a warning naming the phase); after
-``max_bad_steps`` consecutive bad steps the run stops with :class:`TrainingDivergedError`, leaving the last good
-checkpoint intact.
-
-Batches: ``batch_size`` is the global batch. Meta step ``s`` of an epoch takes samples ``s·B … s·B + B − 1`` of the
-epoch's meta-train and meta-test subsets; the fusion phase takes consecutive batches of a per-epoch permutation, the
-last one completed from the permutation's start so that every batch is full. Crop windows are drawn for the whole
-global batch from the epoch's generator.
-
-**Several processes** (``torchrun --nproc_per_node=N $(which tdfusion) train ...``, or any script that builds a
-MetaTrainer under torchrun): the trainer finds ``WORLD_SIZE`` / ``RANK`` / ``LOCAL_RANK`` in the environment and
-joins the process group itself (NCCL for CUDA, gloo for CPU; an existing group is reused). Each process prepares
-an equal, contiguous share of every global batch (with the Switch, the share is of the ``2·B`` items, so the default
-``batch_size: 1`` runs on 2 processes with one source order each); the fusion phase runs F and T under
-DistributedDataParallel (G frozen), and the meta phase all-reduces explicitly
-(:class:`tdfusion_core.distributed.DistributedMetaStep`): with ``meta_sync: union`` G's, F's and T's updates equal
-those of one process on the union of the shards (up to rounding, and BatchNorm layers aside: they see per-shard
-statistics unless ``sync_batchnorm``). Rank 0 alone writes the run directory, logs, shows progress and fires the
-event hooks; checkpoints hold no process-specific state, so a run saved with N processes resumes with any number.
-See :mod:`tdfusion_core.distributed` for the details and caveats.
-
-**Several tasks** (``tasks: [{name, weight, options}, ...]``): the task is a
-:class:`tdfusion_core.multitask.MultiTask`, whose loss is the weighted sum of the tasks' losses; each task's loss is
-logged as ``task_loss/<key>`` and :meth:`MetaTrainer.evaluate` reports ``<key>/<metric>``.
-
-**K sources**: the number of sources is the dataset's (``Sample.sources`` is ``(K, H, W)``); F and G are built for
-it (``refusion`` and ``lpn`` take any K ≥ 2); the Switch reverses the source order.
+Each epoch runs the **meta phase** (G learns: :class:`~tdfusion_core.meta.MetaStep` on disjoint meta-train and
+meta-test batches, Eqs. 4-7) and the **fusion phase** (F and T learn, Eqs. 8-9:
+:class:`~tdfusion_core.fusion_phase.FusionPhaseStep`); batches come from :class:`~tdfusion_core.batches.Batcher`.
+The trainer keeps the orchestration: schedules, non-finite guards, event hooks, checkpoints and resume, several
+processes and several tasks. The whole story (ablations, batches, checkpoints, ``torchrun``, K sources) is in ``docs/architecture.md``,
+section "The training loop".
 """
 
 from __future__ import annotations
 
 import inspect
 import logging
-import os
 import random
 import time
 import warnings
@@ -65,10 +23,10 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as nnf
 from tqdm.auto import tqdm
 
 from tdfusion_core import __version__, registry
+from tdfusion_core.batches import Batcher, resize_images
 from tdfusion_core.colour import task_input
 from tdfusion_core.config import TrainConfig
 from tdfusion_core.config_io import check_task_options
@@ -77,8 +35,8 @@ from tdfusion_core.data.transforms import meta_split
 from tdfusion_core.devices import pick_device
 from tdfusion_core.distributed import (
     DistContext,
-    DistributedMetaSampler,
     DistributedMetaStep,
+    MetaBatchSampler,
     MultiInputForward,
     agree_finite,
     barrier,
@@ -89,7 +47,8 @@ from tdfusion_core.distributed import (
     resolve_device,
     wrap_ddp,
 )
-from tdfusion_core.losses import FusionLoss, discriminative_fusion, fixed_weights
+from tdfusion_core.fusion_phase import FusionPhaseStep
+from tdfusion_core.losses import FusionLoss, discriminative_fusion
 from tdfusion_core.meta import (
     MetaStep,
     Params,
@@ -100,9 +59,11 @@ from tdfusion_core.meta import (
 )
 from tdfusion_core.plugins import get_plugin_manager
 from tdfusion_core.provenance import check_rebuildable, record_instances
+from tdfusion_core.registry import resolve_dataset
 from tdfusion_core.run_files import RunLock, check_resume_config, load_training_state, save_training_state
+from tdfusion_core.seeding import epoch_generator, seed_everything
 from tdfusion_core.state_guard import NonFiniteStateError, StepGuard, assert_finite_state
-from tdfusion_core.task import Task, TaskLoss, functional_task_loss
+from tdfusion_core.task import Task, TaskLoss
 from tdfusion_core.validation import Validator, make_validator
 
 log = logging.getLogger(__name__)
@@ -133,28 +94,8 @@ def _takes_option(factory: Any, name: str) -> bool:
         return False
 
 
-def _resize(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    if tuple(images.shape[-2:]) == tuple(size):
-        return images
-    lead = images.shape[:-3]
-    flat = images.reshape(-1, *images.shape[-3:])
-    out = nnf.interpolate(flat, size=size, mode="bilinear", align_corners=False)
-    return out.reshape(*lead, *out.shape[-3:])
-
-
 def _atomic_save(obj: Any, path: Path) -> None:
     save_training_state(obj, path)
-
-
-def seed_everything(seed: int, deterministic: bool = False) -> None:
-    """Seed Python, NumPy and torch; with ``deterministic`` also force deterministic torch kernels."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-    if deterministic:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True)
-        torch.backends.cudnn.benchmark = False
 
 
 class MetaTrainer:
@@ -241,29 +182,19 @@ class MetaTrainer:
             for opt in (self.opt_fusion, self.opt_task, self.opt_generator)
         ]
         autocast = torch.bfloat16 if config.amp else None
-        if self.dist.enabled:
-            self.meta_step_fn: MetaStep = DistributedMetaStep(
-                self.fusion_net,
-                self.loss_generator,
-                self.task,
-                self.fusion_loss,
-                config.meta_mode,
-                autocast_dtype=autocast,
-                ctx=self.dist,
-                sync=config.meta_sync,  # type: ignore[arg-type]
-            )
-        else:
-            self.meta_step_fn = MetaStep(
-                self.fusion_net,
-                self.loss_generator,
-                self.task,
-                self.fusion_loss,
-                config.meta_mode,
-                autocast_dtype=autocast,
-            )
+        step_args = (self.fusion_net, self.loss_generator, self.task, self.fusion_loss, config.meta_mode)
+        self.meta_step_fn: MetaStep = (
+            DistributedMetaStep(*step_args, autocast_dtype=autocast, ctx=self.dist, sync=config.meta_sync)
+            if self.dist.enabled
+            else MetaStep(*step_args, autocast_dtype=autocast)
+        )
         #: global meta batches of each step and this process's share of every global batch
-        self.sampler = DistributedMetaSampler(
+        self.sampler = MetaBatchSampler(
             len(self.train_set), config.batch_size, config.seed, config.switch, self.dist.rank, self.dist.world_size
+        )
+        #: builds every training batch: crops, task-size images and targets, the Switch, this process's share
+        self.batcher = Batcher(
+            self.task, self.task_size, config.crop_size, config.switch, self.device, self.sampler.shards
         )
         self.epoch = 0  # epochs completed
         self.meta_step_count = 0
@@ -280,13 +211,29 @@ class MetaTrainer:
         # the same starting point everywhere, then DDP for the fusion phase (F's and T's gradients averaged)
         for module in (self.fusion_net, self.loss_generator, self.task.network):
             broadcast_module(module, self.dist)
-        self._fusion_forward: nn.Module = MultiInputForward(self.fusion_net)
-        self._task_loss_module: nn.Module | None = None
+        fusion_forward: nn.Module = MultiInputForward(self.fusion_net)
+        task_loss_module: nn.Module | None = None
         if self.dist.enabled:
-            self._fusion_forward = wrap_ddp(self._fusion_forward, self.device, config.find_unused_parameters)
-            self._task_loss_module = wrap_ddp(
+            fusion_forward = wrap_ddp(fusion_forward, self.device, config.find_unused_parameters)
+            task_loss_module = wrap_ddp(
                 TaskLoss(self.task, self.task.network), self.device, config.find_unused_parameters
             )
+        #: the fusion phase's maths (Eqs. 8-9 with the ablations) over F's and T's (DDP-wrapped) forwards
+        self.fusion_step = FusionPhaseStep(
+            self.fusion_net,
+            self.loss_generator,
+            self.task,
+            self.fusion_loss,
+            self.opt_fusion,
+            self.opt_task,
+            fusion_forward,
+            task_loss_module,
+            fixed_weights=config.fixed_weights,
+            task_loss_on_fusion=config.task_loss_on_fusion,
+            discriminative=config.discriminative,
+            autocast_dtype=torch.bfloat16 if config.amp else None,
+            agree=lambda values: agree_finite(values, self.dist),
+        )
 
     @property
     def is_main_process(self) -> bool:
@@ -349,95 +296,17 @@ class MetaTrainer:
         check_state_fits(self.fusion_net, state, f"{self.config.fusion_net!r} {self.config.fusion_options}", str(path))
         self.fusion_net.load_state_dict(state)
 
-    # ------------------------------------------------------------------ data
+    # ------------------------------------------------------------------ data (tdfusion_core.batches)
     def _epoch_generator(self, epoch: int, phase: int) -> torch.Generator:
-        return torch.Generator().manual_seed(self.config.seed * 1_000_003 + epoch * 7919 + phase)
-
-    def _load(self, indices: Sequence[int] | Sequence[torch.Tensor]) -> list[Sample]:
-        return [self.train_set[int(i)] for i in indices]
-
-    @staticmethod
-    def _crop_draws(count: int, gen: torch.Generator) -> torch.Tensor:
-        """Two random integers per sample of a global batch; the crop window of sample ``j`` is derived from row
-        ``j`` and the image size, so every process (whatever its share) draws the same windows."""
-        return torch.randint(0, 2**31 - 1, (count, 2), generator=gen)
+        return epoch_generator(self.config.seed, epoch, phase)
 
     def _prepare(self, samples: list[Sample], gen: torch.Generator) -> tuple[torch.Tensor, TaskInput]:
-        """Crops for the fusion loss and resized images + targets for the task of a whole batch (every item, Switch
-        applied), on the device. Training steps use :meth:`_prepare_step`, which prepares this process's share."""
-        draws = self._crop_draws(len(samples), gen)
-        items = [(j, False) for j in range(len(samples))]
-        if self.config.switch:
-            items += [(j, True) for j in range(len(samples))]
-        return self._build_batch(dict(enumerate(samples)), draws, items)
+        """Kept for callers of the old private name: :meth:`Batcher.whole`."""
+        return self.batcher.whole(samples, gen)
 
     def _prepare_step(self, indices: Sequence[int], gen: torch.Generator) -> tuple[torch.Tensor, TaskInput]:
-        """This process's share of the global batch of dataset ``indices`` (see :class:`ShardedBatches`)."""
-        draws = self._crop_draws(len(indices), gen)
-        items = self.sampler.shards.local_items()
-        samples = {j: self.train_set[int(indices[j])] for j in sorted({j for j, _ in items})}
-        return self._build_batch(samples, draws, items)
-
-    def _build_batch(
-        self, samples: dict[int, Sample], draws: torch.Tensor, items: Sequence[tuple[int, bool]]
-    ) -> tuple[torch.Tensor, TaskInput]:
-        """Stack ``items`` (``(position in the batch, sources reversed?)``) of loaded ``samples``."""
-        sizes = [s.size for s in samples.values()]
-        if self.config.crop_size is None:
-            ch, cw = min(h for h, _ in sizes), min(w for _, w in sizes)
-        else:
-            ch = min(self.config.crop_size[0], *(h for h, _ in sizes))
-            cw = min(self.config.crop_size[1], *(w for _, w in sizes))
-        prepared: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor, Any]] = {}
-        for j, s in samples.items():
-            h, w = s.size
-            top = int(draws[j, 0]) % (h - ch + 1)
-            left = int(draws[j, 1]) % (w - cw + 1)
-            target = self._loss_target(s.target, s.size) if s.target is not None else None
-            prepared[j] = (
-                s.sources[:, top : top + ch, left : left + cw],
-                _resize(s.sources[None], self.task_size)[0],
-                _resize(s.chroma, self.task_size),
-                target,
-            )
-        crops, task_sources, task_chroma, targets = [], [], [], []
-        for j, reverse in items:
-            crop, sources, chroma, target = prepared[j]
-            if reverse:  # the Switch: the same sample with its sources in reverse order, same labels
-                crop, sources, chroma = crop.flip(0), sources.flip(0), chroma.flip(0)
-            crops.append(crop)
-            task_sources.append(sources)
-            task_chroma.append(chroma)
-            targets.append(target)
-        targets = self._common_resolution(targets)
-        collated = self.task.collate_targets(targets) if any(t is not None for t in targets) else None
-        batch = TaskInput(
-            torch.stack(task_sources).to(self.device),
-            torch.stack(task_chroma).to(self.device),
-            self.task.targets_to(collated, self.device),
-        )
-        return torch.stack(crops).to(self.device), batch
-
-    def _loss_target(self, target: Any, size: tuple[int, int]) -> Any:
-        """A sample's target for the task loss: resized to the task size, or kept at the image's resolution for a
-        task with ``full_resolution_targets`` (masks; its loss upsamples the logits to them)."""
-        if getattr(self.task, "full_resolution_targets", False):
-            return target
-        return self.task.resize_targets(target, size, self.task_size)
-
-    def _common_resolution(self, targets: list[Any]) -> list[Any]:
-        """Full-resolution masks of different sizes, resized (nearest) to the largest so that they stack; each
-        still covers its whole image, as the task input does."""
-        sizes = {(int(t.shape[-2]), int(t.shape[-1])) for t in targets if isinstance(t, torch.Tensor)}
-        if len(sizes) <= 1 or not getattr(self.task, "full_resolution_targets", False):
-            return targets
-        largest = max(sizes, key=lambda hw: hw[0] * hw[1])
-        return [
-            self.task.resize_targets(t, (int(t.shape[-2]), int(t.shape[-1])), largest)
-            if isinstance(t, torch.Tensor)
-            else t
-            for t in targets
-        ]
+        """This process's share of the global batch of dataset ``indices`` (:meth:`Batcher.share`)."""
+        return self.batcher.share(self.train_set, indices, gen)
 
     def meta_split(self, epoch: int) -> tuple[list[int], list[int]]:
         """Disjoint meta-train and meta-test index sets of ``epoch`` (a pure function of the seed and the epoch,
@@ -526,10 +395,7 @@ class MetaTrainer:
         return metrics
 
     def _weights(self, sources: torch.Tensor) -> torch.Tensor:
-        if self.config.fixed_weights:
-            return fixed_weights(sources)
-        with torch.no_grad():
-            return self.loss_generator(sources)
+        return self.fusion_step.weights(sources)
 
     def fusion_phase(self, epoch: int) -> dict[str, float]:
         """Learning of F and T over the training set (Eqs. 8-9)."""
@@ -592,97 +458,21 @@ class MetaTrainer:
         return metrics
 
     def fusion_update(self, crop: torch.Tensor, batch: TaskInput) -> dict[str, float] | None:
-        """One fusion-phase step (F on Lf with G frozen, then T on Lt); ``None`` if skipped (non-finite).
+        """One fusion-phase step (:class:`~tdfusion_core.fusion_phase.FusionPhaseStep`: F on Lf with G frozen, then
+        T on Lt); ``None`` if skipped (non-finite).
 
         With several processes F and T go through DistributedDataParallel (gradients averaged over the shards),
         the finiteness checks agree across processes and the returned losses are averaged over them.
         """
-        cfg = self.config
-        amp = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.amp)
         self.fusion_step_count += 1
-        # F (or G in the discriminative ablation) on the fusion loss, G frozen
-        self.opt_fusion.zero_grad(set_to_none=True)
-        with amp:
-            if cfg.discriminative:
-                loss_f = self._task_loss(self._fusion_forward(batch.sources), batch, self.task.network)
-                terms = {"total": loss_f}
-            else:
-                if cfg.task_loss_on_fusion:  # one (DDP) forward for both inputs of this backward
-                    fused_crop, fused_task = self._fusion_forward(crop, batch.sources)
-                else:
-                    fused_crop = self._fusion_forward(crop)
-                terms = self.fusion_loss.terms(fused_crop, crop, self._weights(crop))
-                loss_f = terms["total"]
-                if cfg.task_loss_on_fusion:
-                    with self._frozen(self.task.network):
-                        lt_f = self._task_loss(fused_task, batch, self.task.network)
-                    loss_f = loss_f + cfg.task_loss_on_fusion * lt_f
-        ok, f_values = agree_finite({"__loss": loss_f, **terms}, self.dist)
-        if not ok:
-            self._bad_step("fusion phase (F step)", "fusion loss")
+        outcome = self.fusion_step.update(crop, batch)
+        if outcome.metrics is None:
+            assert outcome.skipped is not None
+            self._bad_step(*outcome.skipped)
             return None
-        loss_f.backward()
-        if not self._grads_finite(self.fusion_net):
-            self.opt_fusion.zero_grad(set_to_none=True)
-            self._bad_step("fusion phase (F step)", "gradient of F")
-            return None
-        self.opt_fusion.step()
-        # T on the task loss of F's detached output
-        self.opt_task.zero_grad(set_to_none=True)
-        with amp:
-            with torch.no_grad():
-                fused = self.fusion_net(batch.sources)
-            loss_t = self._task_loss(fused, batch, self.task.network, distributed=True)
-        per_task = {f"task_loss/{k}": v for k, v in getattr(self.task, "last_losses", {}).items()}
-        ok, t_values = agree_finite({"task_loss": loss_t, **per_task}, self.dist)
-        if not ok:
-            self._bad_step("fusion phase (T step)", "task loss")
-            return None
-        loss_t.backward()
-        if not self._grads_finite(self.task.network):
-            self.opt_task.zero_grad(set_to_none=True)
-            self._bad_step("fusion phase (T step)", "gradient of T")
-            return None
-        self.opt_task.step()
         self.bad_steps = 0
-        metrics = {"fusion_loss": f_values["total"], "task_loss": t_values["task_loss"]}
-        if "intensity" in terms:
-            metrics["intensity_loss"] = f_values["intensity"]
-            metrics["gradient_loss"] = f_values["gradient"]
-        metrics.update({k: t_values[k] for k in per_task})
-        self._emit("tdfusion_on_fusion_step_end", trainer=self, step=self.fusion_step_count, metrics=metrics)
-        return metrics
-
-    def _task_loss(
-        self, fused: torch.Tensor, batch: TaskInput, network: nn.Module, distributed: bool = False
-    ) -> torch.Tensor:
-        """Task loss of ``network`` on the task input built from ``fused``; ``distributed=True`` (T's own step)
-        goes through T's DDP loss module in a multi-process run, so that T's gradients are averaged."""
-        fused = fused if fused.dtype in (torch.float32, torch.float64) else fused.float()  # autocast's bf16 -> fp32
-        images = task_input(fused, batch.chroma, self.task.input_kind)
-        if distributed and self._task_loss_module is not None and network is self.task.network:
-            loss: torch.Tensor = self._task_loss_module(images, batch.targets)
-            return loss
-        return functional_task_loss(self.task, images, batch.targets, network=network)
-
-    @staticmethod
-    def _grads_finite(module: nn.Module) -> bool:
-        grads = [p.grad for p in module.parameters() if p.grad is not None]
-        return not grads or bool(torch.stack([torch.isfinite(g).all() for g in grads]).all())
-
-    class _frozen:
-        """Context: parameters of a module do not require grad (the task loss trains F only)."""
-
-        def __init__(self, module: nn.Module) -> None:
-            self.params = [p for p in module.parameters() if p.requires_grad]
-
-        def __enter__(self) -> None:
-            for p in self.params:
-                p.requires_grad_(False)
-
-        def __exit__(self, *exc: object) -> None:
-            for p in self.params:
-                p.requires_grad_(True)
+        self._emit("tdfusion_on_fusion_step_end", trainer=self, step=self.fusion_step_count, metrics=outcome.metrics)
+        return outcome.metrics
 
     # ------------------------------------------------------------------ statistics
     @torch.no_grad()
@@ -697,7 +487,7 @@ class MetaTrainer:
         totals = torch.zeros(self.num_sources)
         count = min(max_samples, len(self.train_set))
         for i in range(count):
-            sources = _resize(self.train_set[i].sources[None], self.task_size).to(self.device)
+            sources = resize_images(self.train_set[i].sources[None], self.task_size).to(self.device)
             totals += self.loss_generator(sources).mean(dim=(0, 2, 3)).float().cpu()
         self.loss_generator.train(was)
         return (totals / max(count, 1)).tolist()
@@ -891,7 +681,7 @@ class MetaTrainer:
         from tdfusion_core.visual import weight_grid
 
         count = min(count, len(self.train_set))
-        sources = torch.stack([_resize(self.train_set[i].sources[None], self.task_size)[0] for i in range(count)])
+        sources = torch.stack([resize_images(self.train_set[i].sources[None], self.task_size)[0] for i in range(count)])
         fused, weights = self.fuse(sources)
         return weight_grid(sources, fused.cpu(), weights.cpu())
 
@@ -909,24 +699,8 @@ class MetaTrainer:
         def batches() -> Any:
             for start in range(0, len(dataset), batch_size):
                 samples = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
-                sources = torch.stack([_resize(s.sources[None], self.task_size)[0] for s in samples])
-                chroma = torch.stack([_resize(s.chroma, self.task_size) for s in samples])
+                sources, chroma, targets = self.batcher.task_view(samples)
                 fused, _ = self.fuse(sources)
-                images = task_input(fused, chroma.to(self.device), self.task.input_kind)
-                targets = self._common_resolution([self._loss_target(s.target, s.size) for s in samples])
-                yield images, self.task.targets_to(self.task.collate_targets(targets), self.device)
+                yield task_input(fused, chroma.to(self.device), self.task.input_kind), targets
 
         return self.task.evaluate(self.task.network, batches())
-
-
-def resolve_dataset(data: str, split: str = "train", **options: Any) -> Any:
-    """A registered dataset name (``synthetic``, ``llvip``, ...) or a folder path (the ``folder`` dataset)."""
-    names = registry.available("dataset")
-    if data in names:
-        return registry.get_dataset(data, split=split, **options)
-    path = Path(data)
-    if path.exists():
-        return registry.get_dataset("folder", root=str(path), split=split, **options)
-    raise FileNotFoundError(
-        f"--data {data!r} is neither an existing folder nor a registered dataset ({', '.join(names)})"
-    )

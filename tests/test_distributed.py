@@ -15,8 +15,8 @@ import torch.multiprocessing as mp
 
 from tdfusion_core.distributed import (
     DistContext,
-    DistributedMetaSampler,
     DistributedMetaStep,
+    MetaBatchSampler,
     ShardedBatches,
     average_tensors,
     full_batches,
@@ -53,7 +53,7 @@ def test_uneven_shards_are_refused_with_a_clear_message():
 
 
 def test_meta_sampler_is_the_same_in_every_process_and_disjoint():
-    samplers = [DistributedMetaSampler(10, 2, seed=3, rank=r, world_size=2) for r in range(2)]
+    samplers = [MetaBatchSampler(10, 2, seed=3, rank=r, world_size=2) for r in range(2)]
     split = samplers[0].split(4)
     assert split == samplers[1].split(4) and not set(split[0]) & set(split[1])
     for step in range(5):
@@ -74,8 +74,8 @@ def test_full_batches_complete_the_last_batch():
 def test_distributed_meta_step_with_one_process_is_the_meta_step(mode):
     trainer = _float64_trainer(meta_mode=mode)
     gen = torch.Generator().manual_seed(0)
-    crop, mtr = trainer._prepare([trainer.train_set[i] for i in (0, 1)], gen)
-    _, mts = trainer._prepare([trainer.train_set[i] for i in (2, 3)], gen)
+    crop, mtr = trainer.batcher.whole([trainer.train_set[i] for i in (0, 1)], gen)
+    _, mts = trainer.batcher.whole([trainer.train_set[i] for i in (2, 3)], gen)
     args = (trainer.fusion_net, trainer.loss_generator, trainer.task, trainer.fusion_loss, mode)
     update = adam_task_step(trainer.opt_task, trainer.task.network)
     ref = MetaStep(*args).compute(crop, mtr, mts, 1e-2, update)
@@ -245,3 +245,10 @@ def test_bench_scaling_reports_both_process_counts():
     assert [r["processes"] for r in rows] == [1, 2] and [r["global_batch"] for r in rows] == [2, 4]
     assert [r["items_per_process"] for r in rows] == [4, 4]  # weak scaling: the same share per process
     assert rows[0]["efficiency"] == 1.0 and rows[1]["meta_step_ms"] > 0 and rows[1]["cpu_efficiency"] > 0
+
+
+def test_the_old_sampler_name_still_works_with_a_deprecation_warning():
+    import tdfusion_core.distributed as distributed
+
+    with pytest.warns(DeprecationWarning, match="MetaBatchSampler"):
+        assert distributed.DistributedMetaSampler is MetaBatchSampler

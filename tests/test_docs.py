@@ -103,6 +103,7 @@ def test_docs_have_the_pages_the_site_promises():
         "reproducing.md",
         "cli.md",
         "api.md",
+        "architecture.md",
     } <= names
     assert len([b for b in ALL_BLOCKS if b.lang == "python" and b.skip_reason is None]) >= 10
 

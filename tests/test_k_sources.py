@@ -90,8 +90,8 @@ def test_meta_gradient_modes_agree_with_three_sources():
     for module in (trainer.fusion_net, trainer.loss_generator, trainer.task.network):
         module.double()
     gen = torch.Generator().manual_seed(0)
-    crop, mtr = trainer._prepare([trainer.train_set[0]], gen)
-    _, mts = trainer._prepare([trainer.train_set[1]], gen)
+    crop, mtr = trainer.batcher.whole([trainer.train_set[0]], gen)
+    _, mts = trainer.batcher.whole([trainer.train_set[1]], gen)
     assert crop.shape == (2, 3, 16, 16)  # one sample and its Switch, three sources
     grads = {}
     for mode in ("jvp", "double-backward"):

@@ -167,8 +167,8 @@ def _meta_grad(task: Task) -> dict[str, torch.Tensor]:
         loss_generator=generator,
     )
     gen = torch.Generator().manual_seed(0)
-    crop, mtr = trainer._prepare([trainer.train_set[0]], gen)
-    _, mts = trainer._prepare([trainer.train_set[1]], gen)
+    crop, mtr = trainer.batcher.whole([trainer.train_set[0]], gen)
+    _, mts = trainer.batcher.whole([trainer.train_set[1]], gen)
     step = MetaStep(fusion, generator, task, trainer.fusion_loss, "jvp")
     return step.compute(crop, mtr, mts, 1e-2, adam_task_step(trainer.opt_task, task.network)).grad_g
 

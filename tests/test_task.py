@@ -1,10 +1,12 @@
 import copy
+from typing import ClassVar
 
 import pytest
 import torch
 
 from tdfusion_core.registry import get_task
 from tdfusion_core.task import functional_task_loss
+from tdfusion_core.tasks.tiny_seg import TinySegTask
 
 
 @pytest.fixture
@@ -89,3 +91,48 @@ def test_checkpoint_round_trip(tmp_path, seg_task):
     other = get_task("tiny-seg", num_classes=3, width=8, input_kind="rgb", checkpoint=path)
     for (k, a), (_, b) in zip(seg_task.network.state_dict().items(), other.network.state_dict().items()):
         assert torch.equal(a, b), k
+
+
+class _ModeProbe(TinySegTask):
+    """Records the network's mode while evaluating; raises when asked to."""
+
+    seen: ClassVar[list[bool]] = []
+
+    def evaluate(self, network, batches):
+        self.seen.append(network.training)
+        if self.config.get("fail"):
+            raise RuntimeError("evaluation failed")
+        return {"n": float(len(list(batches)))}
+
+
+def test_core_runs_every_tasks_evaluate_in_eval_mode_and_restores_the_mode():
+    probe = _ModeProbe(num_classes=3, width=4)
+    net = probe.network.train()
+    assert probe.evaluate(net, [1, 2]) == {"n": 2.0}
+    assert probe.seen == [False] and net.training
+    net.eval()
+    probe.evaluate(net, [])
+    assert not net.training  # a network in eval mode stays there
+    failing = _ModeProbe(num_classes=3, width=4, fail=True)
+    net = failing.network.train()
+    with pytest.raises(RuntimeError, match="evaluation failed"):
+        failing.evaluate(net, [])
+    assert net.training
+
+
+def test_task_and_transform_target_ops_are_one_table():
+    from tdfusion_core.data import targets as target_ops
+    from tdfusion_core.data.transforms import DefaultTargetOps
+
+    mask = torch.arange(12).reshape(3, 4)
+    boxes = torch.tensor([[1.0, 0.5, 0.5, 2.5, 2.0]])
+    by_type = DefaultTargetOps()
+    for kind, target in (("mask", mask), ("boxes", boxes)):
+        task = TinySegTask(num_classes=3)
+        task.target_kind = kind  # type: ignore[misc]
+        for op, args in (("resize", ((3, 4), (6, 8))), ("crop", (1, 1, 2, 2)), ("hflip", (4,))):
+            expected = target_ops.apply(op, kind, target, *args)
+            assert torch.equal(getattr(task, f"{op}_targets")(target, *args), expected), (kind, op)
+            assert torch.equal(getattr(by_type, f"{op}_targets")(target, *args), expected), (kind, op)
+    assert target_ops.apply("pad", "boxes", boxes, 5, 5, 255) is boxes
+    assert target_ops.apply("crop", "none", None, 0, 0, 1, 1) is None

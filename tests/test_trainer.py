@@ -213,3 +213,17 @@ def test_run_directory_holds_config_checkpoint_logs_and_images(tmp_path):
     assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
     assert (tmp_path / "images" / "epoch_0001.png").is_file()
     assert not list((tmp_path / "checkpoints").glob(".*tmp*"))  # no temp file left behind
+
+
+def test_choice_settings_accept_exactly_their_listed_values():
+    for field, good, bad in [
+        ("generator_update", ("maxnorm", "adam", "adamw", "sgd"), "adamax"),
+        ("meta_mode", ("jvp", "double-backward", "finite-difference"), "fd"),
+        ("intensity", ("reference", "paper"), "mean"),
+        ("meta_sync", ("union", "per-shard"), "all"),
+        ("dist_backend", ("nccl", "gloo", "mpi", "ucc", None), "tcp"),
+    ]:
+        for value in good:
+            assert getattr(TrainConfig(**{field: value}), field) == value
+        with pytest.raises(ValueError, match=field):
+            TrainConfig(**{field: bad})

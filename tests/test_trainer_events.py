@@ -10,7 +10,8 @@ import pytest
 from tdfusion_core import hookimpl
 from tdfusion_core.plugins import register_plugin, unregister_plugin
 from tdfusion_core.trainer import TrainingDivergedError
-from tests.trainer_utils import BlobScenes, small_trainer
+from tests.test_trainer import _NaNScenes
+from tests.trainer_utils import small_trainer
 
 
 class Recorder:
@@ -95,16 +96,9 @@ def test_hooks_fire_in_order_with_counts_and_payloads(tmp_path, recorder):
     assert recorder.payloads("run_end") == [{"status": "completed"}]
 
 
-class _NaNSecondSource(BlobScenes):
-    def __getitem__(self, i):
-        s = super().__getitem__(i)
-        s.sources[1] = float("nan")
-        return s
-
-
 def test_bad_meta_steps_are_announced_as_skipped_and_the_run_fails(recorder):
     trainer = small_trainer(epochs=1, meta_steps=3, fusion_steps=1, max_bad_steps=2, task_step="sgd")
-    trainer.train_set = _NaNSecondSource(8)
+    trainer.train_set = _NaNScenes(8)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         with pytest.raises(TrainingDivergedError):

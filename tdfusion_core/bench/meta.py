@@ -78,8 +78,8 @@ def _time(fn: Any, device: torch.device, iters: int, warmup: int) -> float:
 def _bench_mode(trainer: Any, dev: torch.device, iters: int, warmup: int) -> dict[str, Any]:
     data = trainer.train_set
     gen = torch.Generator().manual_seed(0)
-    crop, mtr = trainer._prepare([data[0]], gen)
-    _, mts = trainer._prepare([data[1]], gen)
+    crop, mtr = trainer.batcher.whole([data[0]], gen)
+    _, mts = trainer.batcher.whole([data[1]], gen)
     if dev.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(dev)

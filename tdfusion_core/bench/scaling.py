@@ -3,7 +3,7 @@
 Each process count runs in freshly spawned processes joined the way ``torchrun`` joins them (gloo on CPU on
 127.0.0.1, NCCL with ``--device cuda``, one GPU per process). Every process builds the same
 :class:`~tdfusion_core.trainer.MetaTrainer` on random scenes, prepares its share of ``steps`` global batches with the
-trainer's own sharding (:meth:`MetaTrainer._prepare_step`), then times :meth:`MetaTrainer.meta_update` and
+trainer's own sharding (:meth:`tdfusion_core.batches.Batcher.share`), then times :meth:`MetaTrainer.meta_update` and
 :meth:`MetaTrainer.fusion_update` after ``warmup`` untimed steps (data preparation and start-up are not included;
 the slowest process's time counts).
 
@@ -99,8 +99,8 @@ def _worker(rank: int, world: int, port: int, settings: dict[str, Any], out: str
         meta_batches = []
         for step in range(n):
             i_tr, i_ts = trainer.sampler.step(0, step, split)
-            crop, mtr = trainer._prepare_step(i_tr, gen)
-            _, mts = trainer._prepare_step(i_ts, gen)
+            crop, mtr = trainer.batcher.share(trainer.train_set, i_tr, gen)
+            _, mts = trainer.batcher.share(trainer.train_set, i_ts, gen)
             meta_batches.append((crop, mtr, mts))
 
         def timed(fn: Any) -> tuple[float, float]:

@@ -89,6 +89,32 @@ def hflip_boxes(boxes: torch.Tensor, width: int) -> torch.Tensor:
     return out
 
 
+def crop_mask(mask: torch.Tensor, top: int, left: int, height: int, width: int) -> torch.Tensor:
+    """The window ``[top:top+height, left:left+width]`` of a mask ``(..., H, W)``."""
+    return mask[..., top : top + height, left : left + width]
+
+
+def hflip_mask(mask: torch.Tensor, width: int) -> torch.Tensor:
+    """Mirror a mask ``(..., H, W)`` horizontally."""
+    return mask.flip(-1)
+
+
+#: the one table of geometric target operations: operation -> target kind -> function(target, *arguments);
+#: a kind without an entry (``"none"``, boxes under ``pad``) is left unchanged
+OPERATIONS: dict[str, dict[str, Any]] = {
+    "resize": {"mask": lambda m, size, new_size: resize_mask(m, new_size), "boxes": resize_boxes},
+    "crop": {"mask": crop_mask, "boxes": crop_boxes},
+    "hflip": {"mask": hflip_mask, "boxes": hflip_boxes},
+    "pad": {"mask": pad_mask},
+}
+
+
+def apply(operation: str, kind: str, target: Any, *args: Any) -> Any:
+    """``OPERATIONS[operation][kind](target, *args)``, or ``target`` unchanged where the table has no entry."""
+    function = OPERATIONS[operation].get(kind)
+    return function(target, *args) if function is not None and target is not None else target
+
+
 def boxes_with_batch_index(boxes: list[torch.Tensor]) -> torch.Tensor:
     """Concatenate per-image boxes ``(N_i, 5)`` into ``(sum N_i, 6)`` rows ``image index, class, x0, y0, x1, y1``.
 

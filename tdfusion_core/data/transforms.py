@@ -82,43 +82,24 @@ class DefaultTargetOps:
     def __init__(self, ignore_index: int = 255) -> None:
         self.ignore_index = ignore_index
 
-    def resize_targets(self, target: Any, size: tuple[int, int], new_size: tuple[int, int]) -> Any:
+    def _apply(self, operation: str, target: Any, *args: Any) -> Any:
+        """The table's operation (:data:`tdfusion_core.data.targets.OPERATIONS`) on a target of inferred kind."""
         if isinstance(target, dict):
-            return {k: self.resize_targets(v, size, new_size) for k, v in target.items()}
-        kind = target_ops_module.infer_target_kind(target)
-        if kind == "mask":
-            return target_ops_module.resize_mask(target, new_size)
-        if kind == "boxes":
-            return target_ops_module.resize_boxes(target, size, new_size)
-        return target
+            return {k: self._apply(operation, v, *args) for k, v in target.items()}
+        return target_ops_module.apply(operation, target_ops_module.infer_target_kind(target), target, *args)
+
+    def resize_targets(self, target: Any, size: tuple[int, int], new_size: tuple[int, int]) -> Any:
+        return self._apply("resize", target, size, new_size)
 
     def crop_targets(self, target: Any, top: int, left: int, height: int, width: int) -> Any:
-        if isinstance(target, dict):
-            return {k: self.crop_targets(v, top, left, height, width) for k, v in target.items()}
-        kind = target_ops_module.infer_target_kind(target)
-        if kind == "mask":
-            return target[..., top : top + height, left : left + width]
-        if kind == "boxes":
-            return target_ops_module.crop_boxes(target, top, left, height, width)
-        return target
+        return self._apply("crop", target, top, left, height, width)
 
     def hflip_targets(self, target: Any, width: int) -> Any:
-        if isinstance(target, dict):
-            return {k: self.hflip_targets(v, width) for k, v in target.items()}
-        kind = target_ops_module.infer_target_kind(target)
-        if kind == "mask":
-            return target.flip(-1)
-        if kind == "boxes":
-            return target_ops_module.hflip_boxes(target, width)
-        return target
+        return self._apply("hflip", target, width)
 
     def pad_targets(self, target: Any, height: int, width: int) -> Any:
         """Pad at the bottom / right to ``(height, width)``: masks with the ignore index, boxes unchanged."""
-        if isinstance(target, dict):
-            return {k: self.pad_targets(v, height, width) for k, v in target.items()}
-        if target_ops_module.infer_target_kind(target) == "mask":
-            return target_ops_module.pad_mask(target, height, width, self.ignore_index)
-        return target
+        return self._apply("pad", target, height, width, self.ignore_index)
 
 
 def _ops(target_ops: TargetOps | None) -> Any:

@@ -88,15 +88,10 @@ class TinySegTask(Task):
 
     @torch.no_grad()
     def evaluate(self, network: nn.Module, batches: Iterable[tuple[torch.Tensor, Any]]) -> dict[str, float]:
-        was_training = network.training
-        network.eval()
         cm = ConfusionMatrix(int(self.num_classes or 4), self.ignore_index)
-        try:
-            for images, targets in batches:
-                logits = network(images)
-                if logits.shape[-2:] != targets.shape[-2:]:
-                    logits = nnf.interpolate(logits, size=targets.shape[-2:], mode="bilinear", align_corners=True)
-                cm.update(logits.argmax(1), targets)
-        finally:
-            network.train(was_training)
+        for images, targets in batches:  # in eval mode: the Task base class sees to it
+            logits = network(images)
+            if logits.shape[-2:] != targets.shape[-2:]:
+                logits = nnf.interpolate(logits, size=targets.shape[-2:], mode="bilinear", align_corners=True)
+            cm.update(logits.argmax(1), targets)
         return cm.compute()

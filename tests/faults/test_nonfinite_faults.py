@@ -60,7 +60,7 @@ def _buffers(module):
 
 def _nan_batch(trainer):
     gen = torch.Generator().manual_seed(0)
-    crop, batch = trainer._prepare([trainer.train_set[0]], gen)
+    crop, batch = trainer.batcher.whole([trainer.train_set[0]], gen)
     batch.sources[..., -1, -1] = float("nan")  # outside F's crop: F's loss stays finite, T's forward sees NaN
     return crop, batch
 
