@@ -176,9 +176,9 @@ class Task(abc.ABC):
         """Load weights from a local file into ``network`` (a state dict, or a dict with a ``state_dict`` key).
 
         Loaded with ``weights_only=True``: no code from the file is executed (a file that needs it is refused with
-        how to convert a trusted one, see :func:`tdfusion_core.checkpoints.read_torch_file`).
+        how to convert a trusted one, see :func:`tdfusion_core.torch_files.read_torch_file`).
         """
-        from tdfusion_core.checkpoints import read_torch_file
+        from tdfusion_core.torch_files import read_torch_file
 
         state = read_torch_file(path, "cpu", what="task checkpoint")
         if isinstance(state, Mapping) and "state_dict" in state:
