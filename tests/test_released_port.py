@@ -324,7 +324,7 @@ def test_full_resolution_masks_of_different_sizes_are_brought_to_one_size():
     trainer = _trainer()
     small, large = torch.zeros(8, 8, dtype=torch.long), torch.ones(16, 24, dtype=torch.long)
     small[:4] = 2
-    out = trainer._common_resolution([small, large])
+    out = trainer.batcher.common_resolution([small, large])
     assert [tuple(t.shape) for t in out] == [(16, 24), (16, 24)]
     assert int((out[0][:8] == 2).all()) and int((out[0][8:] == 0).all())  # still covers its whole image
 
