@@ -114,9 +114,10 @@ def _type(tp: Any) -> str:
 
 
 def _default(field: attrs.Attribute) -> str:
-    default = field.default
-    if isinstance(default, attrs.Factory):  # type: ignore[arg-type]
-        default = default.factory()  # type: ignore[attr-defined]
+    default: Any = field.default
+    factory = getattr(default, "factory", None)
+    if factory is not None and getattr(default, "takes_self", None) is not None:  # an attrs Factory
+        default = factory()
     if isinstance(default, tuple):
         default = list(default)
     import yaml
