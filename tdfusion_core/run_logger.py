@@ -27,7 +27,7 @@ from tdfusion_core import hookimpl
 
 log = logging.getLogger("tdfusion_core.run")
 _STATE: dict[int, _RunState] = {}
-#: steps of each phase timed before the first estimate is printed
+#: steps of each phase timed (after a first, warm-up step) before the estimate is printed
 ESTIMATE_AFTER = 2
 
 
@@ -36,11 +36,9 @@ class _RunState:
         self.handler: logging.Handler | None = None
         self.level = logging.NOTSET
         self.start = time.perf_counter()
-        self.epoch_start = self.start
         self.first_epoch = trainer.epoch
-        self.phase_clock: dict[str, float] = {}
-        self.phase_steps: dict[str, int] = {"meta": 0, "fusion": 0}
-        self.phase_seconds: dict[str, float] = {}
+        self.last = self.start
+        self.step_times: dict[str, list[float]] = {"meta": [], "fusion": []}
         self.estimated = False
 
 
@@ -194,28 +192,38 @@ def _step(trainer: Any, phase: str) -> None:
     if state is None:
         return
     now = time.perf_counter()
-    state.phase_steps[phase] += 1
-    count = state.phase_steps[phase]
-    if count == 1:  # the first step includes warm-up: time from the end of the first one
-        state.phase_clock[phase] = now
-    elif count == 1 + ESTIMATE_AFTER:
-        state.phase_seconds[phase] = (now - state.phase_clock[phase]) / ESTIMATE_AFTER
+    state.step_times[phase].append(now - state.last)
+    state.last = now
     if state.estimated:
         return
-    meta, fusion = planned_steps(trainer)
-    needed = [p for p, n in (("meta", meta), ("fusion", fusion)) if n > ESTIMATE_AFTER]
-    if needed and all(p in state.phase_seconds for p in needed):
-        per_epoch = sum(state.phase_seconds.get(p, 0.0) * n for p, n in (("meta", meta), ("fusion", fusion)))
-        each = ", ".join(f"{p} step {state.phase_seconds[p]:.2f} s" for p in needed)
-        left = trainer.config.epochs - state.first_epoch
-        log.info(
-            "estimate: %s; about %s per epoch, %s for the %d epoch(s) left",
-            each,
-            duration(per_epoch),
-            duration(per_epoch * left),
-            left,
-        )
-        state.estimated = True
+    plan = dict(zip(("meta", "fusion"), planned_steps(trainer)))
+    active = [p for p, n in plan.items() if n > 0]
+    if not active or any(len(state.step_times[p]) < min(plan[p], 1 + ESTIMATE_AFTER) for p in active):
+        return
+    each = {p: _per_step(state.step_times[p]) for p in active}
+    per_epoch = sum(each[p] * plan[p] for p in active)
+    left = trainer.config.epochs - state.first_epoch
+    log.info(
+        "estimate: %s; about %s per epoch, %s for the %d epoch(s) left",
+        ", ".join(f"{p} step {each[p]:.2f} s" for p in active),
+        duration(per_epoch),
+        duration(per_epoch * left),
+        left,
+    )
+    state.estimated = True
+
+
+def _per_step(times: list[float]) -> float:
+    """Mean step time, leaving out the first step (warm-up) when there are others."""
+    rest = times[1:] if len(times) > 1 else times
+    return sum(rest) / len(rest)
+
+
+@hookimpl
+def tdfusion_on_epoch_start(trainer: Any, epoch: int) -> None:
+    state = _STATE.get(id(trainer))
+    if state is not None:
+        state.last = time.perf_counter()
 
 
 @hookimpl

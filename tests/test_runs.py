@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,13 +18,8 @@ from tdfusion_core.tasks.tiny_seg import TinySegTask
 from tdfusion_core.trainer import MetaTrainer
 from tdfusion_core.validation import Validator, resolve_val_set
 from tdfusion_core.visual import colormap, weight_grid
-from tests.conftest import REPO
+from tests.conftest import REPO, shared_path
 from tests.trainer_utils import BlobScenes, SmallFusion, SmallGenerator
-
-ROADSCENE = REPO.parent.parent / "shared" / "data" / "RoadScene" / "train"
-if not ROADSCENE.is_dir():
-    ROADSCENE = Path("/work/shared/data/RoadScene/train")
-REFUSION = ROADSCENE.parents[2] / "weights" / "ReFusion_IVIF.pth"
 
 
 def _config(**changes):
@@ -241,15 +235,14 @@ def test_public_names_are_reexported_lazily():
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]
 
 
-@pytest.mark.skipif(not REFUSION.is_file() or not ROADSCENE.is_dir(), reason="needs shared RoadScene and weights")
 @pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
 def test_export_matches_pytorch_on_roadscene(tmp_path, fmt):
-    pytest.importorskip("onnxruntime") if fmt == "onnx" else None
     from tdfusion_core.export import check_export, export_fusion_net, read_pairs
 
-    path = export_fusion_net(REFUSION, tmp_path / f"f.{fmt}", fmt)
-    pairs = read_pairs(ROADSCENE, limit=2)
+    weights = shared_path("weights", "ReFusion_IVIF.pth")
+    path = export_fusion_net(weights, tmp_path / f"f.{fmt}", fmt)
+    pairs = read_pairs(shared_path("data", "RoadScene", "train"), limit=2)
     pairs = [p[..., :160, :200] for p in pairs] + [pairs[0][..., :97, :131]]  # three sizes, one odd
-    result = check_export(REFUSION, path, pairs)
+    result = check_export(weights, path, pairs)
     assert result["max_abs_diff"] <= 1e-4
     assert len(set(result["sizes"])) >= 2
