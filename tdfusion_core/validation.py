@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as nnf
 
+from tdfusion_core.batches import resize_images
 from tdfusion_core.colour import task_input
 from tdfusion_core.metrics.fusion import compute_fusion_metrics
 
@@ -35,15 +35,6 @@ log = logging.getLogger(__name__)
 
 PREFIX = "val/"
 FUSION_PREFIX = "val/fusion/"
-
-
-def _resize(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    if tuple(images.shape[-2:]) == tuple(size):
-        return images
-    lead = images.shape[:-3]
-    flat = images.reshape(-1, *images.shape[-3:])
-    out = nnf.interpolate(flat, size=size, mode="bilinear", align_corners=False)
-    return out.reshape(*lead, *out.shape[-3:])
 
 
 def _has_split(data: str, options: Mapping[str, Any], split: str) -> bool:
@@ -108,7 +99,7 @@ class Validator:
         task = trainer.task
         for start in range(0, self.count, self.batch_size):
             samples = [self.dataset[i] for i in range(start, min(start + self.batch_size, self.count))]
-            sources = torch.stack([_resize(s.sources[None], size)[0] for s in samples])
+            sources = torch.stack([resize_images(s.sources[None], size)[0] for s in samples])
             fused, _ = trainer.fuse(sources)
             if self.fusion_metrics:
                 values = compute_fusion_metrics(fused.float().cpu(), sources.float(), self.fusion_metrics, 1.0)
@@ -116,7 +107,7 @@ class Validator:
                     sums[name] = sums.get(name, 0.0) + float(v.sum())
             if any(s.target is None for s in samples):
                 continue
-            chroma = torch.stack([_resize(s.chroma, size) for s in samples]).to(trainer.device)
+            chroma = torch.stack([resize_images(s.chroma, size) for s in samples]).to(trainer.device)
             images = task_input(fused, chroma, task.input_kind)
             targets = [task.resize_targets(s.target, s.size, size) for s in samples]
             yield images, task.targets_to(task.collate_targets(targets), trainer.device)
