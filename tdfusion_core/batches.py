@@ -4,7 +4,8 @@ For every sample of a batch the :class:`Batcher` builds
 
 * a random **crop** of the sources for the fusion loss (``crop_size``; the released code's 256x256), ``(K, h, w)``;
 * the sources and chroma **resized to the task size** with the **targets** resized to match (the task loss sees the
-  whole image: the released code resizes MSRS to 240x320);
+  whole image: the released code resizes MSRS to 240x320), or kept at the image's resolution for a task with
+  ``full_resolution_targets`` (the released segmentation loss upsamples the logits to the masks);
 * with the **Switch**, the same sample once more with its sources (crop, task image and chroma) in reverse order
   and the same labels, so that F and G become symmetric in their inputs;
 
@@ -108,7 +109,7 @@ class Batcher:
             h, w = s.size
             top = int(draws[j, 0]) % (h - ch + 1)
             left = int(draws[j, 1]) % (w - cw + 1)
-            target = self.task.resize_targets(s.target, s.size, self.task_size) if s.target is not None else None
+            target = self.loss_target(s.target, s.size) if s.target is not None else None
             prepared[j] = (
                 s.sources[:, top : top + ch, left : left + cw],
                 resize_images(s.sources[None], self.task_size)[0],
@@ -124,6 +125,7 @@ class Batcher:
             task_sources.append(sources)
             task_chroma.append(chroma)
             targets.append(target)
+        targets = self.common_resolution(targets)
         collated = self.task.collate_targets(targets) if any(t is not None for t in targets) else None
         batch = TaskInput(
             torch.stack(task_sources).to(self.device),
@@ -137,5 +139,26 @@ class Batcher:
         ``samples`` as they are (no crop, no Switch): what evaluation feeds F and T."""
         sources = torch.stack([resize_images(s.sources[None], self.task_size)[0] for s in samples])
         chroma = torch.stack([resize_images(s.chroma, self.task_size) for s in samples])
-        targets = [self.task.resize_targets(s.target, s.size, self.task_size) for s in samples]
+        targets = self.common_resolution([self.loss_target(s.target, s.size) for s in samples])
         return sources, chroma, self.task.targets_to(self.task.collate_targets(targets), self.device)
+
+    def loss_target(self, target: Any, size: tuple[int, int]) -> Any:
+        """A sample's target for the task loss: resized to the task size, or kept at the image's resolution for a
+        task with ``full_resolution_targets`` (masks; its loss upsamples the logits to them, as released)."""
+        if getattr(self.task, "full_resolution_targets", False):
+            return target
+        return self.task.resize_targets(target, size, self.task_size)
+
+    def common_resolution(self, targets: list[Any]) -> list[Any]:
+        """Full-resolution masks of different sizes, resized (nearest) to the largest so that they stack; each
+        still covers its whole image, as the task input does."""
+        sizes = {(int(t.shape[-2]), int(t.shape[-1])) for t in targets if isinstance(t, torch.Tensor)}
+        if len(sizes) <= 1 or not getattr(self.task, "full_resolution_targets", False):
+            return targets
+        largest = max(sizes, key=lambda hw: hw[0] * hw[1])
+        return [
+            self.task.resize_targets(t, (int(t.shape[-2]), int(t.shape[-1])), largest)
+            if isinstance(t, torch.Tensor)
+            else t
+            for t in targets
+        ]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
+import traceback
 import warnings
 
 import click
@@ -73,6 +74,8 @@ def main(argv: list[str] | None = None) -> None:
         click.echo("Aborted!", err=True)
         sys.exit(1)
     except click.ClickException as exc:
+        if _debugging() and exc.__cause__ is not None:
+            traceback.print_exception(exc.__cause__)
         exc.show()
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:

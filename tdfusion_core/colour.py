@@ -5,6 +5,13 @@ maths, through kornia). The fused RGB image is ``YCbCr -> RGB`` of the fused Y a
 as the reference code does: each source's chroma is weighted by its saturation ``|C - 0.5|``, so a grayscale
 source (C = 0.5) contributes nothing and a single colour source passes its chroma through unchanged. Where no
 source has colour, the result is grayscale. Everything here is differentiable and works on any device.
+
+The RGB values are clamped to ``[0, 1]`` with a straight-through gradient (:func:`clamp_straight_through`): the
+values, and so every image written to disk, are truly clamped, but a task trained on RGB (``input_kind="rgb"``, an
+extension: the released code feeds its task networks the one-channel luminance) still sends a gradient to F
+through saturated pixels, where a plain clamp would send zero. The price: at saturated pixels the gradient is the
+straight-through surrogate's, not that of the clamped image, so the RGB path's meta-gradient matches finite
+differences only where nothing saturates (the luminance path is exact everywhere).
 """
 
 from __future__ import annotations
@@ -21,9 +28,23 @@ def rgb_to_ycbcr(rgb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return ycbcr[..., :1, :, :], ycbcr[..., 1:, :, :]
 
 
+def clamp_straight_through(x: torch.Tensor, low: float = 0.0, high: float = 1.0) -> torch.Tensor:
+    """``x`` clamped to ``[low, high]`` in value, with the identity's gradient (straight-through)."""
+    return x + (x.clamp(low, high) - x).detach()
+
+
 def ycbcr_to_rgb(y: torch.Tensor, chroma: torch.Tensor) -> torch.Tensor:
-    """Rebuild RGB in [0, 1] from luminance ``(..., 1, H, W)`` and chroma ``(..., 2, H, W)``."""
-    return kornia.color.ycbcr_to_rgb(torch.cat([y, chroma], dim=-3)).clamp(0.0, 1.0)
+    """Rebuild RGB in [0, 1] from luminance ``(..., 1, H, W)`` and chroma ``(..., 2, H, W)`` (straight-through
+    clamp: the gradient reaches ``y`` at saturated pixels too).
+
+    The exact inverse of :func:`rgb_to_ycbcr` (kornia's ``cb = 0.564 (B − Y)``, ``cr = 0.713 (R − Y)``), written
+    out because kornia's own inverse clamps with a zero gradient outside ``[0, 1]``.
+    """
+    cb, cr = chroma[..., :1, :, :] - 0.5, chroma[..., 1:, :, :] - 0.5
+    r = y + cr / 0.713
+    b = y + cb / 0.564
+    g = (y - 0.299 * r - 0.114 * b) / 0.587
+    return clamp_straight_through(torch.cat([r, g, b], dim=-3))
 
 
 def mix_chroma(chroma: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:

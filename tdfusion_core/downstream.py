@@ -27,8 +27,8 @@ from typing import Any
 
 import attrs
 import torch
-import torch.nn.functional as nnf
 
+from tdfusion_core.batches import resize_images
 from tdfusion_core.colour import task_input
 from tdfusion_core.data.sample import Sample
 from tdfusion_core.devices import pick_device
@@ -137,22 +137,14 @@ class _MethodImages:
         return Sample(y, chroma[None], s.target, s.name)
 
 
-def _resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    if tuple(x.shape[-2:]) == size:
-        return x
-    lead = x.shape[:-2]
-    out = nnf.interpolate(x.reshape(1, -1, *x.shape[-2:]), size=size, mode="bilinear", align_corners=False)
-    return out.reshape(*lead, *size)
-
-
 def _batches(
     task: Any, data: _MethodImages, order: Sequence[int], batch_size: int, size: tuple[int, int], device: torch.device
 ) -> Iterator[tuple[torch.Tensor, Any]]:
     """``(images, targets)`` batches in ``order``: resized, turned into the task's input, on ``device``."""
     for start in range(0, len(order), batch_size):
         samples = [data[i] for i in order[start : start + batch_size]]
-        y = torch.stack([_resize(s.sources, size) for s in samples]).to(device)
-        chroma = torch.stack([_resize(s.chroma, size) for s in samples]).to(device)
+        y = torch.stack([resize_images(s.sources, size) for s in samples]).to(device)
+        chroma = torch.stack([resize_images(s.chroma, size) for s in samples]).to(device)
         images = task_input(y, chroma, task.input_kind)
         targets = [task.resize_targets(s.target, s.size, size) for s in samples]
         yield images, task.targets_to(task.collate_targets(targets), device)

@@ -332,10 +332,13 @@ def _tile_starts(length: int, tile: int, overlap: int) -> list[int]:
 
 
 def _ramp(length: int, overlap: int, at_start: bool, at_end: bool) -> torch.Tensor:
-    """Blending weight along one axis of a tile: rises over ``overlap`` pixels at edges shared with a neighbour."""
+    """Blending weight along one axis of a tile, at edges shared with a neighbour: zero over the outer quarter of the
+    overlap (where the tile's own border effects are), then rising linearly to one across the rest of it."""
     weight = torch.ones(length)
     if overlap > 0:
-        rise = torch.arange(1, overlap + 1, dtype=torch.float32) / (overlap + 1)
+        margin = overlap // 4
+        k = torch.arange(overlap, dtype=torch.float32)
+        rise = ((k - margin + 1) / (overlap - margin + 1)).clamp(0, 1)
         n = min(overlap, length)
         if not at_start:
             weight[:n] = torch.minimum(weight[:n], rise[:n])
@@ -355,8 +358,9 @@ def run_tiled(
     """``net`` on ``(B, 2, H, W)`` sources, in overlapping tiles when the image is larger than ``max_pixels``.
 
     Each tile (``tile`` x ``tile``, rounded up to ``multiple``) runs on its own, so memory is bounded by the tile, not
-    the image; tiles overlap by ``overlap`` pixels and are blended with weights that ramp linearly across the
-    overlap, so no seam shows. ``tile=None`` or an image of at most ``max_pixels`` pixels runs in one pass
+    the image; tiles overlap by ``overlap`` pixels and are blended with weights that are zero over the outer quarter
+    of the overlap (a tile's own border effects) and ramp linearly across the rest, so no seam shows. For a network
+    whose receptive field reaches at most ``overlap // 4`` pixels the tiled result equals the untiled one. ``tile=None`` or an image of at most ``max_pixels`` pixels runs in one pass
     (``max_pixels=None``: whenever the image is larger than a tile). ReFusion's attention pools statistics over its
     whole input, so a tiled result differs slightly from an untiled one; ``docs/getting-started.md`` gives the
     difference measured per tile size.

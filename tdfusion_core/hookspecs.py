@@ -7,7 +7,9 @@ a docstring.
 
 Registration hooks return a mapping ``{name: factory}``. Names must be unique across all plugins: a clash raises
 :class:`tdfusion_core.registry.RegistryError` naming both plugins. Event hooks return nothing and must not change the
-trainer's state; an exception raised by an event hook propagates and stops the run.
+trainer's state. An exception raised inside any hook of an *installed* plugin (entry point) is caught, warned about
+and shown by ``tdfusion plugins``, so one broken plugin never stops a run or the command line; a plugin registered
+in-process with :func:`tdfusion_core.plugins.register_plugin` is not guarded, and its exceptions propagate.
 
 A plugin whose framework or one of its runtime dependencies is missing says so twice: cheaply through
 :func:`tdfusion_plugin_ready` (``tdfusion plugins`` reports it as not ready, with the fix), and, when it is used anyway,

@@ -69,7 +69,7 @@ class MetaStepResult:
     fusion_loss: torch.Tensor
     inner_task_loss: torch.Tensor
     finite: bool
-    #: θF' and θT' (detached), for the ablation without a separate fusion phase
+    #: θF' and θT' (detached), for inspection
     fusion_params: Params = attrs.field(factory=dict, repr=False)
     task_params: Params = attrs.field(factory=dict, repr=False)
 

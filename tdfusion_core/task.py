@@ -111,6 +111,9 @@ class Task(abc.ABC):
     #: free-form options this task reads from :attr:`config`, besides its ``__init__`` parameters; ``None``: any key
     #: is accepted (``task_options`` cannot be checked for typos)
     config_keys: ClassVar[tuple[str, ...] | None] = None
+    #: mask targets: the trainer passes them at the image's own resolution instead of resizing them to the task
+    #: size, and ``compute_loss`` brings the logits to the mask's size (the released segmentation loss)
+    full_resolution_targets: bool = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -172,11 +175,12 @@ class Task(abc.ABC):
     def load_checkpoint(self, network: nn.Module, path: Path) -> None:
         """Load weights from a local file into ``network`` (a state dict, or a dict with a ``state_dict`` key).
 
-        Loaded with ``weights_only=True``: no code from the file is executed.
+        Loaded with ``weights_only=True``: no code from the file is executed (a file that needs it is refused with
+        how to convert a trusted one, see :func:`tdfusion_core.torch_files.read_torch_file`).
         """
-        if not path.is_file():
-            raise FileNotFoundError(f"task checkpoint not found: {path}")
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        from tdfusion_core.torch_files import read_torch_file
+
+        state = read_torch_file(path, "cpu", what="task checkpoint")
         if isinstance(state, Mapping) and "state_dict" in state:
             state = state["state_dict"]
         network.load_state_dict(state)

@@ -10,6 +10,7 @@ section "The training loop".
 
 from __future__ import annotations
 
+import inspect
 import logging
 import random
 import time
@@ -83,6 +84,14 @@ class WeightedSum(nn.Module):
 
     def forward(self, sources: torch.Tensor) -> torch.Tensor:
         return discriminative_fusion(sources, self.loss_generator(sources))
+
+
+def _takes_option(factory: Any, name: str) -> bool:
+    """Whether ``factory`` (a task class) names the keyword ``name`` in its signature (``**config`` does not count)."""
+    try:
+        return name in inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 def _atomic_save(obj: Any, path: Path) -> None:
@@ -247,7 +256,15 @@ class MetaTrainer:
         num_classes = getattr(self.train_set, "num_classes", None)
         if num_classes is not None:
             options.setdefault("num_classes", num_classes)
-        return registry.get_task(self.config.task, **options)
+        input_kind = getattr(self.train_set, "input_kind", None)  # a dataset preset's (the released code's)
+        if input_kind is not None and _takes_option(registry.lookup("task", self.config.task), "input_kind"):
+            options.setdefault("input_kind", input_kind)
+        task = registry.get_task(self.config.task, **options)
+        task_classes = getattr(task, "num_classes", None)
+        if num_classes is None and hasattr(self.train_set, "num_classes") and task_classes:
+            # labels are then checked against the task's count when loaded, naming the file of a value out of range
+            self.train_set.num_classes = int(task_classes)
+        return task
 
     def _build_dataset(self) -> Any:
         return resolve_dataset(self.config.data, split="train", **self.config.data_options)

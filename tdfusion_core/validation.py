@@ -109,7 +109,8 @@ class Validator:
                 continue
             chroma = torch.stack([resize_images(s.chroma, size) for s in samples]).to(trainer.device)
             images = task_input(fused, chroma, task.input_kind)
-            targets = [task.resize_targets(s.target, s.size, size) for s in samples]
+            batcher = trainer.batcher  # the training batches' targets: task size, or full resolution
+            targets = batcher.common_resolution([batcher.loss_target(s.target, s.size) for s in samples])
             yield images, task.targets_to(task.collate_targets(targets), trainer.device)
 
     @torch.no_grad()

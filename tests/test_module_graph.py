@@ -25,6 +25,7 @@ LAYERS: list[tuple[str, int]] = [
     ("tdfusion_core.sizes", 0),
     ("tdfusion_core.atomic", 0),
     ("tdfusion_core.devices", 0),
+    ("tdfusion_core.torch_files", 0),
     # 1: the kernel (the paper) and the plugin system
     ("tdfusion_core.task", 1),
     ("tdfusion_core.tasks", 1),

@@ -294,3 +294,100 @@ def test_profile_fills_only_what_is_not_given(tmp_path):
         TrainConfig(profile="as-released")
     with pytest.raises(ValueError, match="task_step"):
         TrainConfig(task_step="adam-live")
+
+
+def test_segmentation_loss_is_the_released_full_resolution_ce():
+    """tiny-seg's default loss is CE_Loss: masks at the image's resolution, logits upsampled (align_corners=True)."""
+    trainer = MetaTrainer(
+        TrainConfig(task_options={"width": 4}, task_size=(12, 16), crop_size=8, progress=False, log_images=False),
+        train_set=BlobScenes(4),  # 24x32 images and masks
+        fusion_net=TinyFusion(),
+        loss_generator=TinyGenerator(),
+    )
+    samples = [trainer.train_set[i] for i in range(2)]
+    _, batch = trainer._prepare(samples, torch.Generator().manual_seed(0))
+    assert batch.sources.shape[-2:] == (12, 16) and batch.targets.shape == (4, 24, 32)  # with the Switch
+    assert torch.equal(batch.targets[:2], torch.stack([s.target for s in samples]))
+    task = trainer.task
+    images = torch.rand(4, 1, 12, 16)
+    expected = port_ce(task.network(images), batch.targets)
+    assert torch.allclose(task.compute_loss(task.network, images, batch.targets), expected, rtol=1e-6)
+    # the downsampled form stays an option: masks resized (nearest) to the task size
+    coarse = get_task("tiny-seg", num_classes=3, width=4, loss_resolution="task")
+    assert not coarse.full_resolution_targets and get_task("tiny-seg").full_resolution_targets
+    assert coarse.resize_targets(samples[0].target, (24, 32), (12, 16)).shape == (12, 16)
+    with pytest.raises(ValueError, match="loss_resolution"):
+        get_task("tiny-seg", loss_resolution="half")
+
+
+def test_full_resolution_masks_of_different_sizes_are_brought_to_one_size():
+    trainer = _trainer()
+    small, large = torch.zeros(8, 8, dtype=torch.long), torch.ones(16, 24, dtype=torch.long)
+    small[:4] = 2
+    out = trainer._common_resolution([small, large])
+    assert [tuple(t.shape) for t in out] == [(16, 24), (16, 24)]
+    assert int((out[0][:8] == 2).all()) and int((out[0][8:] == 0).all())  # still covers its whole image
+
+
+def test_every_dataset_preset_feeds_the_task_the_luminance():
+    from tdfusion_core.data.presets import PRESETS
+
+    assert PRESETS and all(p.input_kind == "luminance" for p in PRESETS.values())
+
+    class PresetLike(BlobScenes):
+        input_kind = "rgb"  # as a preset's dataset carries it
+
+    def build(**task_options):
+        config = TrainConfig(task_options={"width": 4, **task_options}, progress=False, log_images=False)
+        return MetaTrainer(config, train_set=PresetLike(2), fusion_net=TinyFusion(), loss_generator=TinyGenerator())
+
+    assert build().task.input_kind == "rgb"  # the dataset's kind reaches a task that takes the option
+    assert build(input_kind="luminance").task.input_kind == "luminance"  # the run's own option wins
+
+
+class _BufferedGenerator(TinyGenerator):
+    def __init__(self) -> None:
+        super().__init__()
+        self.norm = nn.BatchNorm2d(4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(self.b(self.norm(torch.tanh(self.a(x)))), dim=1)
+
+
+def test_g_buffers_survive_the_meta_step_and_g_is_in_eval_mode_in_the_fusion_phase():
+    trainer = _trainer(meta_mode="jvp")
+    trainer.loss_generator = _BufferedGenerator().double()
+    trainer.meta_step_fn.loss_generator = trainer.loss_generator
+    trainer.opt_generator = torch.optim.Adam(trainer.loss_generator.parameters(), lr=LR_G)
+    before = copy.deepcopy(dict(trainer.loss_generator.named_buffers()))
+    crop, mtr, mts = _batches(0)
+    trainer.meta_step_fn.compute(crop, mtr, mts, LR_F, trainer.task_update_rule())
+    assert all(torch.equal(b, before[n]) for n, b in trainer.loss_generator.named_buffers())
+    config = TrainConfig(task_options={"width": 4}, fusion_steps=1, progress=False, log_images=False)
+    trainer = MetaTrainer(config, train_set=BlobScenes(2), fusion_net=TinyFusion(), loss_generator=_BufferedGenerator())
+    modes = []
+    trainer.loss_generator.register_forward_hook(lambda m, i, o: modes.append(m.training))
+    trainer.fusion_phase(0)
+    assert modes and not any(modes)  # Loss_model.eval() in the released fusion phase
+
+
+class _DropoutFusion(TinyFusion):
+    def __init__(self) -> None:
+        super().__init__()
+        self.drop = nn.Dropout2d(0.2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.b(self.drop(torch.tanh(self.a(x)))))
+
+
+def test_jvp_mode_refuses_a_fusion_network_with_active_dropout():
+    trainer = _trainer(meta_mode="jvp")
+    trainer.meta_step_fn.fusion_net = _DropoutFusion().double()
+    crop, mtr, mts = _batches(0)
+    with pytest.raises(ValueError, match="meta_mode: double-backward"):
+        trainer.meta_step_fn.compute(crop, mtr, mts, LR_F, trainer.task_update_rule())
+    trainer.meta_step_fn.fusion_net.eval()  # dropout off: accepted
+    assert trainer.meta_step_fn.compute(crop, mtr, mts, LR_F, trainer.task_update_rule()).finite
+    trainer.meta_step_fn.fusion_net.train()
+    trainer.meta_step_fn.mode = "double-backward"  # one pass differentiated twice: exact, accepted
+    assert trainer.meta_step_fn.compute(crop, mtr, mts, LR_F, trainer.task_update_rule()).finite

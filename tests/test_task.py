@@ -12,7 +12,8 @@ from tdfusion_core.tasks.tiny_seg import TinySegTask
 @pytest.fixture
 def seg_task():
     torch.manual_seed(0)
-    return get_task("tiny-seg", num_classes=3, width=8)
+    # RGB input (an option; tiny-seg's default is the luminance): these contract checks use 3-channel images
+    return get_task("tiny-seg", num_classes=3, width=8, input_kind="rgb")
 
 
 def _data():
@@ -87,7 +88,7 @@ def test_missing_checkpoint_names_the_path(tmp_path):
 def test_checkpoint_round_trip(tmp_path, seg_task):
     path = tmp_path / "t.pt"
     torch.save(seg_task.network.state_dict(), path)
-    other = get_task("tiny-seg", num_classes=3, width=8, checkpoint=path)
+    other = get_task("tiny-seg", num_classes=3, width=8, input_kind="rgb", checkpoint=path)
     for (k, a), (_, b) in zip(seg_task.network.state_dict().items(), other.network.state_dict().items()):
         assert torch.equal(a, b), k
 

@@ -59,7 +59,8 @@ def synth_command(
 def check_command(
     path: Path, num_classes: int | None, sources: tuple[str, ...], allow_empty: bool, as_json: bool
 ) -> None:
-    """Check a dataset folder (PATH/<split>/... or one split folder); exit code 1 if anything is wrong.
+    """Check a dataset folder (PATH/<split>/... or one split folder); exit code 1 if anything is wrong or no pair is
+    found.
 
     Reports missing partners, size mismatches, unreadable or truncated files, mask values outside the class
     range, boxes outside the image or of non-positive size, and empty label files, each naming its file.
@@ -79,8 +80,11 @@ def check_command(
         total = sum(counts.values())
         splits = ", ".join(f"{Path(k).name}: {v}" for k, v in counts.items())
         summary = f"{total} pairs ({splits}); {len(problems)} problem(s)"
-        click.echo(("FAILED: " if problems else "OK: ") + summary, err=bool(problems))
-    if problems:
+        failed = bool(problems) or total == 0
+        if total == 0:
+            summary += "; no image pairs found"
+        click.echo(("FAILED: " if failed else "OK: ") + summary, err=failed)
+    if problems or not sum(counts.values()):
         click.get_current_context().exit(1)
 
 

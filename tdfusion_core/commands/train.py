@@ -23,25 +23,51 @@ def next_run_dir(path: Path) -> Path:
 
 
 def resolve_config(
-    config_path: Path | None, saved: Path | None, given: dict[str, Any], overrides: tuple[str, ...]
+    config_path: Path | None,
+    saved: dict[str, Any] | None,
+    given: dict[str, Any],
+    overrides: tuple[str, ...],
+    trust_checkpoint: bool = False,
 ) -> Any:
-    """Defaults, then the run's saved config (``--resume``), then ``--config``, then options, then ``--set``."""
+    """Defaults (those of ``profile``), then the run's saved settings (``--resume``), then ``--config``, then
+    options, then ``--set``. Trusting a task checkpoint comes only from ``--trust-checkpoint``: a config file that
+    sets it is refused, and a saved run's setting is dropped."""
     from tdfusion_core.config import TrainConfig
     from tdfusion_core.config_io import apply_override, load_yaml_file
+    from tdfusion_core.trust import refuse_trust_from_file, with_trust, without_trust
 
-    values: dict[str, Any] = TrainConfig().to_dict()
+    values: dict[str, Any] = {}  # unset keys take their defaults, profile-dependent ones from the chosen profile
     if saved is not None:
-        values.update(TrainConfig.from_yaml(saved).to_dict())
+        values.update(without_trust(saved))
     source = "the command line"
     if config_path is not None:
-        values.update(load_yaml_file(config_path))
+        from_file = load_yaml_file(config_path)
+        try:
+            refuse_trust_from_file(from_file, str(config_path))
+        except ValueError as exc:
+            raise click.UsageError(str(exc)) from None
+        values.update(from_file)
         source = str(config_path)
     values.update({k: v for k, v in given.items() if v is not None})
     for pair in overrides:
         apply_override(values, pair)
     if overrides:
         source = f"{source} and --set" if config_path is not None else "--set"
+    if trust_checkpoint:
+        values = with_trust(values)
     return TrainConfig.from_dict(values, source=source)
+
+
+def saved_settings(out_dir: Path) -> dict[str, Any]:
+    """The settings of the run in ``out_dir``: its ``config.yaml``, or the checkpoint's own copy when that is lost."""
+    from tdfusion_core.config import TrainConfig
+    from tdfusion_core.run_files import load_training_state
+
+    saved = out_dir / "config.yaml"
+    if saved.is_file():
+        return dict(TrainConfig.from_yaml(saved).to_dict())
+    state, _ = load_training_state(out_dir / "checkpoints" / "last.pt")
+    return dict(state.get("config") or {})
 
 
 @click.command(name="train")
@@ -65,6 +91,12 @@ def resolve_config(
     help="Write into --out even if it holds files (replacing a run there); by default a busy --out becomes "
     "<out>2, <out>3, ...",
 )
+@click.option(
+    "--trust-checkpoint",
+    is_flag=True,
+    help="Let the task load its pretrained checkpoint with a full unpickle, which runs code from the file. Only for "
+    "files you trust; a config file cannot set this.",
+)
 @click.option("--deterministic", is_flag=True, default=None, help="Deterministic kernels (bit-reproducible on CPU).")
 @click.option("--epochs", type=int, help="Number of epochs L.")
 @click.option("--meta-steps", type=int, help="Meta steps M per epoch.")
@@ -87,6 +119,7 @@ def train_command(
     out_dir: Path,
     resume: bool,
     exist_ok: bool,
+    trust_checkpoint: bool,
     deterministic: bool | None,
     epochs: int | None,
     meta_steps: int | None,
@@ -104,7 +137,6 @@ def train_command(
     from tdfusion_core.trainer import MetaTrainer, TrainingDivergedError
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    saved = out_dir / "config.yaml"
     given = {
         "task": task,
         "data": data,
@@ -117,10 +149,12 @@ def train_command(
         "seed": seed,
     }
     try:
-        config = resolve_config(config_path, saved if resume and saved.is_file() else None, given, overrides)
+        config = resolve_config(
+            config_path, saved_settings(out_dir) if resume else None, given, overrides, trust_checkpoint
+        )
         if not config.tasks and not config.task.startswith("python:"):
             check_task_options(config.task, registry.lookup("task", config.task), config.task_options)
-    except (ConfigError, LookupError) as exc:
+    except (ConfigError, LookupError, ValueError, OSError) as exc:
         raise click.ClickException(str(exc)) from None
     if not resume and not exist_ok:
         chosen = next_run_dir(out_dir)

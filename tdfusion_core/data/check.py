@@ -2,7 +2,9 @@
 
 Reported (each :class:`~tdfusion_core.data.labels.Problem` names its file): source images without their partners,
 labels without images and images without labels, size mismatches between sources (and between masks and images),
-unreadable or truncated files, mask values outside the class range, box lines that do not parse or name an unknown
+unreadable or truncated files, images with NaN or infinite pixels, images too large to decode safely, mask values
+outside the class range (classes from ``--num-classes``, else a ``classes.txt`` in the label folder, the split
+folder or the dataset root), box lines that do not parse or name an unknown
 class, boxes outside the image or of non-positive size, and label files without any box. The datasets raise the
 same problems (they share the readers), unless ``skip_bad=True``.
 """
@@ -12,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from tdfusion_core.data.labels import DEFAULT_LABEL_DIRS, Problem
+from tdfusion_core.data.labels import DEFAULT_LABEL_DIRS, Problem, find_class_names
 from tdfusion_core.data.paired import PairedDataset
 
 
@@ -45,6 +47,10 @@ def check_split(
     if missing:
         return [Problem(m, "missing-partner", "source folder not found") for m in missing], 0
     pairs = 0
+    # a classes.txt beside the split folders (the dataset root) counts too, as it does for the datasets
+    class_names = None
+    if num_classes is None and find_class_names(split_dir) is None:
+        class_names = find_class_names(split_dir.parent)
     for fmt in formats:
         try:
             dataset = PairedDataset(
@@ -52,6 +58,7 @@ def check_split(
                 split=None,
                 sources=sources,
                 labels=fmt,
+                class_names=class_names if fmt != "none" else None,
                 annotations=annotations if fmt == "annotations" else None,
                 annotation_size=annotation_size,
                 num_classes=num_classes,

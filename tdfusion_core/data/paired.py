@@ -37,6 +37,10 @@ from tdfusion_core.io import ImageReadError, NonFiniteImageError, list_images, r
 
 logger = logging.getLogger("tdfusion.data")
 
+#: largest class count inferred from label indices without an explicit count or class names (a larger index is
+#: far more likely a typo than a real class)
+MAX_INFERRED_CLASSES = 1000
+
 #: label format -> target kind
 TARGET_KINDS = {"mask": "mask", "yolo": "boxes", "annotations": "boxes", "voc": "boxes", "none": "none"}
 
@@ -57,7 +61,9 @@ class PairedDataset(Dataset[Sample]):
         annotation_size: ``(H, W)`` of the images the list's pixel coordinates refer to (the released code writes
             them for images resized to e.g. 1024x1280 for LLVIP); default: each image's own size.
         class_names: names of the classes (sets ``num_classes``).
-        num_classes: number of classes, if no names are known; labels are checked against it.
+        num_classes: number of classes, if no names are known; labels are checked against it. Without either,
+            YOLO labels give ``1 + the largest class index`` with a warning naming the file and line of that index,
+            and a count above :data:`MAX_INFERRED_CLASSES` is refused as a likely typo.
         ignore_index: mask value that marks unlabelled pixels (never out of range).
         transform: ``Sample -> Sample`` applied to each loaded item.
         skip_bad: log and skip faulty samples instead of raising :class:`DataError`.
@@ -119,14 +125,31 @@ class PairedDataset(Dataset[Sample]):
         self._bad: set[int] = set()
         self._scan()
         if self.num_classes is None and self.label_format == "yolo":
-            self.num_classes = self._infer_yolo_classes()
-            if self.num_classes is not None:
+            largest = self._largest_yolo_class()
+            if largest is not None:
+                index, path, lineno = largest
+                if index + 1 > MAX_INFERRED_CLASSES:
+                    raise DataError(
+                        [
+                            Problem(
+                                path,
+                                "bad-label",
+                                f"line {lineno}: class index {index} would make {index + 1} classes; a typo? Give "
+                                f"the class count (--num-classes, num_classes=) or a classes.txt to use more than "
+                                f"{MAX_INFERRED_CLASSES}",
+                            )
+                        ]
+                    )
+                self.num_classes = index + 1
                 self.class_names = tuple(f"class_{i}" for i in range(self.num_classes))
                 logger.warning(
                     "%s: no class names (classes.txt) or num_classes given; %d class(es) inferred from the largest "
-                    "class index in the YOLO labels",
+                    "class index, %d, at %s line %d",
                     self.split_dir,
                     self.num_classes,
+                    index,
+                    path,
+                    lineno,
                 )
 
     # ------------------------------------------------------------------ layout
@@ -186,9 +209,9 @@ class PairedDataset(Dataset[Sample]):
             return tuple(f"class_{i}" for i in range(num_classes)), num_classes
         return None, None
 
-    def _infer_yolo_classes(self) -> int | None:
-        """1 + the largest integer class index in the YOLO label files (``None`` if there is none)."""
-        largest = -1
+    def _largest_yolo_class(self) -> tuple[int, Path, int] | None:
+        """The largest integer class index in the YOLO label files, with its file and line (``None`` if none)."""
+        largest: tuple[int, Path, int] | None = None
         for path in self._labels.values():
             if path is None:
                 continue
@@ -196,11 +219,16 @@ class PairedDataset(Dataset[Sample]):
                 lines = path.read_text(encoding="utf-8").splitlines()
             except (OSError, UnicodeDecodeError):
                 continue  # reported by the reader when the sample is loaded
-            for line in lines:
+            for lineno, line in enumerate(lines, 1):
                 first = line.split()[:1]
-                if first and first[0].isdigit():
-                    largest = max(largest, int(first[0]))
-        return largest + 1 if largest >= 0 else None
+                if first and first[0].isdigit() and (largest is None or int(first[0]) > largest[0]):
+                    largest = (int(first[0]), path, lineno)
+        return largest
+
+    def _infer_yolo_classes(self) -> int | None:
+        """1 + the largest integer class index in the YOLO label files (``None`` if there is none)."""
+        largest = self._largest_yolo_class()
+        return largest[0] + 1 if largest is not None else None
 
     def _label_files(self) -> dict[str, Path]:
         suffix = {"yolo": ".txt", "voc": ".xml"}.get(self.label_format)

@@ -11,7 +11,10 @@ Each preset knows three layouts:
   ``Infrared``/``Visible``/``Label``; M3FD ``Ir``/``Vis``/``Annotation`` VOC XML without splits; LLVIP
   ``infrared/<split>``, ``visible/<split>``, ``Annotations`` VOC XML).
 
-``task_size`` is the ``(H, W)`` the released code resizes whole images to for the task loss.
+``task_size`` is the ``(H, W)`` the released code resizes whole images to for the task loss; ``input_kind`` is what
+its task networks take (``"luminance"``: the one-channel fused Y, SegFormer ``in_chans=1`` and YOLOv8's one-channel
+stem). A preset's dataset carries it as ``input_kind``, and the trainer passes it to a task that takes an
+``input_kind`` option, unless the run's ``task_options`` set one (``"rgb"`` is an extension of this project).
 """
 
 from __future__ import annotations
@@ -49,6 +52,8 @@ class DatasetPreset:
     layouts: Mapping[str, Layout]
     splits: tuple[str, ...]
     description: str
+    #: what the released code feeds the task network on this dataset
+    input_kind: str = "luminance"
 
     @property
     def num_classes(self) -> int:
@@ -80,7 +85,9 @@ class DatasetPreset:
         if "num_classes" in options and "class_names" not in options:
             kwargs.pop("class_names")
         kwargs.update(options)
-        return PairedDataset(root, **kwargs)
+        dataset = PairedDataset(root, **kwargs)
+        dataset.input_kind = self.input_kind  # type: ignore[attr-defined]
+        return dataset
 
 
 def _seg_layouts(published: Layout) -> dict[str, Layout]:

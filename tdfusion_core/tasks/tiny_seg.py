@@ -2,7 +2,8 @@
 
 Used by the demo and the tests, and a compact reference for writing a task plugin. The network is a 3-level
 conv encoder-decoder with BatchNorm (so the meta step's BatchNorm save/restore is exercised); the loss is
-cross-entropy with ignore index 255; evaluation gives mIoU, mAcc and per-class IoU/Acc.
+cross-entropy with ignore index 255, by default as the released ``CE_Loss``: at the mask's full resolution with
+the logits upsampled bilinearly (``align_corners=True``); evaluation gives mIoU, mAcc and per-class IoU/Acc.
 """
 
 from __future__ import annotations
@@ -51,7 +52,9 @@ class TinySegTask(Task):
 
     Config: ``width`` (channels of the first level, default 16), ``in_channels`` follows :attr:`input_kind`:
     ``"luminance"`` (default, what the released code feeds its task networks: the one-channel fused Y) or ``"rgb"``
-    (an extension: RGB rebuilt from the fused Y and the sources' chroma).
+    (an extension: RGB rebuilt from the fused Y and the sources' chroma). ``loss_resolution``: ``"full"`` (default,
+    released: masks at the image's resolution, logits upsampled to them) or ``"task"`` (masks resized, nearest, to
+    the task size).
     """
 
     name = "tiny-seg"
@@ -61,8 +64,13 @@ class TinySegTask(Task):
     primary_metric = "mIoU"
     config_keys = ("width",)
 
-    def __init__(self, num_classes: int | None = 4, input_kind: str | None = None, **config: Any) -> None:
+    def __init__(
+        self, num_classes: int | None = 4, input_kind: str | None = None, loss_resolution: str = "full", **config: Any
+    ) -> None:
         super().__init__(num_classes=num_classes, **config)
+        if loss_resolution not in ("full", "task"):
+            raise ValueError(f"loss_resolution must be 'full' or 'task', not {loss_resolution!r}")
+        self.full_resolution_targets = loss_resolution == "full"
         if input_kind is not None:
             if input_kind not in ("luminance", "rgb"):
                 raise ValueError(f"input_kind must be 'luminance' or 'rgb', not {input_kind!r}")
@@ -75,7 +83,7 @@ class TinySegTask(Task):
     def compute_loss(self, network: nn.Module, images: torch.Tensor, targets: Any) -> torch.Tensor:
         logits = network(images)
         if logits.shape[-2:] != targets.shape[-2:]:
-            logits = nnf.interpolate(logits, size=targets.shape[-2:], mode="bilinear")
+            logits = nnf.interpolate(logits, size=targets.shape[-2:], mode="bilinear", align_corners=True)
         return nnf.cross_entropy(logits, targets.long(), ignore_index=self.ignore_index)
 
     @torch.no_grad()
@@ -84,6 +92,6 @@ class TinySegTask(Task):
         for images, targets in batches:  # in eval mode: the Task base class sees to it
             logits = network(images)
             if logits.shape[-2:] != targets.shape[-2:]:
-                logits = nnf.interpolate(logits, size=targets.shape[-2:], mode="bilinear")
+                logits = nnf.interpolate(logits, size=targets.shape[-2:], mode="bilinear", align_corners=True)
             cm.update(logits.argmax(1), targets)
         return cm.compute()

@@ -132,3 +132,13 @@ def test_checkpoint_with_nan_weights_is_neither_saved_nor_loaded(tmp_path):
     torch.save(net.state_dict(), tmp_path / "published.pth")  # a state dict as published, NaN inside
     with pytest.raises(CheckpointError, match=r"non-finite values .* refused"):
         load_model_checkpoint(tmp_path / "published.pth")
+
+
+def test_32_bit_values_beyond_16_bits_are_refused_not_saturated(tmp_path):
+    from tdfusion_core.io import ImageReadError
+
+    arr = np.full((8, 8), 1000, dtype=np.int32)
+    arr[1, 1] = 70000
+    Image.fromarray(arr, mode="I").save(tmp_path / "deep.tif")
+    with pytest.raises(ImageReadError, match=r"deep\.tif holds integers from 1000 to 70000"):
+        read_image(tmp_path / "deep.tif")
