@@ -17,7 +17,7 @@ def seg_task():
 
 
 def _data():
-    images = torch.rand(2, 1, 16, 20, requires_grad=True)  # tiny-seg takes the fused luminance
+    images = torch.rand(2, 3, 16, 20, requires_grad=True)  # the fixture asks for RGB
     targets = torch.randint(0, 3, (2, 16, 20))
     return images, targets
 
