@@ -3,7 +3,8 @@
 Defaults are those of the released TDFusion code: Adam at 1e-4 for F, T and G with StepLR(10, 0.1), batch 2 made
 of one pair and its Switch (both source orders), 256x256 crops for the fusion loss, α = 1, 40 epochs of M = 200
 meta steps, G updated by ``θG −= lr·g/max|g|``, the inner learning rate of F equal to F's current learning rate,
-and T' by one step of T's own Adam state.
+and T' by one real step of T's own optimizer on the pre-update F's detached output (its Adam state advances; T's
+weights are put back). ``tests/test_released_port.py`` checks these defaults against a port of the released step.
 
 ``batch_size`` is the global batch (samples per step before the Switch doubles them), the same with any number of
 processes: under ``torchrun`` each process takes ``batch_size × (2 if switch else 1) / world_size`` items of it
@@ -13,14 +14,47 @@ processes: under ``torchrun`` each process takes ``batch_size × (2 if switch el
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import attrs
 import yaml
 
-from tdfusion_core.losses import IntensityForm
-from tdfusion_core.meta import MetaMode, TaskStepRule
+from tdfusion_core.losses import GradientForm, IntensityForm
+from tdfusion_core.meta import TASK_STEP_RULES, MetaMode, TaskStepRule
 from tdfusion_core.multitask import normalise_task_specs
+
+Profile = Literal["released", "paper"]
+
+#: what each profile sets; a setting given explicitly (constructor, YAML, ``--set``) wins over its profile
+PROFILES: dict[str, dict[str, Any]] = {
+    # exactly HaowenBai/TDFusion's train.py
+    "released": {
+        "epochs": 40,
+        "intensity": "reference",
+        "gradient_form": "released",
+        "task_step": "adam",
+        "generator_update": "maxnorm",
+    },
+    # the equations as printed: Eq. 2 unsquared weights, Eq. 3 gradient magnitudes, Eq. 5 SGD T', Eq. 6 plain step
+    "paper": {
+        "epochs": 50,
+        "intensity": "paper",
+        "gradient_form": "paper",
+        "task_step": "sgd",
+        "generator_update": "sgd",
+    },
+}
+
+
+def _from_profile(key: str) -> Any:
+    """Default of ``key``: the value the run's ``profile`` gives it (``profile`` is initialised first)."""
+
+    def default(self: Any) -> Any:
+        if self.profile not in PROFILES:
+            raise ValueError(f"profile must be one of {', '.join(PROFILES)}, not {self.profile!r}")
+        return PROFILES[self.profile][key]
+
+    return attrs.Factory(default, takes_self=True)
 
 
 def _size(value: Any) -> tuple[int, int] | None:
@@ -49,8 +83,14 @@ def _non_negative(instance: Any, attribute: attrs.Attribute, value: Any) -> None
 
 @attrs.define(kw_only=True)
 class TrainConfig:
-    """All settings of a training run (``tdfusion train --config run.yaml`` reads the same keys)."""
+    """All settings of a training run (``tdfusion train --config run.yaml`` reads the same keys).
 
+    ``profile`` (``released``, the default, or ``paper``) fills in ``epochs``, ``intensity``, ``gradient_form``,
+    ``task_step`` and ``generator_update`` when they are not given (:data:`PROFILES`); given ones win.
+    """
+
+    #: ``released`` (HaowenBai/TDFusion's train.py) or ``paper`` (the printed equations); see PROFILES
+    profile: Profile = attrs.field(default="released", validator=attrs.validators.in_(tuple(PROFILES)))
     # what to train on
     task: str = "tiny-seg"
     task_options: dict[str, Any] = attrs.field(factory=dict)
@@ -66,7 +106,7 @@ class TrainConfig:
     loss_generator_options: dict[str, Any] = attrs.field(factory=dict)
 
     # schedule (Algorithm 1)
-    epochs: int = attrs.field(default=40, validator=_positive)
+    epochs: int = attrs.field(default=_from_profile("epochs"), validator=_positive)
     meta_steps: int = attrs.field(default=200, validator=_non_negative)
     fusion_steps: int | None = attrs.field(default=None, validator=_positive)
     batch_size: int = attrs.field(default=1, validator=_positive)
@@ -81,14 +121,22 @@ class TrainConfig:
     lr_step_size: int = attrs.field(default=10, validator=_positive)
     lr_gamma: float = attrs.field(default=0.1, validator=_positive)
     inner_lr: float | None = attrs.field(default=None, validator=_positive)
-    task_step: TaskStepRule = attrs.field(default="adam", validator=attrs.validators.in_(("adam", "sgd")))
-    generator_update: str = "maxnorm"
+    #: T' rule: ``adam`` (released: one real step of T's optimizer, state advances), ``adam-readonly``, ``sgd``
+    task_step: TaskStepRule = attrs.field(
+        default=_from_profile("task_step"), validator=attrs.validators.in_(TASK_STEP_RULES)
+    )
+    generator_update: str = attrs.field(default=_from_profile("generator_update"))
     meta_mode: MetaMode = attrs.field(
         default="jvp", validator=attrs.validators.in_(("jvp", "double-backward", "finite-difference"))
     )
 
     # fusion loss
-    intensity: IntensityForm = attrs.field(default="reference", validator=attrs.validators.in_(("reference", "paper")))
+    intensity: IntensityForm = attrs.field(
+        default=_from_profile("intensity"), validator=attrs.validators.in_(("reference", "paper"))
+    )
+    gradient_form: GradientForm = attrs.field(
+        default=_from_profile("gradient_form"), validator=attrs.validators.in_(("released", "paper"))
+    )
     alpha: float = attrs.field(default=1.0, validator=_non_negative)
 
     # ablations (paper Table 3)

@@ -29,7 +29,9 @@ with any number of processes.
   process's exact meta-gradient of G on its meta-train shard along that common ``v``: the result is the exact
   meta-gradient of the union (4 all-reduces per step, of F's, T's, F's and G's size). ``meta_sync: per-shard``
   instead lets every process run Algorithm 1's inner step on its own shard and averages only G's meta-gradients
-  (1 all-reduce of G's size): cheaper, but it is the mean of per-shard meta-gradients, not the union's.
+  (1 all-reduce of G's size): cheaper, but it is the mean of per-shard meta-gradients, not the union's. With the
+  default T' rule (``task_step: adam``, one real step of T's optimizer) T's inner gradient is averaged in both modes,
+  so T's optimizer state advances identically in every process.
 * Non-finite guards agree across processes (a step is skipped everywhere if it is non-finite anywhere); logged
   losses are averaged over processes (the union's means).
 * Rank 0 alone writes the run directory (config, checkpoints, TensorBoard, images, ``model.pt``), shows progress
@@ -352,7 +354,8 @@ class DistributedMetaStep(MetaStep):
     process computes its share of every first-order quantity (F's inner gradient, T's gradient, ``v``), these are
     averaged, and the processes' exact meta-gradients of G along the common ``v`` are averaged. All three modes
     (``jvp``, ``double-backward``, ``finite-difference``) are supported. ``sync="per-shard"`` averages G's
-    meta-gradient only (each process's inner step uses its own shard). With one process both equal
+    meta-gradient only (each process's inner step uses its own shard; T's inner gradient is still averaged when the
+    T' rule steps T's real optimizer, so that its state stays the same everywhere). With one process both equal
     :class:`~tdfusion_core.meta.MetaStep`. The losses in the result are averaged over processes and ``finite`` is
     the same everywhere.
 
@@ -369,6 +372,12 @@ class DistributedMetaStep(MetaStep):
 
     def _reduce(self, tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return average_tensors(tensors, self.ctx) if self.sync == "union" else dict(tensors)
+
+    def _reduce_task_grads(self, grads: Mapping[str, torch.Tensor], advances_state: bool) -> dict[str, torch.Tensor]:
+        # a T' rule that steps T's real optimizer needs the same gradient everywhere, or the states would diverge
+        if advances_state:
+            return average_tensors(grads, self.ctx)
+        return self._reduce(grads)
 
     def _result(
         self,
