@@ -74,6 +74,8 @@ class FuseSummary:
     failed: dict[str, str] = attrs.field(factory=dict)
     seconds: float = 0.0
     device: str = "cpu"
+    precision: str = "fp32"
+    precision_error: float | None = None
 
     @property
     def ok(self) -> bool:
@@ -94,6 +96,10 @@ class FuseSummary:
             f"fused {len(self.fused)} pair(s) into {self.out_dir} on {self.device} in {self.seconds:.1f} s "
             f"({per_pair:.2f} s/pair); {len(self.rgb)} in colour (RGB/), all in gray (Gray/)"
         ]
+        if self.precision_error is not None:
+            lines.append(
+                f"{self.precision}: max |difference| to the float32 output {self.precision_error:.2g} (first pair)"
+            )
         if self.unpaired_ir:
             lines.append(
                 f"infrared images without a visible partner ({len(self.unpaired_ir)}): " + ", ".join(self.unpaired_ir)
@@ -302,6 +308,8 @@ def fuse_images(
     progress: bool = True,
     normalize: bool = True,
     amp_dtype: str = "auto",
+    precision: str = "fp32",
+    fast: bool = True,
 ) -> FuseSummary:
     """Fuse every infrared/visible pair of two folders and write the results (see the module docstring).
 
@@ -326,6 +334,11 @@ def fuse_images(
             ``False`` writes the network output as it is.
         amp_dtype: autocast dtype with ``amp``: ``"auto"`` (float16 on CUDA, bfloat16 elsewhere; see
             :func:`amp_dtype_for`), ``"bfloat16"`` or ``"float16"``.
+        precision: ``"fp32"``, ``"bf16"`` or ``"fp16"``: the type the fusion network computes in; with the last two
+            the summary reports the first pair's max difference to float32 (``precision_error``).
+        fast: run ReFusion through its fast exact pass (:mod:`tdfusion_core.nets.refusion_fast`, within 1e-5 of
+            the eager network in float32) and keep freed memory for reuse (:func:`tdfusion_core.speed.keep_freed_memory`,
+            process-wide); ``False`` runs the network module as it is.
 
     Returns:
         A :class:`FuseSummary`; ``summary.failed`` lists the pairs that could not be read.
@@ -350,6 +363,7 @@ def fuse_images(
         unpaired_ir=sorted(ir[n].name for n in ir.keys() - vis.keys()),
         unpaired_vis=sorted(vis[n].name for n in vis.keys() - ir.keys()),
         device=str(device),
+        precision=precision,
     )
     if not names:
         raise FusionInputError(
@@ -369,6 +383,12 @@ def fuse_images(
         )
     dev = torch.device(device)
     fusion_net = fusion_net.to(dev).eval()
+    if fast or precision != "fp32":
+        from tdfusion_core.nets.refusion_fast import fast_inference
+        from tdfusion_core.speed import keep_freed_memory
+
+        keep_freed_memory()
+        fusion_net = fast_inference(fusion_net, precision, measure_error=True)
     if loss_generator is not None:
         loss_generator = loss_generator.to(dev).eval()
     multiple = max(int(getattr(fusion_net, "size_multiple", 1)), 1)
@@ -394,6 +414,7 @@ def fuse_images(
             bar.update(consumed)
     finally:
         bar.close()
+    summary.precision_error = getattr(fusion_net, "error_vs_fp32", None)
     summary.seconds = time.perf_counter() - start
     return summary
 

@@ -304,12 +304,19 @@ class FastFusion(nn.Module):
             ``"bf16"`` or ``"fp16"`` (weights and activations in that type; see :func:`precision_error`).
         strip_rows: compute the feed-forward parts by strips of that many rows (``None``: whole image).
         compile: wrap the pass in :func:`torch.compile` (first call compiles).
+        measure_error: with ``bf16``/``fp16``, also run the ``fp32`` pass on the first call's input and keep
+            ``max |output - fp32 output|`` in :attr:`error_vs_fp32` (``None`` until then, and for ``fp32``).
     """
 
     size_multiple: int = 1
 
     def __init__(
-        self, net: FusionNet, precision: str = "fp32", strip_rows: int | None = None, compile: bool = False
+        self,
+        net: FusionNet,
+        precision: str = "fp32",
+        strip_rows: int | None = None,
+        compile: bool = False,
+        measure_error: bool = False,
     ) -> None:
         super().__init__()
         if precision not in PRECISIONS:
@@ -320,12 +327,17 @@ class FastFusion(nn.Module):
         self.net.eval()
         self.strip_rows = strip_rows
         self._pass: Any = torch.compile(fast_forward) if compile else fast_forward
+        self._fp32_net = net if measure_error and self.dtype != torch.float32 else None
+        self.error_vs_fp32: float | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         device = next(self.net.parameters()).device
         with torch.inference_mode():
-            out: torch.Tensor = self._pass(self.net, x.to(device, self.dtype), True, self.strip_rows)
-        return out.float()
+            out: torch.Tensor = self._pass(self.net, x.to(device, self.dtype), True, self.strip_rows).float()
+            if self._fp32_net is not None and self.error_vs_fp32 is None:
+                ref = fast_forward(self._fp32_net, x.to(device, torch.float32), True, self.strip_rows)
+                self.error_vs_fp32 = float((out - ref).abs().max())
+        return out
 
 
 def fast_inference(net: nn.Module, precision: str = "fp32", **options: Any) -> nn.Module:
