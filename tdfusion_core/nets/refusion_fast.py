@@ -23,7 +23,7 @@ them in float64 to 1e-12, and the published weights' golden outputs in float32).
 from __future__ import annotations
 
 import copy
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -48,14 +48,14 @@ def _nhwc(x: torch.Tensor) -> torch.Tensor:
     return x.permute(0, 2, 3, 1).contiguous()
 
 
-def _conv3x3(h: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
+def _conv3x3(h: torch.Tensor, conv: Any) -> torch.Tensor:
     """A 3x3 convolution (dense or depth-wise) of an NHWC map, returned NHWC."""
     weight = conv.weight.contiguous(memory_format=torch.channels_last)
     out = F.conv2d(_nchw(h), weight, conv.bias, padding=conv.padding, groups=conv.groups)
     return _nhwc(out)
 
 
-def _pointwise(h: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
+def _pointwise(h: torch.Tensor, conv: Any) -> torch.Tensor:
     """A 1x1 convolution of an NHWC map (or a channel slice of one) as a matrix product; NHWC out."""
     b, hh, ww, c = h.shape
     rows = h.reshape(b * hh * ww, c)
@@ -64,7 +64,7 @@ def _pointwise(h: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
     return out.view(b, hh, ww, -1)
 
 
-def _matrix(conv: nn.Conv2d) -> torch.Tensor:
+def _matrix(conv: Any) -> torch.Tensor:
     return conv.weight.reshape(conv.weight.shape[0], -1)
 
 
@@ -104,7 +104,7 @@ def _qk_gram(qk: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor
 
 
 def _attend_project(
-    residual: torch.Tensor, v: torch.Tensor, attn: torch.Tensor, conv: nn.Conv2d, inplace: bool
+    residual: torch.Tensor, v: torch.Tensor, attn: torch.Tensor, conv: Any, inplace: bool
 ) -> torch.Tensor:
     """``residual + conv1x1(A v)`` per pixel, as one ``baddbmm`` with the folded ``(W A)ᵀ``; all NHWC."""
     b, hh, ww, c = residual.shape
@@ -146,7 +146,7 @@ def transformer_block(block: TransformerBlock, h: torch.Tensor, inplace: bool, r
     return _residual_pointwise(h, gated, ffn.project_out, inplace)
 
 
-def _residual_pointwise(h: torch.Tensor, z: torch.Tensor, conv: nn.Conv2d, inplace: bool) -> torch.Tensor:
+def _residual_pointwise(h: torch.Tensor, z: torch.Tensor, conv: Any, inplace: bool) -> torch.Tensor:
     """``h + conv1x1(z)`` on NHWC maps, the add fused into the matrix product."""
     b, hh, ww, c = h.shape
     rows = h.view(b * hh * ww, c)
@@ -214,7 +214,7 @@ def _strip_ranges(height: int, rows: int) -> list[tuple[int, int, int, int]]:
     return [(r0, min(r0 + rows, height), max(r0 - 1, 0), min(r0 + rows + 1, height)) for r0 in range(0, height, rows)]
 
 
-def _add_rows(target: torch.Tensor, z: torch.Tensor, conv: nn.Conv2d) -> None:
+def _add_rows(target: torch.Tensor, z: torch.Tensor, conv: Any) -> None:
     """``target += conv1x1(z)`` in place, for ``(B, r, W, C)`` row blocks (``target`` rows contiguous per item)."""
     weight_t = _matrix(conv).t()
     for i in range(target.shape[0]):
@@ -283,7 +283,7 @@ def fast_forward(net: FusionNet, x: torch.Tensor, inplace: bool = False, strip_r
         branches.append(h)
     out = adaptive_fusion(net.FM, branches, inplace, rows)
     del branches
-    for block in net.decoder:
+    for block in cast(list[TransformerBlock], net.decoder):
         out = transformer_block(block, out, inplace, rows)
     out = _conv3x3(out, net.project_out_0)
     out = F.leaky_relu(out, net.act.negative_slope, inplace=inplace)
