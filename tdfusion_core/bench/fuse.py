@@ -216,9 +216,11 @@ def bench_fuse(
     if threads is not None:
         torch.set_num_threads(threads)
     try:
-        return _bench(size, dev, config, other, batch_size, iters, warmup, arch, checkpoint, seed)
+        result = _bench(size, dev, config, other, batch_size, iters, warmup, arch, checkpoint, seed)
     finally:
         torch.set_num_threads(previous_threads)
+    result["keep_freed_memory"] = keep_memory
+    return result
 
 
 def _bench(
@@ -284,7 +286,6 @@ def _bench(
         "params": sum(p.numel() for p in net.parameters()),
         "torch_version": torch.__version__,
         "threads": torch.get_num_threads(),
-        "keep_freed_memory": keep_memory,
         "machine": {**start_info, "load_average_end": machine_info(dev)["load_average"]},
     }
     if other is not None:
