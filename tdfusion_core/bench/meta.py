@@ -169,7 +169,7 @@ def bench_meta(
             "keep_freed_memory": keep_memory,
             "machine": machine_info(dev),
         }
-        trainers = {}
+        trainers: dict[str, Any] = {}
         for mode in modes:
             torch.manual_seed(0)
             config = TrainConfig(
