@@ -1,7 +1,8 @@
 """tdfusion-core: task-driven image fusion with a learnable fusion loss (TDFusion, CVPR 2025).
 
-Public entry points are re-exported here lazily, so ``import tdfusion_core`` stays cheap and plugins can import
-:data:`hookimpl` without pulling in the rest.
+Public entry points are re-exported here lazily (``from tdfusion_core import MetaTrainer, TrainConfig, Task``), so
+``import tdfusion_core`` stays cheap (torch is imported only when a name that needs it is first used) and plugins
+can import :data:`hookimpl` without pulling in the rest.
 """
 
 from __future__ import annotations
@@ -17,6 +18,22 @@ __version__ = "0.1.0"
 hookimpl = pluggy.HookimplMarker("tdfusion")
 
 _LAZY: dict[str, str] = {
+    # training
+    "MetaTrainer": "tdfusion_core.trainer",
+    "TrainingDivergedError": "tdfusion_core.trainer",
+    "TrainConfig": "tdfusion_core.config",
+    "ConfigError": "tdfusion_core.config_io",
+    "FusionLoss": "tdfusion_core.losses",
+    "MetaStep": "tdfusion_core.meta",
+    "Validator": "tdfusion_core.validation",
+    "resolve_dataset": "tdfusion_core.trainer",
+    # models and inference
+    "load_model_checkpoint": "tdfusion_core.checkpoints",
+    "save_model_checkpoint": "tdfusion_core.checkpoints",
+    "export_fusion_net": "tdfusion_core.export",
+    "pick_device": "tdfusion_core.devices",
+    "compute_fusion_metrics": "tdfusion_core.metrics.fusion",
+    # tasks, registry, plugins, data
     "Task": "tdfusion_core.task",
     "functional_task_loss": "tdfusion_core.task",
     "get_task": "tdfusion_core.registry",

@@ -71,6 +71,7 @@ def atomic_write(
     *,
     keep_previous: bool = False,
     mode: int = 0o644,
+    fsync: bool = True,
 ) -> Path:
     """Write ``path`` atomically and durably (see the module docstring); returns ``path``.
 
@@ -78,6 +79,8 @@ def atomic_write(
         path: the target file; its folder is created if needed.
         write: the bytes to write, or a function writing them to the binary file handle it is given.
         keep_previous: first keep an existing ``path`` as :func:`previous_path` (replacing an older one).
+        fsync: flush file and folder to the disk (durable across power loss); ``False`` keeps only the atomicity
+            (no half-written file under ``path`` after a crash of the process), for many small outputs.
         mode: permission bits of the new file, less the process's umask (``0o644``: readable by others, as a
             plainly created file would be; :func:`tempfile.mkstemp` alone would leave ``0600``).
 
@@ -99,14 +102,16 @@ def atomic_write(
             else:
                 _write_all(fh, write)
             fh.flush()
-            os.fsync(fh.fileno())
+            if fsync:
+                os.fsync(fh.fileno())
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, mode & ~umask)
         if keep_previous and existed:
             _keep_previous(path)
         os.replace(tmp, path)
-        fsync_dir(path.parent)
+        if fsync:
+            fsync_dir(path.parent)
     except BaseException as exc:
         tmp.unlink(missing_ok=True)
         if isinstance(exc, OSError) and not isinstance(exc, OutputWriteError):

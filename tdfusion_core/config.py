@@ -13,15 +13,18 @@ processes: under ``torchrun`` each process takes ``batch_size × (2 if switch el
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any, Literal
 
 import attrs
 import yaml
 
+from tdfusion_core.config_io import build, finite_positive, load_yaml_file
 from tdfusion_core.losses import GradientForm, IntensityForm
 from tdfusion_core.meta import TASK_STEP_RULES, MetaMode, TaskStepRule
 from tdfusion_core.multitask import normalise_task_specs
+from tdfusion_core.sizes import optional_size
 
 Profile = Literal["released", "paper"]
 
@@ -58,27 +61,18 @@ def _from_profile(key: str) -> Any:
 
 
 def _size(value: Any) -> tuple[int, int] | None:
-    if value is None:
-        return None
-    if isinstance(value, int):
-        return (value, value)
-    if isinstance(value, str):
-        parts = value.lower().replace("×", "x").split("x")
-        value = [int(p) for p in parts] if len(parts) == 2 else [int(parts[0])] * 2
-    h, w = (int(v) for v in value)
-    if h <= 0 or w <= 0:
-        raise ValueError(f"sizes must be positive, got {h}x{w}")
-    return (h, w)
+    return optional_size(value)
 
 
 def _positive(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
-    if value is not None and value <= 0:
-        raise ValueError(f"{attribute.name} must be positive, got {value}")
+    finite_positive(attribute.name, value)  # numbers only, finite and > 0 (learning rates: no .inf, no "1e-4")
 
 
 def _non_negative(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
-    if value < 0:
-        raise ValueError(f"{attribute.name} must be >= 0, got {value}")
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{attribute.name} must be a number, got {value!r} ({type(value).__name__})")
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"{attribute.name} must be a finite number >= 0, got {value}")
 
 
 @attrs.define(kw_only=True)
@@ -134,6 +128,7 @@ class TrainConfig:
     intensity: IntensityForm = attrs.field(
         default=_from_profile("intensity"), validator=attrs.validators.in_(("reference", "paper"))
     )
+    #: form of the gradient loss: `released` (Sobel x/y responses, sign kept) or `paper` (Eq. 3, gradient magnitudes)
     gradient_form: GradientForm = attrs.field(
         default=_from_profile("gradient_form"), validator=attrs.validators.in_(("released", "paper"))
     )
@@ -148,13 +143,24 @@ class TrainConfig:
     # run
     seed: int = 0
     deterministic: bool = False
-    device: str = "cpu"
+    #: ``auto``: CUDA when present, then Apple MPS, else the CPU; or any torch device (``cpu``, ``cuda:1``)
+    device: str = "auto"
     amp: bool = False
     max_bad_steps: int = attrs.field(default=10, validator=_positive)
     checkpoint_every: int = attrs.field(default=1, validator=_positive)
     log_images: bool = True
     num_workers: int = attrs.field(default=0, validator=_non_negative)
     progress: bool = True
+
+    # validation (tdfusion_core.validation): T on F's fused images of a held-out split after each epoch
+    #: split evaluated after each epoch: ``auto`` (``val`` when the data has one), a split name, or null (none)
+    val_split: str | None = "auto"
+    #: validate every N epochs (and after the last one)
+    val_every: int = attrs.field(default=1, validator=_positive)
+    #: fusion metrics of F's validation images (names of tdfusion_core.metrics.fusion.METRICS; [] for none)
+    val_fusion_metrics: list[str] = attrs.field(factory=lambda: ["EN", "SF", "SSIM"])
+    #: evaluate at most this many validation samples (the first ones; null: all)
+    val_max_samples: int | None = attrs.field(default=None, validator=_positive)
 
     # several processes (torchrun; see tdfusion_core.distributed). batch_size above is the global batch.
     #: ``union``: the meta step's inner gradients, T's gradient and v are averaged too, so G's update is the exact
@@ -185,14 +191,10 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], source: str = "config") -> TrainConfig:
-        """Build from a dict; unknown keys raise an error that lists them and the valid keys."""
-        known = {a.name for a in attrs.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(
-                f"unknown key(s) in {source}: {', '.join(unknown)}. Valid keys: {', '.join(sorted(known))}"
-            )
-        return cls(**values)
+        """Build from a dict, checked: unknown keys ("did you mean ..."), wrong types (the expected type) and
+        invalid values raise :class:`tdfusion_core.config_io.ConfigError` (a ``ValueError``) in one line."""
+        config: TrainConfig = build(cls, values, source)
+        return config
 
     def to_yaml(self, path: str | Path | None = None) -> str:
         """YAML text of the configuration; also written to ``path`` when given."""
@@ -203,14 +205,10 @@ class TrainConfig:
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> TrainConfig:
-        """Read a configuration written by :meth:`to_yaml` (or by hand; missing keys take their defaults)."""
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"config file not found: {path}")
-        values = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(values, dict):
-            raise ValueError(f"{path} must hold a mapping of settings, not {type(values).__name__}")
-        return cls.from_dict(values, source=str(path))
+        """Read a configuration written by :meth:`to_yaml` (or by hand; missing keys take their defaults).
+
+        YAML 1.2 numbers (``1e-4``), no duplicate keys; errors name the file and line (see :mod:`config_io`)."""
+        return cls.from_dict(load_yaml_file(path), source=str(path))
 
     def evolve(self, **changes: Any) -> TrainConfig:
         """Copy with some settings changed."""

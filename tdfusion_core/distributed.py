@@ -62,6 +62,7 @@ import torch.distributed as dist
 import torch.nn as nn
 
 from tdfusion_core.data.transforms import meta_split
+from tdfusion_core.devices import pick_device
 from tdfusion_core.meta import MetaStep, MetaStepResult, Params
 
 log = logging.getLogger(__name__)
@@ -120,7 +121,7 @@ def current_context() -> DistContext:
 
 def default_backend(device: str | torch.device) -> str:
     """NCCL for CUDA devices, gloo otherwise."""
-    return "nccl" if torch.device(device).type == "cuda" else "gloo"
+    return "nccl" if pick_device(device).type == "cuda" else "gloo"
 
 
 def init_distributed(
@@ -150,7 +151,7 @@ def init_distributed(
         )
     rank = int(os.environ["RANK"])
     local_rank = int(os.environ.get("LOCAL_RANK", rank))
-    dev = torch.device(device)
+    dev = pick_device(device)
     backend = backend or default_backend(dev)
     if dev.type == "cuda":
         torch.cuda.set_device(local_rank)
@@ -177,7 +178,7 @@ def shutdown_distributed() -> None:
 
 def resolve_device(device: str | torch.device, ctx: DistContext) -> torch.device:
     """The device of this process: ``cuda`` becomes ``cuda:LOCAL_RANK`` when several processes take part."""
-    dev = torch.device(device)
+    dev = pick_device(device)
     if dev.type == "cuda" and ctx.enabled:
         if dev.index is not None and dev.index != ctx.local_rank:
             log.warning("device %s ignored under torchrun: process %d uses cuda:%d", dev, ctx.rank, ctx.local_rank)

@@ -69,7 +69,7 @@ def weight_map_figure(
     weights: ImageLike | Sequence[ImageLike],
     path: str | Path,
     source_names: Sequence[str] = ("Infrared", "Visible"),
-    cmap: str = "jet",
+    cmap: str = "viridis",  # WEIGHT_CMAP of tdfusion_core.visual: one map everywhere
     size: tuple[int, int] | None = None,
     dpi: int = 100,
     title: str | None = None,

@@ -38,7 +38,16 @@ from PIL import Image
 from torch import nn
 
 from tdfusion_core.colour import fused_rgb, has_colour
-from tdfusion_core.io import ImageReadError, list_images, read_image, write_image
+from tdfusion_core.devices import pick_device
+from tdfusion_core.io import (
+    ImageReadError,
+    array_to_luma_chroma,
+    list_images,
+    pil_to_array,
+    read_image,
+    to_uint8,
+    write_image,
+)
 
 SOURCE_NAMES = ("ir", "vis")
 
@@ -234,7 +243,7 @@ def amp_dtype_for(device: str | torch.device, name: str = "auto") -> torch.dtype
     bfloat16 there.
     """
     if name == "auto":
-        return torch.float16 if torch.device(device).type == "cuda" else torch.bfloat16
+        return torch.float16 if pick_device(device).type == "cuda" else torch.bfloat16
     if name not in AMP_DTYPES:
         raise ValueError(f"amp dtype must be auto, bfloat16 or float16, not {name!r}")
     return AMP_DTYPES[name]
@@ -291,7 +300,283 @@ def _write_weights(folder: Path, name: str, weights: torch.Tensor) -> None:
         write_image(folder / f"{name}_{source}.png", torch.from_numpy(rgb).permute(2, 0, 1).float())
 
 
+# ------------------------------------------------------------------------------------------- the network, tiled
+
+#: default largest image (pixels) fused in one pass; larger ones are tiled (see :func:`run_tiled`)
+DEFAULT_MAX_PIXELS = 1600 * 1600
+#: default tile side and overlap (pixels) when an image is tiled
+DEFAULT_TILE = 1024
+DEFAULT_OVERLAP = 128
+
+
+def network_forward(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The one call of a network (F or G) on a padded ``(B, 2, H, W)`` batch; a faster inference path can replace
+    this function (everything else in this module goes through it)."""
+    out: torch.Tensor = net(x)
+    return out
+
+
+def _run_padded(net: nn.Module, x: torch.Tensor, multiple: int) -> torch.Tensor:
+    """``net`` on ``x`` padded to ``multiple`` (replicated border), output cropped back, as float32."""
+    h, w = x.shape[-2:]
+    padded = _pad(x, multiple)
+    out = network_forward(net, padded)
+    if out.ndim != 4 or out.shape[0] != x.shape[0] or tuple(out.shape[-2:]) != tuple(padded.shape[-2:]):
+        raise FusionInputError(
+            f"the network returned shape {tuple(out.shape)} for input {tuple(padded.shape)}; expected (B, C, H, W) "
+            "of the input's size"
+        )
+    return out[..., :h, :w].float()
+
+
+def _tile_starts(length: int, tile: int, overlap: int) -> list[int]:
+    if length <= tile:
+        return [0]
+    stride = max(tile - overlap, 1)
+    starts = list(range(0, length - tile, stride))
+    return [*starts, length - tile]
+
+
+def _ramp(length: int, overlap: int, at_start: bool, at_end: bool) -> torch.Tensor:
+    """Blending weight along one axis of a tile: rises over ``overlap`` pixels at edges shared with a neighbour."""
+    weight = torch.ones(length)
+    if overlap > 0:
+        rise = torch.arange(1, overlap + 1, dtype=torch.float32) / (overlap + 1)
+        n = min(overlap, length)
+        if not at_start:
+            weight[:n] = torch.minimum(weight[:n], rise[:n])
+        if not at_end:
+            weight[-n:] = torch.minimum(weight[-n:], rise[:n].flip(0))
+    return weight
+
+
+def run_tiled(
+    net: nn.Module,
+    x: torch.Tensor,
+    multiple: int = 1,
+    tile: int | None = DEFAULT_TILE,
+    overlap: int = DEFAULT_OVERLAP,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+) -> torch.Tensor:
+    """``net`` on ``(B, 2, H, W)`` sources, in overlapping tiles when the image is larger than ``max_pixels``.
+
+    Each tile (``tile`` x ``tile``, rounded up to ``multiple``) runs on its own, so memory is bounded by the tile, not
+    the image; tiles overlap by ``overlap`` pixels and are blended with weights that ramp linearly across the
+    overlap, so no seam shows. ``tile=None`` or an image of at most ``max_pixels`` pixels runs in one pass
+    (``max_pixels=None``: whenever the image is larger than a tile). ReFusion's attention pools statistics over its
+    whole input, so a tiled result differs slightly from an untiled one; ``docs/getting-started.md`` gives the
+    difference measured per tile size.
+    """
+    h, w = (int(v) for v in x.shape[-2:])
+    fits = tile is None or (h <= tile and w <= tile) or (max_pixels is not None and h * w <= max_pixels)
+    if fits:
+        return _run_padded(net, x, multiple)
+    assert tile is not None
+    tile = -(-max(tile, multiple) // multiple) * multiple
+    overlap = max(0, min(overlap, tile // 2))
+    ys, xs = _tile_starts(h, tile, overlap), _tile_starts(w, tile, overlap)
+    out: torch.Tensor | None = None
+    total = torch.zeros(1, 1, h, w, device=x.device)
+    for i, top in enumerate(ys):
+        for j, left in enumerate(xs):
+            part = x[..., top : top + tile, left : left + tile]
+            pred = _run_padded(net, part, multiple)
+            th, tw = part.shape[-2:]
+            wy = _ramp(th, overlap, i == 0, i == len(ys) - 1).to(x.device)
+            wx = _ramp(tw, overlap, j == 0, j == len(xs) - 1).to(x.device)
+            weight = (wy[:, None] * wx[None, :])[None, None]
+            if out is None:
+                out = torch.zeros(x.shape[0], pred.shape[1], h, w, device=x.device)
+            out[..., top : top + th, left : left + tw] += pred * weight
+            total[..., top : top + th, left : left + tw] += weight
+    assert out is not None
+    return out / total
+
+
 # ------------------------------------------------------------------------------------------------------ public API
+
+
+@attrs.define
+class FusedImage:
+    """One fused pair (what :class:`Fuser` returns and ``tdfusion fuse`` writes).
+
+    Attributes:
+        gray: the fused luminance ``(1, H, W)`` in [0, 1] (stretched unless ``normalize=False``).
+        rgb: ``(3, H, W)`` in [0, 1] with the sources' chroma, or ``None`` when both sources are gray.
+        weights: the loss generator's per-pixel source weights ``(2, H, W)``, when asked for.
+    """
+
+    gray: torch.Tensor
+    rgb: torch.Tensor | None = None
+    weights: torch.Tensor | None = None
+
+    def image(self) -> Image.Image:
+        """The 8-bit picture ``tdfusion fuse`` writes: ``RGB/`` when there is colour, else ``Gray/``."""
+        return Image.fromarray(to_uint8(self.rgb if self.rgb is not None else self.gray))
+
+    def save(self, path: str | Path) -> None:
+        """Write :meth:`image` (format from the suffix) through a temporary file and a rename."""
+        write_image(path, self.rgb if self.rgb is not None else self.gray)
+
+
+class Fuser:
+    """Fuse infrared/visible pairs in Python with a checkpoint, exactly as ``tdfusion fuse`` does.
+
+    ``Fuser(checkpoint)(ir, vis)`` returns a :class:`FusedImage`; ``ir`` and ``vis`` may be paths, PIL images,
+    numpy arrays (``(H, W)`` or ``(H, W, 3)``; uint8, uint16 or float in [0, 1]) or tensors (``(H, W)``,
+    ``(1|3, H, W)``, float in [0, 1]). :func:`fuse_pair` is the one-call form.
+
+    Args:
+        checkpoint: a checkpoint path, a loaded :class:`~tdfusion_core.checkpoints.ModelCheckpoint`, or a fusion
+            ``nn.Module`` (see :func:`fuse_images`).
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"auto"`` ...
+        amp, amp_dtype: autocast (see :func:`fuse_images`).
+        normalize: min-max stretch the fused luminance, as the reference and ``tdfusion fuse`` do.
+        tile_size, tile_overlap, max_pixels: tiling of large images (see :func:`run_tiled`).
+        precision, fast: the fusion network's compute type and ReFusion's fast exact pass (see :func:`fuse_images`);
+            with ``bf16``/``fp16`` the first call's max difference to float32 is kept in ``fusion_net.error_vs_fp32``.
+    """
+
+    def __init__(
+        self,
+        checkpoint: Any,
+        device: str | torch.device = "cpu",
+        amp: bool = False,
+        amp_dtype: str = "auto",
+        normalize: bool = True,
+        tile_size: int | None = DEFAULT_TILE,
+        tile_overlap: int = DEFAULT_OVERLAP,
+        max_pixels: int | None = DEFAULT_MAX_PIXELS,
+        precision: str = "fp32",
+        fast: bool = True,
+    ) -> None:
+        self.device = pick_device(device, "--device")
+        amp_dtype_for(self.device, amp_dtype)  # an unknown dtype name fails before any work
+        fusion_net, loss_generator = _resolve_model(checkpoint)
+        self.fusion_net = fusion_net.to(self.device).eval()
+        if fast or precision != "fp32":
+            from tdfusion_core.nets.refusion_fast import fast_inference
+            from tdfusion_core.speed import keep_freed_memory
+
+            keep_freed_memory()
+            self.fusion_net = fast_inference(self.fusion_net, precision, measure_error=True)
+        self.loss_generator = loss_generator.to(self.device).eval() if loss_generator is not None else None
+        self.multiple = max(int(getattr(self.fusion_net, "size_multiple", 1)), 1)
+        self.amp, self.amp_dtype, self.normalize = amp, amp_dtype, normalize
+        self.tile_size, self.tile_overlap, self.max_pixels = tile_size, tile_overlap, max_pixels
+
+    def __call__(self, ir: Any, vis: Any, resize: bool = False, weights: bool = False) -> FusedImage:
+        """Fuse one pair (``resize``: resample ``vis`` onto ``ir``'s grid when their sizes differ; ``weights``:
+        also return the loss generator's weight maps)."""
+        ir_y, ir_c = _as_luma_chroma(ir, "ir")
+        vis_y, vis_c = _as_luma_chroma(vis, "vis")
+        size = (int(ir_y.shape[-2]), int(ir_y.shape[-1]))
+        if tuple(vis_y.shape[-2:]) != size:
+            if not resize:
+                raise ImageSizeMismatchError(
+                    f"ir is {size[1]}x{size[0]} but vis is {vis_y.shape[-1]}x{vis_y.shape[-2]}; pass resize=True"
+                )
+            vis_y, vis_c = _resample(vis_y, size).clamp(0, 1), _resample(vis_c, size).clamp(0, 1)
+        pair = _Pair("pair", torch.cat([ir_y, vis_y], 0), torch.stack([ir_c, vis_c], 0))
+        result, error = self.fuse_batch([pair], weights)[0]
+        if result is None:
+            raise FusionInputError(error or "fusion failed")
+        return result
+
+    fuse = __call__
+
+    def fuse_batch(self, batch: list[_Pair], weights: bool = False) -> list[tuple[FusedImage | None, str | None]]:
+        """Fuse pairs of one size together: per pair a :class:`FusedImage`, or ``None`` and why (a non-finite
+        network output, never written)."""
+        if weights and self.loss_generator is None:
+            raise FusionInputError(
+                "save_weights needs a checkpoint with a loss generator; this one holds only a fusion network"
+            )
+        x = torch.stack([p.y for p in batch]).to(self.device)
+        tiling = (self.tile_size, self.tile_overlap, self.max_pixels)
+        with torch.inference_mode(), autocast(self.device, self.amp, self.amp_dtype):
+            fused = run_tiled(self.fusion_net, x, self.multiple, *tiling)
+            maps = (
+                run_tiled(self.loss_generator, x, self.multiple, *tiling)
+                if weights and self.loss_generator is not None
+                else None
+            )
+        if fused.shape[1] != 1:
+            raise FusionInputError(
+                f"the fusion network returned {fused.shape[1]} channels for input {tuple(x.shape)}; expected (B, 1, H, W)"
+            )
+        results: list[tuple[FusedImage | None, str | None]] = []
+        finite = torch.isfinite(fused).flatten(1).all(dim=1).tolist()
+        if self.normalize:
+            fused = _minmax(fused)
+        fused = fused.clamp(0, 1).cpu()
+        for i, pair in enumerate(batch):
+            if not finite[i]:
+                results.append((None, "the network output holds NaN or infinity; nothing written"))
+                continue
+            rgb = fused_rgb(fused[i][None], pair.chroma[None])[0] if has_colour(pair.chroma) else None
+            w = maps[i].float().cpu() if maps is not None else None
+            results.append((FusedImage(fused[i], rgb, w), None))
+        return results
+
+
+def fuse_pair(ir: Any, vis: Any, checkpoint: Any, **options: Any) -> FusedImage:
+    """Fuse one infrared/visible pair in one call: ``Fuser(checkpoint, **options)(ir, vis)``.
+
+    Build a :class:`Fuser` once instead when fusing many pairs (the checkpoint is loaded each call here).
+    """
+    call_options = {k: options.pop(k) for k in ("resize", "weights") if k in options}
+    return Fuser(checkpoint, **options)(ir, vis, **call_options)
+
+
+def _as_luma_chroma(image: Any, what: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Luminance ``(1, H, W)`` and chroma ``(2, H, W)`` of a path, PIL image, numpy array or tensor."""
+    if isinstance(image, (str, Path)):
+        return read_image(image)
+    if isinstance(image, Image.Image):
+        image.load()
+        return array_to_luma_chroma(pil_to_array(image, what))
+    if isinstance(image, torch.Tensor):
+        t = image.detach().cpu()
+        if t.ndim == 3 and t.shape[0] in (1, 3):
+            t = t.permute(1, 2, 0)
+        image = t.numpy()
+    if isinstance(image, np.ndarray):
+        arr = image
+        if arr.ndim == 3 and arr.shape[-1] == 1:
+            arr = arr[..., 0]
+        if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[-1] != 3):
+            raise FusionInputError(f"{what}: expected an (H, W) or (H, W, 3) image, got shape {tuple(image.shape)}")
+        if arr.dtype == np.uint8:
+            pil = Image.fromarray(arr)
+        elif arr.dtype == np.uint16 and arr.ndim == 2:
+            pil = Image.fromarray(arr.astype(np.int32), mode="I")
+        elif np.issubdtype(arr.dtype, np.floating):
+            if not np.isfinite(arr).all():
+                raise FusionInputError(f"{what} holds non-finite pixels (NaN or infinity)")
+            if arr.ndim == 2:
+                pil = Image.fromarray(arr.astype(np.float32), mode="F")
+            else:  # as a colour file would hold it: 8 bits per channel
+                pil = Image.fromarray((np.clip(arr, 0, 1) * 255.0).round().astype(np.uint8))
+        else:
+            raise FusionInputError(f"{what}: unsupported array type {arr.dtype} (use uint8, uint16 or float)")
+        return array_to_luma_chroma(pil_to_array(pil, what))
+    raise FusionInputError(f"{what}: expected a path, PIL image, numpy array or tensor, got {type(image).__name__}")
+
+
+def _output_problem(out: Path, ir_dir: Path, vis_dir: Path) -> str | None:
+    inputs = {ir_dir.resolve(), vis_dir.resolve()}
+    for folder in (out, out / "Gray", out / "RGB", out / "Weights"):
+        if folder.resolve() in inputs:
+            return f"the output folder {folder} is an input folder; choose an --out outside --ir and --vis"
+    return None
+
+
+def _holds_files(folder: Path) -> bool:
+    """Whether ``folder`` holds any file (empty subfolders, e.g. left by an earlier failed run, do not count)."""
+    if not folder.is_dir():
+        return folder.exists()
+    return any(p.is_file() or p.is_symlink() for p in folder.rglob("*"))
 
 
 def fuse_images(
@@ -310,19 +595,23 @@ def fuse_images(
     amp_dtype: str = "auto",
     precision: str = "fp32",
     fast: bool = True,
+    tile_size: int | None = DEFAULT_TILE,
+    tile_overlap: int = DEFAULT_OVERLAP,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
 ) -> FuseSummary:
     """Fuse every infrared/visible pair of two folders and write the results (see the module docstring).
 
     Args:
         ir_dir: folder of infrared images.
         vis_dir: folder of visible images; paired with ``ir_dir`` by file stem.
-        out_dir: output folder (``Gray/``, ``RGB/``, ``Weights/`` are made inside it); must not exist or be empty
-            unless ``overwrite``.
+        out_dir: output folder (``Gray/``, ``RGB/``, ``Weights/`` are made inside it); must not exist or hold no
+            file unless ``overwrite``, and must not be (or contain as ``Gray/`` ...) an input folder.
         checkpoint: a checkpoint path (our format or a published ReFusion/TDFusion state dict, see
             :func:`tdfusion_core.checkpoints.load_model_checkpoint`), a loaded
             :class:`~tdfusion_core.checkpoints.ModelCheckpoint`, or any fusion ``nn.Module`` taking ``(B, 2, H, W)``
             and returning ``(B, 1, H, W)`` (it is moved to ``device`` and put in eval mode).
-        device: where the networks run (``"cpu"``, ``"cuda"``, ``"cuda:1"`` ...).
+        device: where the networks run (``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"auto"`` ...); one this machine
+            lacks is refused naming those it has.
         batch_size: pairs per forward pass; only pairs of equal size share a batch.
         amp: run the networks under autocast (outputs are cast back to float32).
         save_weights: also write the loss generator's weight maps (the checkpoint must hold a loss generator).
@@ -339,23 +628,28 @@ def fuse_images(
         fast: run ReFusion through its fast exact pass (:mod:`tdfusion_core.nets.refusion_fast`, within 1e-5 of
             the eager network in float32) and keep freed memory for reuse (:func:`tdfusion_core.speed.keep_freed_memory`,
             process-wide); ``False`` runs the network module as it is.
+        tile_size, tile_overlap, max_pixels: images larger than ``max_pixels`` pixels are fused in overlapping
+            tiles of ``tile_size`` (see :func:`run_tiled`), so any size fits in memory.
 
     Returns:
-        A :class:`FuseSummary`; ``summary.failed`` lists the pairs that could not be read.
+        A :class:`FuseSummary`; ``summary.failed`` lists the pairs that could not be read (including images too
+        large to decode safely) or whose fused output was not finite (nothing is written for them).
 
     Raises:
         FileNotFoundError: an input folder or the checkpoint does not exist.
-        FileExistsError: ``out_dir`` exists and is not empty, and ``overwrite`` is false.
-        FusionInputError: no pairs, a size mismatch without ``resize`` (:class:`ImageSizeMismatchError`), weight maps
-            asked of a checkpoint without a loss generator, or a network that returns the wrong shape.
-        tdfusion_core.checkpoints.CheckpointError: an unreadable checkpoint or one of the wrong architecture.
+        FileExistsError: ``out_dir`` holds files, and ``overwrite`` is false.
+        FusionInputError: no pairs, an output folder that is an input folder, a size mismatch without ``resize``
+            (:class:`ImageSizeMismatchError`), weight maps asked of a checkpoint without a loss generator, or a
+            network that returns the wrong shape.
+        tdfusion_core.checkpoints.CheckpointError: an unreadable checkpoint, one of the wrong architecture, or one
+            holding NaN or infinity.
+        tdfusion_core.atomic.OutputWriteError: a full disk or a read-only output folder (no partial image is left).
     """
     from tqdm import tqdm
 
     start = time.perf_counter()
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-    amp_dtype_for(device, amp_dtype)  # an unknown dtype name fails before any work
     ir, vis = list_images(ir_dir), list_images(vis_dir)
     names = sorted(ir.keys() & vis.keys())
     summary = FuseSummary(
@@ -371,87 +665,51 @@ def fuse_images(
             f"({len(ir)} infrared, {len(vis)} visible images)"
         )
     out = Path(out_dir)
-    if out.exists() and not overwrite and (not out.is_dir() or any(out.iterdir())):
+    problem = _output_problem(out, Path(ir_dir), Path(vis_dir))
+    if problem:
+        raise FusionInputError(problem)
+    if not overwrite and _holds_files(out):
         raise FileExistsError(f"output folder {out} already exists and is not empty; pass overwrite=True (--overwrite)")
     if not resize:
         _check_sizes(ir, vis, names)
 
-    fusion_net, loss_generator = _resolve_model(checkpoint)
-    if save_weights and loss_generator is None:
+    fuser = Fuser(
+        checkpoint,
+        device=device,
+        amp=amp,
+        amp_dtype=amp_dtype,
+        normalize=normalize,
+        tile_size=tile_size,
+        tile_overlap=tile_overlap,
+        max_pixels=max_pixels,
+        precision=precision,
+        fast=fast,
+    )
+    if save_weights and fuser.loss_generator is None:
         raise FusionInputError(
             "save_weights needs a checkpoint with a loss generator; this one holds only a fusion network"
         )
-    dev = torch.device(device)
-    fusion_net = fusion_net.to(dev).eval()
-    if fast or precision != "fp32":
-        from tdfusion_core.nets.refusion_fast import fast_inference
-        from tdfusion_core.speed import keep_freed_memory
-
-        keep_freed_memory()
-        fusion_net = fast_inference(fusion_net, precision, measure_error=True)
-    if loss_generator is not None:
-        loss_generator = loss_generator.to(dev).eval()
-    multiple = max(int(getattr(fusion_net, "size_multiple", 1)), 1)
+    summary.device = str(fuser.device)
     gray_dir, rgb_dir, weight_dir = out / "Gray", out / "RGB", out / "Weights"
-    gray_dir.mkdir(parents=True, exist_ok=True)
 
     bar = tqdm(total=len(names), unit="pair", desc="fuse", disable=not progress, file=sys.stderr)
     try:
         for batch, consumed in _batches(names, ir, vis, batch_size, resize, summary.failed):
             if batch:
-                _fuse_batch(
-                    batch,
-                    fusion_net,
-                    loss_generator if save_weights else None,
-                    dev,
-                    amp,
-                    amp_dtype,
-                    multiple,
-                    normalize,
-                    (gray_dir, rgb_dir, weight_dir),
-                    summary,
-                )
+                for pair, (result, error) in zip(batch, fuser.fuse_batch(batch, save_weights)):
+                    if result is None:
+                        summary.failed[pair.name] = error or "fusion failed"
+                        continue
+                    write_image(gray_dir / f"{pair.name}.png", result.gray)
+                    if result.rgb is not None:
+                        write_image(rgb_dir / f"{pair.name}.png", result.rgb)
+                        summary.rgb.append(pair.name)
+                    if result.weights is not None:
+                        _write_weights(weight_dir, pair.name, result.weights)
+                    summary.fused.append(pair.name)
             bar.update(consumed)
     finally:
         bar.close()
-    summary.precision_error = getattr(fusion_net, "error_vs_fp32", None)
+    summary.precision_error = getattr(fuser.fusion_net, "error_vs_fp32", None)
     summary.seconds = time.perf_counter() - start
     return summary
-
-
-def _fuse_batch(
-    batch: list[_Pair],
-    fusion_net: nn.Module,
-    loss_generator: nn.Module | None,
-    device: torch.device,
-    amp: bool,
-    amp_dtype: str,
-    multiple: int,
-    normalize: bool,
-    folders: tuple[Path, Path, Path],
-    summary: FuseSummary,
-) -> None:
-    gray_dir, rgb_dir, weight_dir = folders
-    x = torch.stack([p.y for p in batch]).to(device)
-    h, w = x.shape[-2:]
-    padded = _pad(x, multiple)
-    with torch.inference_mode(), autocast(device, amp, amp_dtype):
-        fused = fusion_net(padded)
-        weights = loss_generator(padded) if loss_generator is not None else None
-    if fused.ndim != 4 or fused.shape[0] != x.shape[0] or fused.shape[1] != 1:
-        raise FusionInputError(
-            f"the fusion network returned shape {tuple(fused.shape)} for input {tuple(padded.shape)}; "
-            "expected (B, 1, H, W)"
-        )
-    fused = fused[..., :h, :w].float()
-    if normalize:
-        fused = _minmax(fused)
-    fused = fused.clamp(0, 1).cpu()
-    for i, pair in enumerate(batch):
-        write_image(gray_dir / f"{pair.name}.png", fused[i])
-        if has_colour(pair.chroma):
-            write_image(rgb_dir / f"{pair.name}.png", fused_rgb(fused[i][None], pair.chroma[None])[0])
-            summary.rgb.append(pair.name)
-        if weights is not None:
-            _write_weights(weight_dir, pair.name, weights[i, :, :h, :w].float().cpu())
-        summary.fused.append(pair.name)

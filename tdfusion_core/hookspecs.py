@@ -23,6 +23,15 @@ import pluggy
 
 hookspec = pluggy.HookspecMarker("tdfusion")
 
+#: registry kind -> the registration hook that fills it (read by :mod:`tdfusion_core.registry` and
+#: :func:`tdfusion_core.plugins.registered_names`)
+REGISTRATION_HOOKS: dict[str, str] = {
+    "task": "tdfusion_register_tasks",
+    "fusion_net": "tdfusion_register_fusion_nets",
+    "loss_generator": "tdfusion_register_loss_generators",
+    "dataset": "tdfusion_register_datasets",
+}
+
 
 class PluginNotReadyError(RuntimeError):
     """A plugin cannot work in this environment (a runtime dependency is missing or broken).

@@ -38,26 +38,35 @@ def _finite_float(path: Path, arr: np.ndarray) -> np.ndarray:
     return np.clip(arr, 0.0, 1.0)
 
 
+def pil_to_array(im: Image.Image, name: str | Path = "image") -> np.ndarray:
+    """A loaded PIL image as float32 ``(H, W)`` (grayscale) or ``(H, W, 3)`` (colour) in [0, 1] (see the module
+    docstring); ``name`` is used in errors."""
+    mode = im.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I"):
+        ints = np.asarray(im)
+        if ints.size and (int(ints.max()) > 65535 or int(ints.min()) < 0):
+            raise ImageReadError(
+                f"{name} holds integers from {int(ints.min())} to {int(ints.max())}, outside the 16-bit "
+                "range 0..65535 this reader scales by 65535; convert it to 16-bit or to float in [0, 1]"
+            )
+        return ints.astype(np.float32) / 65535.0
+    if mode == "F":
+        return _finite_float(Path(name), np.asarray(im, dtype=np.float32))
+    if mode in ("L", "1", "LA"):
+        return np.asarray(im.convert("L"), dtype=np.float32) / 255.0
+    rgb = np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
+    if np.allclose(rgb[..., 0], rgb[..., 1]) and np.allclose(rgb[..., 1], rgb[..., 2]):
+        return rgb[..., 0].copy()  # a colour file holding a gray image
+    return rgb
+
+
 def read_array(path: str | Path) -> np.ndarray:
     """Read ``path`` as float32 ``(H, W)`` (grayscale) or ``(H, W, 3)`` (colour) in [0, 1]."""
     path = Path(path)
     try:
         with Image.open(path) as im:
             im.load()
-            mode = im.mode
-            if mode in ("I;16", "I;16B", "I;16L", "I"):
-                ints = np.asarray(im)
-                if ints.size and (int(ints.max()) > 65535 or int(ints.min()) < 0):
-                    raise ImageReadError(
-                        f"{path} holds integers from {int(ints.min())} to {int(ints.max())}, outside the 16-bit "
-                        "range 0..65535 this reader scales by 65535; convert it to 16-bit or to float in [0, 1]"
-                    )
-                return ints.astype(np.float32) / 65535.0
-            if mode == "F":
-                return _finite_float(path, np.asarray(im, dtype=np.float32))
-            if mode in ("L", "1", "LA"):
-                return np.asarray(im.convert("L"), dtype=np.float32) / 255.0
-            rgb = np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
+            return pil_to_array(im, path)
     except ImageReadError:
         raise
     except FileNotFoundError as exc:
@@ -69,14 +78,15 @@ def read_array(path: str | Path) -> np.ndarray:
         ) from exc
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise ImageReadError(f"cannot read image {path}: {exc}") from exc
-    if np.allclose(rgb[..., 0], rgb[..., 1]) and np.allclose(rgb[..., 1], rgb[..., 2]):
-        return rgb[..., 0].copy()  # a colour file holding a gray image
-    return rgb
 
 
 def read_image(path: str | Path) -> tuple[torch.Tensor, torch.Tensor]:
     """Read ``path`` as luminance ``(1, H, W)`` and chroma ``(2, H, W)`` float tensors in [0, 1]."""
-    arr = read_array(path)
+    return array_to_luma_chroma(read_array(path))
+
+
+def array_to_luma_chroma(arr: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """Float ``(H, W)`` or ``(H, W, 3)`` in [0, 1] -> luminance ``(1, H, W)`` and chroma ``(2, H, W)``."""
     if arr.ndim == 2:
         y = torch.from_numpy(arr)[None]
         return y, torch.full((2, *arr.shape), 0.5)
@@ -91,10 +101,20 @@ def to_uint8(image: torch.Tensor) -> np.ndarray:
 
 
 def write_image(path: str | Path, image: torch.Tensor) -> None:
-    """Write ``(1|3, H, W)`` float in [0, 1] as an 8-bit image (format from the suffix); creates parent folders."""
+    """Write ``(1|3, H, W)`` float in [0, 1] as an 8-bit image (format from the suffix); creates parent folders.
+
+    Written through a temporary file and a rename (:func:`tdfusion_core.atomic.atomic_write`, without fsync), so
+    an interrupted write never leaves a truncated image under the final name; a full disk or a read-only folder is
+    a one-line :class:`~tdfusion_core.atomic.OutputWriteError`.
+    """
+    from tdfusion_core.atomic import atomic_write
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(to_uint8(image)).save(path)
+    fmt = Image.registered_extensions().get(path.suffix.lower())
+    if fmt is None:
+        raise ValueError(f"cannot write {path}: unknown image suffix {path.suffix!r}")
+    picture = Image.fromarray(to_uint8(image))
+    atomic_write(path, lambda fh: picture.save(fh, format=fmt), fsync=False)
 
 
 def write_fused(path: str | Path, fused_y: torch.Tensor, chroma: torch.Tensor | None = None) -> None:

@@ -53,9 +53,12 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "tdfusion_core.commands.fuse",
     "tdfusion_core.commands.bench",
     "tdfusion_core.commands.train",
+    "tdfusion_core.commands.val",
+    "tdfusion_core.commands.export",
     "tdfusion_core.commands.demo",
     "tdfusion_core.commands.new_plugin",
     "tdfusion_core.tb_logger",
+    "tdfusion_core.run_logger",
 )
 
 _lock = threading.Lock()
@@ -193,14 +196,11 @@ def get_plugin_manager() -> pluggy.PluginManager:
 def reset_plugin_manager() -> None:
     """Forget the plugin manager so the next call re-reads entry points and ``TDFUSION_LOAD_PLUGINS``.
 
-    Also clears the registries built from it (mainly for tests and notebooks).
+    Registries built from it are rebuilt on next use (mainly for tests and notebooks).
     """
     global _pm
     with _lock:
         _pm = None
-    from tdfusion_core import registry
-
-    registry.clear_caches()
 
 
 def register_plugin(plugin: Any, name: str | None = None) -> None:
@@ -211,17 +211,11 @@ def register_plugin(plugin: Any, name: str | None = None) -> None:
     pm = get_plugin_manager()
     pm.register(plugin, name=name)
     pm.check_pending()
-    from tdfusion_core import registry
-
-    registry.clear_caches()
 
 
 def unregister_plugin(name: str) -> None:
     """Remove a plugin registered with :func:`register_plugin`."""
     get_plugin_manager().unregister(name=name)
-    from tdfusion_core import registry
-
-    registry.clear_caches()
 
 
 def _plugin_version(name: str, plugin: Any) -> str | None:
@@ -234,19 +228,29 @@ def _plugin_version(name: str, plugin: Any) -> str | None:
     return None
 
 
+def registered_names(pm: pluggy.PluginManager, plugin: Any) -> dict[str, list[str]]:
+    """``{kind: [names]}`` that ``plugin``'s registration hooks return (unvalidated; the registries check them)."""
+    found: dict[str, list[str]] = {}
+    for kind, hook_name in hookspecs.REGISTRATION_HOOKS.items():
+        for impl in getattr(pm.hook, hook_name).get_hookimpls():
+            if impl.plugin is plugin:
+                names = sorted(impl.function() or {})
+                if names:
+                    found[kind] = names
+    return found
+
+
 def describe_plugins() -> list[dict[str, Any]]:
     """Describe every plugin: name, version, implemented hooks, registered names, and any load error."""
-    from tdfusion_core import registry
-
     pm = get_plugin_manager()
     rows: list[dict[str, Any]] = []
     for plugin in pm.get_plugins():
         name = pm.get_name(plugin) or repr(plugin)
         hooks = sorted(caller.name for caller in pm.get_hookcallers(plugin) or [])
         try:
-            registers = registry.names_registered_by(plugin)
+            registers = registered_names(pm, plugin)
             error = None
-        except Exception as exc:  # e.g. a name clash between two plugins: reported, not fatal
+        except Exception as exc:  # a registration hook that raises: reported, not fatal
             registers, error = {}, f"{type(exc).__name__}: {exc}"
         errors = [*hook_errors.get(name, []), *([error] if error else [])]
         rows.append(

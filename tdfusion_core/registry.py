@@ -2,6 +2,10 @@
 
 Each registry maps a name to a factory and remembers which plugin registered it. Looking up an unknown name raises
 :class:`RegistryError` listing the available names.
+
+Imports run one way: this module reads the plugin manager (:mod:`tdfusion_core.plugins`), which knows nothing of
+it. A registry is rebuilt whenever the set of registered plugins differs from the one it was built from, so
+registering or unregistering a plugin needs no cache invalidation.
 """
 
 from __future__ import annotations
@@ -10,6 +14,11 @@ import difflib
 import inspect
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
+
+import pluggy
+
+from tdfusion_core.hookspecs import REGISTRATION_HOOKS
+from tdfusion_core.plugins import get_plugin_manager
 
 if TYPE_CHECKING:
     import torch.nn as nn
@@ -22,19 +31,20 @@ class RegistryError(LookupError):
 
 
 #: registry kind -> hook name
-HOOKS: dict[str, str] = {
-    "task": "tdfusion_register_tasks",
-    "fusion_net": "tdfusion_register_fusion_nets",
-    "loss_generator": "tdfusion_register_loss_generators",
-    "dataset": "tdfusion_register_datasets",
-}
+HOOKS: dict[str, str] = REGISTRATION_HOOKS
 
-_cache: dict[str, dict[str, tuple[Any, str]]] = {}
+#: kind -> (the plugin set it was built from, ``name -> (factory, plugin name)``)
+_cache: dict[str, tuple[tuple[Any, ...], dict[str, tuple[Any, str]]]] = {}
 
 
 def clear_caches() -> None:
-    """Forget built registries; they are rebuilt from the plugin manager on next use."""
+    """Forget built registries (not needed after (un)registering a plugin: that rebuilds them by itself)."""
     _cache.clear()
+
+
+def _plugin_set(pm: pluggy.PluginManager) -> tuple[Any, ...]:
+    """What a registry depends on: the manager and its registered plugins (by identity and name)."""
+    return (id(pm), *sorted((id(p), str(pm.get_name(p))) for p in pm.get_plugins()))
 
 
 def _validate(kind: str, name: str, factory: Any, plugin_name: str) -> None:
@@ -51,10 +61,7 @@ def _validate(kind: str, name: str, factory: Any, plugin_name: str) -> None:
         check_task_class(factory)
 
 
-def _build(kind: str) -> dict[str, tuple[Any, str]]:
-    from tdfusion_core.plugins import get_plugin_manager
-
-    pm = get_plugin_manager()
+def _build(kind: str, pm: pluggy.PluginManager) -> dict[str, tuple[Any, str]]:
     hook = getattr(pm.hook, HOOKS[kind])
     entries: dict[str, tuple[Any, str]] = {}
     for impl in reversed(hook.get_hookimpls()):
@@ -74,9 +81,13 @@ def entries(kind: str) -> dict[str, tuple[Any, str]]:
     """All registered ``name -> (factory, plugin name)`` of one kind (``task``, ``fusion_net``, ...)."""
     if kind not in HOOKS:
         raise RegistryError(f"unknown registry kind {kind!r}; kinds: {', '.join(HOOKS)}")
-    if kind not in _cache:
-        _cache[kind] = _build(kind)
-    return _cache[kind]
+    pm = get_plugin_manager()
+    key = _plugin_set(pm)
+    cached = _cache.get(kind)
+    if cached is None or cached[0] != key:
+        cached = (key, _build(kind, pm))
+        _cache[kind] = cached
+    return cached[1]
 
 
 def available(kind: str) -> list[str]:
@@ -100,9 +111,7 @@ def lookup(kind: str, name: str) -> Callable[..., Any]:
 
 
 def names_registered_by(plugin: Any) -> dict[str, list[str]]:
-    """``{kind: [names]}`` registered by one plugin object (for ``tdfusion plugins``)."""
-    from tdfusion_core.plugins import get_plugin_manager
-
+    """``{kind: [names]}`` registered by one plugin object, as validated registries hold them."""
     pm = get_plugin_manager()
     plugin_name = pm.get_name(plugin)
     found: dict[str, list[str]] = {}

@@ -1,8 +1,10 @@
 """Built-in plugin: TensorBoard logs of a training run, written under ``<run dir>/tensorboard``.
 
-Logs meta-step and fusion-step losses, per-epoch means, learning rates, the mean weight G gives each source and
-throughput (steps per second). Needs the ``tensorboard`` package (extra ``report``); without it, or for a trainer
-with no run directory, nothing is logged. A logger shows how any plugin can follow a run through the event hooks.
+Logs meta-step and fusion-step losses, per-epoch means (validation metrics included), learning rates, the mean
+weight G gives each source, throughput (steps per second) and, with ``log_images``, one image per epoch
+(``images/weights``: sources | fused | weight maps of a few training samples, titled columns, 0-1 colour bar).
+``tensorboard`` is a dependency of tdfusion-core; without it, or for a trainer with no run directory, nothing is
+logged. A logger shows how any plugin can follow a run through the event hooks.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ def tdfusion_on_run_start(trainer: Any, config: Any) -> None:
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
-        log.info("tensorboard is not installed: no TensorBoard logs (pip install 'tdfusion-core[report]')")
+        log.info("tensorboard is not installed: no TensorBoard logs (pip install tensorboard)")
         return
     _WRITERS[id(trainer)] = SummaryWriter(log_dir=str(trainer.out_dir / "tensorboard"))
 
@@ -67,6 +69,8 @@ def tdfusion_on_epoch_end(trainer: Any, epoch: int, metrics: Mapping[str, float]
     steps = trainer.config.meta_steps + (trainer.config.fusion_steps or len(trainer.train_set))
     if seconds > 0:
         writer.add_scalar("epoch/steps_per_second", steps / seconds, epoch + 1)
+    if trainer.config.log_images and hasattr(trainer, "epoch_figure"):
+        writer.add_image("images/weights", trainer.epoch_figure(), epoch + 1, dataformats="HWC")
     writer.flush()
 
 

@@ -70,8 +70,10 @@ from tqdm.auto import tqdm
 from tdfusion_core import __version__, registry
 from tdfusion_core.colour import task_input
 from tdfusion_core.config import TrainConfig
+from tdfusion_core.config_io import check_task_options
 from tdfusion_core.data.sample import Sample
 from tdfusion_core.data.transforms import meta_split
+from tdfusion_core.devices import pick_device
 from tdfusion_core.distributed import (
     DistContext,
     DistributedMetaSampler,
@@ -96,10 +98,11 @@ from tdfusion_core.meta import (
     task_step_rule,
 )
 from tdfusion_core.plugins import get_plugin_manager
+from tdfusion_core.provenance import check_rebuildable, record_instances
 from tdfusion_core.run_files import RunLock, check_resume_config, load_training_state, save_training_state
 from tdfusion_core.state_guard import NonFiniteStateError, StepGuard, assert_finite_state
 from tdfusion_core.task import Task, TaskLoss, functional_task_loss
-from tdfusion_core.user_errors import check_device
+from tdfusion_core.validation import Validator, make_validator
 
 log = logging.getLogger(__name__)
 
@@ -155,6 +158,11 @@ class MetaTrainer:
         fusion_net, loss_generator: modules; default: built from the registry by ``config.fusion_net`` etc.
         out_dir: run directory (config, checkpoints, logs, images); ``None`` keeps everything in memory.
         resume: continue from ``out_dir/checkpoints/last.pt`` (written with any number of processes).
+        val_set: validation samples evaluated after each epoch (:mod:`tdfusion_core.validation`); default: the
+            ``val_split`` of ``config.data`` when it has one.
+
+    A Task or dataset *instance* is recorded in :attr:`config` (so in ``config.yaml`` and ``model.pt``) by its class
+    path and root (:mod:`tdfusion_core.provenance`).
 
     Under ``torchrun`` the process group is joined here (see the module docstring); :attr:`dist` tells the rank
     and the number of processes, :attr:`is_main_process` whether this process writes files and logs. Every process
@@ -171,10 +179,12 @@ class MetaTrainer:
         loss_generator: nn.Module | None = None,
         out_dir: str | Path | None = None,
         resume: bool = False,
+        val_set: Any = None,
     ) -> None:
+        check_rebuildable(config, need_task=task is None and not config.tasks, need_data=train_set is None)
         self.config = config
         #: this process's place in a multi-process run (world_size 1 without torchrun)
-        check_device(config.device)  # a device this machine lacks: one line naming what it has
+        pick_device(config.device)  # a device this machine lacks fails in one line, before any process group
         self.dist: DistContext = init_distributed(config.device, config.dist_backend)
         self.device = resolve_device(config.device, self.dist)
         self.out_dir = Path(out_dir) if out_dir is not None else None
@@ -185,6 +195,8 @@ class MetaTrainer:
         num_sources = int(self.train_set[0].sources.shape[0])
         self.num_sources = num_sources
         self.task = task if task is not None else self._build_task()
+        #: the config as recorded in config.yaml / model.pt: instances given here are named by class path / root
+        self.config = config = record_instances(config, task, train_set)
         self.task.network.to(self.device)
         if config.sync_batchnorm and self.dist.enabled:
             self.task.network = convert_sync_batchnorm(self.task.network, self.device)
@@ -250,8 +262,12 @@ class MetaTrainer:
         self.bad_steps = 0
         self.history: list[dict[str, float]] = []
         self.pm = get_plugin_manager()
+        #: validation after each epoch (tdfusion_core.validation); ``None`` without a validation split
+        self.validator: Validator | None = make_validator(config, val_set) if self.dist.is_main else None
         if resume:
             self._resume()
+            if self.validator is not None:
+                self.validator.restore(self, self.history)
         # the same starting point everywhere, then DDP for the fusion phase (F's and T's gradients averaged)
         for module in (self.fusion_net, self.loss_generator, self.task.network):
             broadcast_module(module, self.dist)
@@ -280,6 +296,7 @@ class MetaTrainer:
 
             return MultiTask.from_specs(self.config.tasks, self.train_set)
         options = dict(self.config.task_options)
+        check_task_options(self.config.task, registry.lookup("task", self.config.task), options)
         num_classes = getattr(self.train_set, "num_classes", None)
         if num_classes is not None:
             options.setdefault("num_classes", num_classes)
@@ -678,14 +695,14 @@ class MetaTrainer:
                         metrics[f"weight/source{k}"] = w
                 self.epoch = epoch + 1
                 self.history.append(metrics)
+                if self.validator is not None:  # after the counters: best.pt resumes after this epoch
+                    self.validator.after_epoch(self, epoch, metrics)
                 self._emit("tdfusion_on_epoch_end", trainer=self, epoch=epoch, metrics=metrics)
                 if self.out_dir is not None:
                     if cfg.log_images and main:
                         self.save_epoch_figure(epoch)
                     if self.epoch % cfg.checkpoint_every == 0 or self.epoch == cfg.epochs:
                         self.save_checkpoint()
-                if main:
-                    log.info("epoch %d: %s", epoch + 1, {k: round(v, 5) for k, v in metrics.items()})
             status = "completed"
             if self.out_dir is not None and self.nets_from_registry and main:
                 self.export_model(self.out_dir / "model.pt")
@@ -808,6 +825,7 @@ class MetaTrainer:
             num_sources=self.num_sources,
             extra={
                 "task": "multi" if self.config.tasks else self.config.task,
+                "data": self.config.data,
                 **({"tasks": [dict(t) for t in self.config.tasks]} if self.config.tasks else {}),
                 "epochs": self.epoch,
             },
@@ -828,17 +846,22 @@ class MetaTrainer:
             self.fusion_net.train(was_f)
             self.loss_generator.train(was_g)
 
-    def save_epoch_figure(self, epoch: int, count: int = 4) -> Path:
-        """PNG grid of sources, fused image and weight maps (rows: samples) under ``<out>/images``."""
-        from tdfusion_core.visual import save_weight_grid
+    def epoch_figure(self, count: int = 4) -> np.ndarray:
+        """RGB grid (titled columns, 0-1 colour bar) of sources, fused image and weight maps of the first
+        ``count`` training samples (rows), at the task size."""
+        from tdfusion_core.visual import weight_grid
 
-        assert self.out_dir is not None
         count = min(count, len(self.train_set))
         sources = torch.stack([_resize(self.train_set[i].sources[None], self.task_size)[0] for i in range(count)])
         fused, weights = self.fuse(sources)
-        path = self.out_dir / "images" / f"epoch_{epoch + 1:04d}.png"
-        save_weight_grid(path, sources, fused.cpu(), weights.cpu())
-        return path
+        return weight_grid(sources, fused.cpu(), weights.cpu())
+
+    def save_epoch_figure(self, epoch: int, count: int = 4) -> Path:
+        """PNG of :meth:`epoch_figure` under ``<out>/images``."""
+        from tdfusion_core.visual import save_png
+
+        assert self.out_dir is not None
+        return save_png(self.out_dir / "images" / f"epoch_{epoch + 1:04d}.png", self.epoch_figure(count))
 
     @torch.no_grad()
     def evaluate(self, dataset: Any, batch_size: int = 4) -> dict[str, float]:

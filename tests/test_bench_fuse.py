@@ -84,7 +84,8 @@ def test_human_readable_output_and_size_errors():
     )
     assert result.exit_code == 0 and "ms/image" in result.output and "[eager,fp32,channels-last]" in result.output
     assert parse_size("480x640") == (480, 640)
+    assert parse_size("480") == (480, 480)  # one number: a square
     with pytest.raises(ValueError, match="HEIGHTxWIDTH"):
-        parse_size("480")
+        parse_size("480x")
     bad = CliRunner().invoke(build_cli(), ["bench", "fuse", "--size", "big"])
     assert bad.exit_code == 2 and "HEIGHTxWIDTH" in bad.output

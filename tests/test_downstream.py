@@ -55,7 +55,7 @@ def test_downstream_cli_compares_methods(scenes, tmp_path):
         [
             *("downstream", "--task", "tiny-seg", "--data", str(scenes["data"])),
             *("--fused", f"mean={scenes['mean']}", "--fused", f"blank={scenes['blank']}", "--source", "ir"),
-            *("--out", str(out), "--steps", "40", "--batch-size", "4", "--quiet"),
+            *("--out", str(out), "--steps", "80", "--batch-size", "4", "--quiet"),
             *("--task-option", "width=8", "--task-option", "lr=0.01"),
         ]
     )
@@ -65,7 +65,7 @@ def test_downstream_cli_compares_methods(scenes, tmp_path):
     assert set(ds["methods"]) == {"mean", "blank", "ir only"}
     assert report["metrics"] == ["mIoU", "mAcc", "aAcc"]
     run = report["run"]
-    assert run["task"] == "tiny-seg" and run["steps"] == 40 and run["size"] == [48, 64]
+    assert run["task"] == "tiny-seg" and run["steps"] == 80 and run["size"] == [48, 64]
     assert run["train_images"] == 12 and run["val_images"] == 4
     for values in ds["methods"].values():
         assert 0.0 <= values["mIoU"] <= 1.0 and 0.0 <= values["aAcc"] <= 1.0

@@ -12,8 +12,10 @@ from tdfusion_core.checkpoints import load_model_checkpoint
 from tdfusion_core.config import TrainConfig
 from tdfusion_core.data.sample import Sample
 from tdfusion_core.data.synthetic import SyntheticScenes
-from tdfusion_core.meta import MetaStep, sgd_task_step
+from tdfusion_core.losses import FusionLoss
+from tdfusion_core.meta import MetaStep, TaskInput, detached_params, sgd_task_step
 from tdfusion_core.trainer import MetaTrainer
+from tests.test_meta import _outer_objective
 from tests.torch_threads import one_torch_thread  # noqa: F401
 
 SMALL = {"dim": 4, "num_blocks": 1, "heads": 1}
@@ -128,3 +130,40 @@ def test_train_fuse_and_evaluate_with_three_sources(tmp_path):
     with torch.no_grad():
         assert torch.allclose(ckpt.fusion_net(sources).clamp(0, 1), fused, atol=1e-6)
         assert torch.allclose(ckpt.loss_generator(sources), w, atol=1e-6)
+
+
+def test_meta_gradient_with_three_sources_matches_central_finite_differences():
+    """float64, K = 3 (refusion + lpn): the jvp meta-gradient of G along random directions equals central finite
+    differences of the outer objective θG -> Lt(T'(F'(θG))) computed without MetaStep (T' held fixed)."""
+    torch.manual_seed(0)
+    fusion = registry.get_fusion_net("refusion", num_sources=3, **SMALL).double()
+    generator = registry.get_loss_generator("lpn", num_sources=3, **SMALL).double()
+    data = ThreeSourceScenes(4, size=(16, 20), dtype=torch.float64)
+    task = registry.get_task("tiny-seg", num_classes=data.num_classes, width=4)
+    task.network.double()
+
+    def batch(indices):
+        samples = [data[i] for i in indices]
+        return TaskInput(
+            torch.stack([s.sources for s in samples]),
+            torch.stack([s.chroma for s in samples]),
+            torch.stack([s.target for s in samples]),
+        )
+
+    mtr, mts = batch([0, 1]), batch([2, 3])
+    crop = mtr.sources[..., 2:14, 3:15]
+    assert crop.shape == (2, 3, 12, 12)
+    lr = 0.5
+    step = MetaStep(fusion, generator, task, FusionLoss(intensity="reference", alpha=1.0), "jvp")
+    result = step.compute(crop, mtr, mts, lr, sgd_task_step(0.1))
+    theta_g = detached_params(generator)
+    gen = torch.Generator().manual_seed(3)
+    for _ in range(3):
+        d = {n: torch.randn(p.shape, generator=gen, dtype=p.dtype) for n, p in theta_g.items()}
+        h = 1e-5
+        plus = _outer_objective(step, crop, mts, {n: p + h * d[n] for n, p in theta_g.items()}, result.task_params, lr)
+        minus = _outer_objective(step, crop, mts, {n: p - h * d[n] for n, p in theta_g.items()}, result.task_params, lr)
+        fd = float(plus - minus) / (2 * h)
+        analytic = float(sum((result.grad_g[n] * d[n]).sum() for n in d))
+        assert abs(fd) > 0
+        assert analytic == pytest.approx(fd, rel=1e-5)

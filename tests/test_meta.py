@@ -185,16 +185,24 @@ def test_functional_adam_step_equals_torch_adam():
         net(torch.randn(5, 3, dtype=torch.float64)).pow(2).mean().backward()
         opt.step()
     grads = {n: torch.randn_like(p) for n, p in net.named_parameters()}
-    predicted = adam_task_step(opt, net)(detached_params(net), grads)
     state_before = {
         id(p): {k: v.clone() if torch.is_tensor(v) else v for k, v in s.items()} for p, s in opt.state.items()
     }
+    params_before = {n: p.detach().clone() for n, p in net.named_parameters()}
+    predicted = adam_task_step(opt, net)(detached_params(net), grads)
+    # the functional step read the optimizer's state and the parameters without changing them
+    assert len(state_before) == len(list(net.parameters()))
+    for p, s in opt.state.items():
+        assert set(s) == set(state_before[id(p)])
+        for k, v in s.items():
+            assert torch.equal(torch.as_tensor(v), torch.as_tensor(state_before[id(p)][k])), k
+    for n, p in net.named_parameters():
+        assert torch.equal(p.detach(), params_before[n]), n
     for n, p in net.named_parameters():
         p.grad = grads[n].clone()
     opt.step()
     for n, p in net.named_parameters():
         assert torch.allclose(predicted[n], p.detach(), atol=1e-14), n
-    assert state_before  # the functional step read the state without changing it (checked by the match above)
 
 
 def test_maxnorm_update():

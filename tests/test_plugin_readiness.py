@@ -97,4 +97,4 @@ def test_plugin_not_ready_error_is_one_line_without_traceback(
         main(["frob-test"])
     assert info.value.code == 1
     err = capsys.readouterr().err
-    assert err == f"Error: frobnicator is not installed: {FIX}\n"
+    assert err == f"Error: frobnicator is not installed: {FIX} (--debug shows the traceback)\n"

@@ -71,5 +71,5 @@ def test_name_clash_names_both_plugins(plugin_slot):
 
 def test_get_task_builds_with_config():
     task = get_task("tiny-seg", num_classes=3, width=8)
-    out = task.network(torch.rand(1, 3, 16, 16))
+    out = task.network(torch.rand(1, 1, 16, 16))  # the fused luminance
     assert out.shape == (1, 3, 16, 16)

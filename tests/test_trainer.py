@@ -20,6 +20,33 @@ def _equal(a, b):
     return all(torch.equal(a[k], b[k]) for k in a)
 
 
+def _same(a, b, where=""):
+    """Nested state (dicts, lists, tensors, numbers) equal; tensors bit for bit."""
+    if isinstance(a, dict):
+        assert set(a) == set(b), where
+        for k in a:
+            _same(a[k], b[k], f"{where}.{k}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            _same(x, y, f"{where}[{i}]")
+    elif torch.is_tensor(a):
+        assert torch.equal(a, b), where
+    else:
+        assert a == b, where
+
+
+def assert_same_training_state(a, b):
+    """Optimizers, schedulers, counters and history of two trainers agree (besides F, G and T)."""
+    for name in ("opt_fusion", "opt_task", "opt_generator"):
+        _same(getattr(a, name).state_dict(), getattr(b, name).state_dict(), name)
+    _same([s.state_dict() for s in a.schedulers], [s.state_dict() for s in b.schedulers], "schedulers")
+    for name in ("epoch", "meta_step_count", "fusion_step_count", "bad_steps"):
+        assert getattr(a, name) == getattr(b, name), name
+    strip = [{k: v for k, v in h.items() if k != "epoch_seconds"} for h in a.history]
+    assert strip == [{k: v for k, v in h.items() if k != "epoch_seconds"} for h in b.history]
+
+
 def test_task_loss_decreases():
     trainer = small_trainer(epochs=6, meta_steps=1, fusion_steps=4)
     history = trainer.fit()
@@ -64,11 +91,24 @@ def test_kill_and_resume_is_bit_identical(tmp_path):
     for name in ("fusion_net", "loss_generator"):
         assert _equal(_state(getattr(reference, name)), _state(getattr(resumed, name))), name
     assert _equal(_state(reference.task.network), _state(resumed.task.network))
+    assert_same_training_state(reference, resumed)
     assert sorted(p.name for p in (tmp_path / "b" / "images").iterdir()) == [
         "epoch_0001.png",
         "epoch_0002.png",
         "epoch_0003.png",
     ]
+
+
+def test_state_dict_round_trip_restores_optimizers_schedulers_and_counters():
+    trained = small_trainer(epochs=2, lr_step_size=1, lr_gamma=0.5, task_step="sgd")
+    trained.fit()
+    fresh = small_trainer(epochs=2, lr_step_size=1, lr_gamma=0.5, task_step="sgd", n=8)
+    assert fresh.meta_step_count == 0 and fresh.opt_fusion.param_groups[0]["lr"] == 1e-2
+    fresh.load_state_dict(trained.state_dict())
+    assert_same_training_state(trained, fresh)
+    assert fresh.opt_fusion.param_groups[0]["lr"] == 2.5e-3  # the schedule's place, not only its settings
+    for name in ("fusion_net", "loss_generator"):
+        assert _equal(_state(getattr(trained, name)), _state(getattr(fresh, name))), name
 
 
 def test_resume_without_checkpoint_names_path(tmp_path):

@@ -25,22 +25,13 @@ import torch
 from torch import nn
 
 from tdfusion_core.bench.machine import cpu_seconds, device_name, machine_info
+from tdfusion_core.devices import pick_device
 from tdfusion_core.fusion import amp_dtype_for
 from tdfusion_core.nets.refusion_fast import PRECISIONS, FastFusion
+from tdfusion_core.sizes import parse_size  # noqa: F401  (re-exported: ``bench.fuse.parse_size`` was public)
 from tdfusion_core.speed import keep_freed_memory
 
 _AMP_NAMES = {"bfloat16": "bf16", "float16": "fp16"}
-
-
-def parse_size(text: str) -> tuple[int, int]:
-    """``"480x640"`` -> ``(480, 640)`` (height x width)."""
-    try:
-        h, w = (int(v) for v in text.lower().replace("×", "x").split("x"))
-    except ValueError:
-        raise ValueError(f"expected HEIGHTxWIDTH such as 480x640, got {text!r}") from None
-    if h < 1 or w < 1:
-        raise ValueError(f"size must be positive, got {text!r}")
-    return h, w
 
 
 @attrs.frozen
@@ -204,7 +195,7 @@ def bench_fuse(
     """
     if iters < 1 or batch_size < 1:
         raise ValueError("iters and batch_size must be at least 1")
-    dev = torch.device(device)
+    dev = pick_device(device)
     amp_dtype_for(dev, amp_dtype)  # validate the name before building anything
     if precision is None:
         precision = _AMP_NAMES[str(amp_dtype_for(dev, amp_dtype)).replace("torch.", "")] if amp else "fp32"

@@ -20,8 +20,10 @@ import click
 import torch
 
 from tdfusion_core.bench.machine import cpu_seconds, load_average, machine_info
+from tdfusion_core.commands.options import size_callback
 from tdfusion_core.config import TrainConfig
 from tdfusion_core.data.sample import Sample
+from tdfusion_core.devices import pick_device
 from tdfusion_core.meta import MetaMode
 from tdfusion_core.speed import keep_freed_memory
 
@@ -143,7 +145,7 @@ def bench_meta(
     from tdfusion_core.registry import get_task
     from tdfusion_core.trainer import MetaTrainer
 
-    dev = torch.device(device)
+    dev = pick_device(device)
     if keep_memory:
         keep_freed_memory()
     previous_threads = torch.get_num_threads()
@@ -218,16 +220,9 @@ def format_meta_results(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _size_option(value: str) -> tuple[int, int]:
-    parts = value.lower().split("x")
-    if len(parts) != 2 or not all(p.isdigit() and int(p) > 0 for p in parts):
-        raise click.BadParameter(f"expected HEIGHTxWIDTH, got {value!r}")
-    return int(parts[0]), int(parts[1])
-
-
 @click.command(name="meta")
 @click.option("--task", default="tiny-seg", show_default=True, help="Registered task (e.g. segformer, yolo).")
-@click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1 ...")
+@click.option("--device", default="auto", show_default=True, help="auto (CUDA, then MPS, else CPU), cpu, cuda:1 ...")
 @click.option(
     "--mode",
     "modes",
@@ -238,9 +233,18 @@ def _size_option(value: str) -> tuple[int, int]:
 @click.option("--amp", is_flag=True, help="bfloat16 autocast for forward passes.")
 @click.option("--iters", type=click.IntRange(min=1), default=5, show_default=True, help="Timed steps.")
 @click.option("--warmup", type=click.IntRange(min=0), default=2, show_default=True, help="Untimed steps first.")
-@click.option("--image-size", default="480x640", show_default=True, help="Source size HEIGHTxWIDTH.")
-@click.option("--crop-size", default="256x256", show_default=True, help="Fusion-loss crop HEIGHTxWIDTH.")
-@click.option("--task-size", default=None, help="Task input HEIGHTxWIDTH (default 240x320 masks, 192x256 boxes).")
+@click.option(
+    "--image-size", default="480x640", show_default=True, callback=size_callback(), help="Source size HEIGHTxWIDTH."
+)
+@click.option(
+    "--crop-size", default="256x256", show_default=True, callback=size_callback(), help="Fusion-loss crop HEIGHTxWIDTH."
+)
+@click.option(
+    "--task-size",
+    default=None,
+    callback=size_callback(),
+    help="Task input HEIGHTxWIDTH (default 240x320 masks, 192x256 boxes).",
+)
 @click.option("--num-classes", type=click.IntRange(min=1), default=9, show_default=True)
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads for torch (default: torch's).")
 @click.option(
@@ -270,9 +274,9 @@ def meta_command(
     amp: bool,
     iters: int,
     warmup: int,
-    image_size: str,
-    crop_size: str,
-    task_size: str | None,
+    image_size: tuple[int, int],
+    crop_size: tuple[int, int],
+    task_size: tuple[int, int] | None,
     num_classes: int,
     threads: int | None,
     task_sets: tuple[str, ...],
@@ -288,9 +292,9 @@ def meta_command(
         amp=amp,
         iters=iters,
         warmup=warmup,
-        image_size=_size_option(image_size),
-        crop_size=_size_option(crop_size),
-        task_size=_size_option(task_size) if task_size else None,
+        image_size=image_size,
+        crop_size=crop_size,
+        task_size=task_size,
         num_classes=num_classes,
         threads=threads,
         task_options=parse_sets(task_sets, "--set"),

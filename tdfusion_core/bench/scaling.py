@@ -34,6 +34,8 @@ from typing import Any
 
 import click
 
+from tdfusion_core.commands.options import size_callback
+
 
 def _sync(device: Any) -> None:
     import torch
@@ -271,17 +273,6 @@ def format_scaling(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _size(_ctx: click.Context, _param: click.Parameter, value: str) -> tuple[int, int]:
-    parts = value.lower().replace("×", "x").split("x")
-    try:
-        h, w = (int(parts[0]), int(parts[-1]))
-    except ValueError:
-        raise click.BadParameter(f"expected HEIGHTxWIDTH, got {value!r}") from None
-    if h <= 0 or w <= 0 or len(parts) > 2:
-        raise click.BadParameter(f"expected HEIGHTxWIDTH with positive sizes, got {value!r}")
-    return (h, w)
-
-
 def _counts(_ctx: click.Context, _param: click.Parameter, value: str) -> list[int]:
     try:
         counts = [int(v) for v in value.split(",") if v.strip()]
@@ -307,9 +298,9 @@ def _counts(_ctx: click.Context, _param: click.Parameter, value: str) -> list[in
 @click.option("--arch", default="refusion", show_default=True, help="Registered fusion architecture.")
 @click.option("--mode", type=click.Choice(["jvp", "double-backward", "finite-difference"]), default="jvp")
 @click.option("--meta-sync", type=click.Choice(["union", "per-shard"]), default="union", show_default=True)
-@click.option("--size", default="96x128", show_default=True, callback=_size, help="Source size HEIGHTxWIDTH.")
-@click.option("--crop", default="64x64", show_default=True, callback=_size, help="Fusion-loss crop.")
-@click.option("--task-size", default="96x128", show_default=True, callback=_size, help="Task input size.")
+@click.option("--size", default="96x128", show_default=True, callback=size_callback(), help="Source size HEIGHTxWIDTH.")
+@click.option("--crop", default="64x64", show_default=True, callback=size_callback(), help="Fusion-loss crop.")
+@click.option("--task-size", default="96x128", show_default=True, callback=size_callback(), help="Task input size.")
 @click.option("--steps", type=click.IntRange(min=1), default=4, show_default=True, help="Timed steps per phase.")
 @click.option("--warmup", type=click.IntRange(min=0), default=1, show_default=True, help="Untimed steps first.")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="Torch threads per process (CPU; default 1).")

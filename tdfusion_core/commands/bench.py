@@ -9,15 +9,7 @@ from typing import Any
 import click
 
 from tdfusion_core import hookimpl
-
-
-def _parse_size(_ctx: click.Context, _param: click.Parameter, value: str) -> tuple[int, int]:
-    from tdfusion_core.bench.fuse import parse_size
-
-    try:
-        return parse_size(value)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc)) from None
+from tdfusion_core.commands.options import size_callback
 
 
 @click.group(name="bench")
@@ -26,8 +18,8 @@ def bench_group() -> None:
 
 
 @bench_group.command(name="fuse")
-@click.option("--size", default="480x640", show_default=True, callback=_parse_size, help="Image size HEIGHTxWIDTH.")
-@click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1 ...")
+@click.option("--size", default="480x640", show_default=True, callback=size_callback(), help="Image size HEIGHTxWIDTH.")
+@click.option("--device", default="auto", show_default=True, help="auto (CUDA, then MPS, else CPU), cpu, cuda:1 ...")
 @click.option("--amp", is_flag=True, help="Autocast (see --amp-dtype).")
 @click.option(
     "--amp-dtype",

@@ -9,16 +9,7 @@ from typing import Any
 import click
 
 from tdfusion_core import hookimpl
-
-
-def _parse_size(_ctx: click.Context, _param: click.Parameter, value: str) -> tuple[int, int]:
-    try:
-        h, w = (int(v) for v in value.lower().split("x"))
-    except ValueError:
-        raise click.BadParameter(f"expected HxW, e.g. 96x128, got {value!r}") from None
-    if h < 16 or w < 16:
-        raise click.BadParameter(f"scenes need at least 16x16 pixels, got {value}")
-    return h, w
+from tdfusion_core.commands.options import size_callback
 
 
 def _parse_sources(_ctx: click.Context, _param: click.Parameter, value: str) -> tuple[str, ...]:
@@ -37,7 +28,7 @@ def data_group() -> None:
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True, help="Output folder.")
 @click.option("--n", "n", type=click.IntRange(min=1), default=64, show_default=True, help="Number of scenes.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the scenes.")
-@click.option("--size", default="96x128", show_default=True, callback=_parse_size, help="Scene size HxW.")
+@click.option("--size", default="96x128", show_default=True, callback=size_callback(minimum=16), help="Scene size HxW.")
 @click.option(
     "--split",
     default="train",

@@ -9,6 +9,7 @@ from typing import Any
 import click
 
 from tdfusion_core import hookimpl
+from tdfusion_core.commands.options import size_callback
 
 
 def _options(pairs: tuple[str, ...], hint: str) -> dict[str, Any]:
@@ -21,18 +22,6 @@ def _options(pairs: tuple[str, ...], hint: str) -> dict[str, Any]:
         key, value = pair.split("=", 1)
         out[key.strip().replace("-", "_")] = yaml.safe_load(value)
     return out
-
-
-def _size(value: str | None) -> tuple[int, int] | None:
-    if value is None:
-        return None
-    try:
-        h, w = (int(v) for v in value.lower().split("x"))
-    except ValueError:
-        raise click.BadParameter(f"expected HxW, e.g. 240x320, got {value!r}", param_hint="--size") from None
-    if h < 1 or w < 1:
-        raise click.BadParameter(f"size must be positive, got {value}", param_hint="--size")
-    return h, w
 
 
 @click.command(name="downstream")
@@ -62,9 +51,13 @@ def _size(value: str | None) -> tuple[int, int] | None:
     "--epochs", type=click.IntRange(min=1), help="Budget in passes over the training set (overrides --steps)."
 )
 @click.option("--batch-size", type=click.IntRange(min=1), default=2, show_default=True)
-@click.option("--size", help="HxW the task sees (default: the dataset's task size, else the task's, else native).")
+@click.option(
+    "--size",
+    callback=size_callback(),
+    help="HxW the task sees (default: the dataset's task size, else the task's, else native).",
+)
 @click.option("--seed", type=int, default=0, show_default=True, help="Same initial weights and order for all methods.")
-@click.option("--device", default="cpu", show_default=True)
+@click.option("--device", default="auto", show_default=True, help="auto (CUDA, then MPS, else CPU), cpu, cuda ...")
 @click.option("--task-option", "task_opts", multiple=True, metavar="KEY=VALUE", help="Task configuration (YAML value).")
 @click.option("--data-option", "data_opts", multiple=True, metavar="KEY=VALUE", help="Dataset options (YAML value).")
 @click.option("--quiet", is_flag=True)
@@ -80,7 +73,7 @@ def downstream_command(
     steps: int,
     epochs: int | None,
     batch_size: int,
-    size: str | None,
+    size: tuple[int, int] | None,
     seed: int,
     device: str,
     task_opts: tuple[str, ...],
@@ -124,7 +117,7 @@ def downstream_command(
             val_fraction=val_fraction,
             steps=steps,
             batch_size=batch_size,
-            size=_size(size),
+            size=size,
             seed=seed,
             device=device,
             task_options=_options(task_opts, "--task-option"),

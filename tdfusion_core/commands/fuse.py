@@ -35,7 +35,9 @@ from tdfusion_core import hookimpl
     required=True,
     help="tdfusion checkpoint, or a published ReFusion/TDFusion state dict (.pth).",
 )
-@click.option("--device", default="cpu", show_default=True, help="Device to run on: cpu, cuda, cuda:1 ...")
+@click.option(
+    "--device", default="auto", show_default=True, help="auto (CUDA, then MPS, else CPU), cpu, cuda, cuda:1 ..."
+)
 @click.option(
     "--batch-size",
     type=click.IntRange(min=1),
@@ -74,6 +76,23 @@ from tdfusion_core import hookimpl
     is_flag=True,
     help="Write the raw network output instead of stretching each image to [0, 1] as the reference does.",
 )
+@click.option(
+    "--tile-size",
+    type=click.IntRange(min=16),
+    default=1024,
+    show_default=True,
+    help="Images larger than --max-pixels are fused in overlapping tiles of this side (bounds memory).",
+)
+@click.option(
+    "--tile-overlap", type=click.IntRange(min=0), default=128, show_default=True, help="Overlap of the tiles (pixels)."
+)
+@click.option(
+    "--max-pixels",
+    type=click.IntRange(min=1),
+    default=1600 * 1600,
+    show_default=True,
+    help="Largest image (width x height) fused in one pass; larger ones are tiled.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def fuse_command(
@@ -92,13 +111,19 @@ def fuse_command(
     resize: bool,
     overwrite: bool,
     no_normalize: bool,
+    tile_size: int,
+    tile_overlap: int,
+    max_pixels: int,
     as_json: bool,
     quiet: bool,
 ) -> None:
     """Fuse every infrared/visible pair of two folders; writes OUT/Gray/NAME.png and, for colour input, OUT/RGB/.
 
-    Exits with status 1 when a pair could not be read (the others are still fused) or when the run is refused
-    (size mismatch without --resize, existing output folder without --overwrite, wrong checkpoint).
+    Exits with status 1 when a pair could not be read or fused to finite values (the others are still fused) or
+    when the run is refused (size mismatch without --resize, existing output folder without --overwrite, an output
+    folder that is an input folder, a wrong or non-finite checkpoint, a --device this machine lacks). Every image
+    is written through a temporary file and a rename. Images larger than --max-pixels are fused in overlapping
+    tiles, so any size fits in memory.
     """
     from tdfusion_core.checkpoints import CheckpointError
     from tdfusion_core.fusion import FusionInputError, fuse_images
@@ -125,8 +150,12 @@ def fuse_command(
             normalize=not no_normalize,
             precision=precision,
             fast=not eager,
+            tile_size=tile_size,
+            tile_overlap=tile_overlap,
+            max_pixels=max_pixels,
         )
-    except (FileNotFoundError, FileExistsError, FusionInputError, CheckpointError, RegistryError) as exc:
+    except (OSError, ValueError, FusionInputError, CheckpointError, RegistryError) as exc:
+        # user errors (missing files, duplicate names, a bad checkpoint or --device, a full disk): one line
         raise click.ClickException(str(exc)) from exc
     click.echo(json.dumps(summary.as_dict()) if as_json else summary.format())
     if not summary.ok:

@@ -31,6 +31,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from tdfusion_core.data import targets as target_ops_module
 from tdfusion_core.data.sample import Batch, Sample, collate_samples
+from tdfusion_core.sizes import parse_size
 
 Transform = Callable[[Sample], Sample]
 
@@ -141,10 +142,7 @@ class Compose:
 
 
 def _check_size(size: int | Sequence[int], what: str) -> tuple[int, int]:
-    h, w = (size, size) if isinstance(size, int) else tuple(int(s) for s in size)
-    if h <= 0 or w <= 0:
-        raise ValueError(f"{what} size must be positive, got {(h, w)}")
-    return h, w
+    return parse_size(size, what=f"{what} size")
 
 
 def crop(sample: Sample, top: int, left: int, height: int, width: int, target_ops: TargetOps | None = None) -> Sample:

@@ -58,6 +58,8 @@ class TinySegTask(Task):
     input_kind = "luminance"
     target_kind = "mask"
     ignore_index = 255
+    primary_metric = "mIoU"
+    config_keys = ("width",)
 
     def __init__(self, num_classes: int | None = 4, input_kind: str | None = None, **config: Any) -> None:
         super().__init__(num_classes=num_classes, **config)

@@ -22,9 +22,17 @@ def test_meta_trainer_steps_with_segformer_on_synthetic_scenes(base_task: Any) -
     task = SegFormerTask(num_classes=train_set.num_classes)
     task.network = copy.deepcopy(base_task.network)
     config = TrainConfig(
-        task="segformer", epochs=1, meta_steps=2, fusion_steps=1, batch_size=1, crop_size=(32, 32),
-        task_size=(64, 80), progress=False, log_images=False, seed=0,
-    )  # fmt: skip
+        task="segformer",
+        epochs=1,
+        meta_steps=2,
+        fusion_steps=1,
+        batch_size=1,
+        crop_size=(32, 32),
+        task_size=(32, 40),
+        progress=False,
+        log_images=False,
+        seed=0,
+    )  # fmt: skip  (task input half the scene size: the masks stay at 64x80, the full-resolution loss)
     torch.manual_seed(0)
     trainer = MetaTrainer(
         config, task=task, train_set=train_set, fusion_net=TinyFusion(), loss_generator=TinyGenerator()
@@ -33,6 +41,14 @@ def test_meta_trainer_steps_with_segformer_on_synthetic_scenes(base_task: Any) -
     t_params = list(task.network.parameters())
     g_before = [p.detach().clone() for p in trainer.loss_generator.parameters()]
 
+    seen: list[tuple[tuple[int, ...], tuple[int, ...]]] = []
+    compute_loss = task.compute_loss
+
+    def recording(network: Any, images: torch.Tensor, targets: Any) -> torch.Tensor:
+        seen.append((tuple(images.shape[1:]), tuple(targets.shape[-2:])))
+        return compute_loss(network, images, targets)
+
+    task.compute_loss = recording  # type: ignore[method-assign]
     meta = trainer.meta_phase(0)
     assert math.isfinite(meta["meta/task_loss"]) and math.isfinite(meta["meta/fusion_loss"])
     assert any(not torch.equal(a, b) for a, b in zip(g_before, trainer.loss_generator.parameters())), "G must learn"
@@ -43,6 +59,8 @@ def test_meta_trainer_steps_with_segformer_on_synthetic_scenes(base_task: Any) -
     assert math.isfinite(fusion["fusion/task_loss"]) and math.isfinite(fusion["fusion/fusion_loss"])
     assert any(not torch.equal(v, t_state[k]) for k, v in task.network.state_dict().items()), "T must learn"
     assert all(a is b for a, b in zip(task.network.parameters(), t_params))  # optimizer still holds T's parameters
+    # T saw the fused luminance at the task size and the masks at their native size, in both phases
+    assert seen and set(seen) == {((1, 32, 40), (64, 80))}
 
 
 def test_bench_meta_runs_segformer_on_cpu(offline_guard: None) -> None:

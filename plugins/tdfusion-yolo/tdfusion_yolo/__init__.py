@@ -71,4 +71,29 @@ def ensure_offline() -> None:
         events.enabled = False
 
 
-__all__ = ["PRIVATE_CONFIG_DIR", "__version__", "ensure_offline"]
+#: modules the task imports when it builds a network, and the line that installs them
+REQUIRED_MODULES = ("ultralytics", "torchvision")
+INSTALL_LINE = 'pip install torch==2.14.1 torchvision==0.29.1 "tdfusion-yolo"'
+
+
+def problem() -> str | None:
+    """``None`` when ultralytics and torchvision are installed, else one line with the fix (nothing imported)."""
+    import importlib.util
+
+    missing = [name for name in REQUIRED_MODULES if importlib.util.find_spec(name) is None]
+    if missing:
+        return f"{', '.join(missing)} not installed (needed by the yolo task): {INSTALL_LINE}"
+    return None
+
+
+def ensure_ready() -> None:
+    """Raise :class:`tdfusion_core.hookspecs.PluginNotReadyError` (one line, with the fix) when :func:`problem`
+    finds one."""
+    from tdfusion_core.hookspecs import PluginNotReadyError
+
+    found = problem()
+    if found is not None:
+        raise PluginNotReadyError(found)
+
+
+__all__ = ["PRIVATE_CONFIG_DIR", "__version__", "ensure_offline", "ensure_ready", "problem"]

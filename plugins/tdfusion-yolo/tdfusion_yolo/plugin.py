@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from tdfusion_core import hookimpl
+from tdfusion_yolo import problem
 from tdfusion_yolo.task import YoloTask
 
 
@@ -17,3 +18,9 @@ from tdfusion_yolo.task import YoloTask
 def tdfusion_register_tasks() -> Mapping[str, Any]:
     """Register :class:`tdfusion_yolo.task.YoloTask` as ``yolo``."""
     return {"yolo": YoloTask}
+
+
+@hookimpl(optionalhook=True)
+def tdfusion_plugin_ready() -> str | None:
+    """``None`` when ultralytics and torchvision are installed, else the install line (``tdfusion plugins``)."""
+    return problem()

@@ -37,7 +37,7 @@ import torch.nn as nn
 import torch.nn.functional as nnf
 
 from tdfusion_core.task import Task
-from tdfusion_yolo import ensure_offline
+from tdfusion_yolo import ensure_offline, ensure_ready
 from tdfusion_yolo.targets import as_box_list, to_ultralytics_batch
 
 #: ultralytics' default loss gains (``ultralytics/cfg/default.yaml``)
@@ -106,6 +106,7 @@ class YoloTask(Task):
         class_names: Iterable[str] | Mapping[int, str] | None = None,
         **config: Any,
     ) -> None:
+        ensure_ready()  # ultralytics / torchvision missing: one line with the install command, before any work
         super().__init__(num_classes=num_classes, checkpoint=checkpoint, lr=lr, **config)
         if input_kind is not None:
             if input_kind not in ("luminance", "rgb"):

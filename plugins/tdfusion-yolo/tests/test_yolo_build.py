@@ -129,3 +129,19 @@ def test_missing_num_classes_falls_back_to_the_yaml_with_a_warning():
     with pytest.warns(UserWarning, match="num_classes not given"):
         net = task.build_network()
     assert task.num_classes == 80 and net.model[-1].nc == 80
+
+
+def test_missing_ultralytics_is_reported_with_the_install_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    from tdfusion_yolo.plugin import tdfusion_plugin_ready
+
+    from tdfusion_core.hookspecs import PluginNotReadyError
+
+    assert tdfusion_plugin_ready() is None
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "ultralytics" else real(name, *a))
+    expected = 'ultralytics not installed (needed by the yolo task): pip install torch==2.14.1 torchvision==0.29.1 "tdfusion-yolo"'
+    assert tdfusion_plugin_ready() == expected
+    with pytest.raises(PluginNotReadyError, match="ultralytics not installed"):
+        YoloTask(num_classes=1)
