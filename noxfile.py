@@ -1,5 +1,5 @@
 """Developer sessions: ``nox -s tests`` (every test suite), ``lint``, ``typecheck``, ``demo``, ``docs``, ``slow``,
-``wheels`` (every distribution built and installed as a user would, then used).
+``wheels`` (every distribution built and installed as a user would, then used), ``gpu`` (the GPU benchmark suite).
 
 Core runs on the CPU build ``torch==2.13.0`` (taken from local disk where pip is configured so). Plugins whose
 frameworks need torchvision use ``torch==2.14.1 torchvision==0.29.1``.
@@ -87,6 +87,16 @@ def typecheck(session: nox.Session) -> None:
     install_core(session)
     session.install("mypy>=1.10", "types-PyYAML", "types-tqdm")
     session.run("mypy", "tdfusion_core")
+
+
+@nox.session(venv_backend="none")
+def gpu(session: nox.Session) -> None:
+    """Every GPU performance figure next to its target (``tdfusion bench suite --device cuda``), < 8 min on one GPU.
+
+    Runs in the current environment (a CUDA build of torch and the plugins to measure must be installed there);
+    writes ``bench-suite/suite.json`` and ``bench-suite/suite.md``. Extra arguments go to the command.
+    """
+    session.run("tdfusion", "bench", "suite", "--device", "cuda", *session.posargs, external=True)
 
 
 @nox.session(python=PYTHON)

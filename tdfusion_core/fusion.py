@@ -83,6 +83,8 @@ class FuseSummary:
     failed: dict[str, str] = attrs.field(factory=dict)
     seconds: float = 0.0
     device: str = "cpu"
+    precision: str = "fp32"
+    precision_error: float | None = None
 
     @property
     def ok(self) -> bool:
@@ -103,6 +105,10 @@ class FuseSummary:
             f"fused {len(self.fused)} pair(s) into {self.out_dir} on {self.device} in {self.seconds:.1f} s "
             f"({per_pair:.2f} s/pair); {len(self.rgb)} in colour (RGB/), all in gray (Gray/)"
         ]
+        if self.precision_error is not None:
+            lines.append(
+                f"{self.precision}: max |difference| to the float32 output {self.precision_error:.2g} (first pair)"
+            )
         if self.unpaired_ir:
             lines.append(
                 f"infrared images without a visible partner ({len(self.unpaired_ir)}): " + ", ".join(self.unpaired_ir)
@@ -431,6 +437,8 @@ class Fuser:
         amp, amp_dtype: autocast (see :func:`fuse_images`).
         normalize: min-max stretch the fused luminance, as the reference and ``tdfusion fuse`` do.
         tile_size, tile_overlap, max_pixels: tiling of large images (see :func:`run_tiled`).
+        precision, fast: the fusion network's compute type and ReFusion's fast exact pass (see :func:`fuse_images`);
+            with ``bf16``/``fp16`` the first call's max difference to float32 is kept in ``fusion_net.error_vs_fp32``.
     """
 
     def __init__(
@@ -443,11 +451,19 @@ class Fuser:
         tile_size: int | None = DEFAULT_TILE,
         tile_overlap: int = DEFAULT_OVERLAP,
         max_pixels: int | None = DEFAULT_MAX_PIXELS,
+        precision: str = "fp32",
+        fast: bool = True,
     ) -> None:
         self.device = pick_device(device, "--device")
         amp_dtype_for(self.device, amp_dtype)  # an unknown dtype name fails before any work
         fusion_net, loss_generator = _resolve_model(checkpoint)
         self.fusion_net = fusion_net.to(self.device).eval()
+        if fast or precision != "fp32":
+            from tdfusion_core.nets.refusion_fast import fast_inference
+            from tdfusion_core.speed import keep_freed_memory
+
+            keep_freed_memory()
+            self.fusion_net = fast_inference(self.fusion_net, precision, measure_error=True)
         self.loss_generator = loss_generator.to(self.device).eval() if loss_generator is not None else None
         self.multiple = max(int(getattr(self.fusion_net, "size_multiple", 1)), 1)
         self.amp, self.amp_dtype, self.normalize = amp, amp_dtype, normalize
@@ -581,6 +597,8 @@ def fuse_images(
     progress: bool = True,
     normalize: bool = True,
     amp_dtype: str = "auto",
+    precision: str = "fp32",
+    fast: bool = True,
     tile_size: int | None = DEFAULT_TILE,
     tile_overlap: int = DEFAULT_OVERLAP,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
@@ -609,6 +627,11 @@ def fuse_images(
             ``False`` writes the network output as it is.
         amp_dtype: autocast dtype with ``amp``: ``"auto"`` (float16 on CUDA, bfloat16 elsewhere; see
             :func:`amp_dtype_for`), ``"bfloat16"`` or ``"float16"``.
+        precision: ``"fp32"``, ``"bf16"`` or ``"fp16"``: the type the fusion network computes in; with the last two
+            the summary reports the first pair's max difference to float32 (``precision_error``).
+        fast: run ReFusion through its fast exact pass (:mod:`tdfusion_core.nets.refusion_fast`, within 1e-5 of
+            the eager network in float32) and keep freed memory for reuse (:func:`tdfusion_core.speed.keep_freed_memory`,
+            process-wide); ``False`` runs the network module as it is.
         tile_size, tile_overlap, max_pixels: images larger than ``max_pixels`` pixels are fused in overlapping
             tiles of ``tile_size`` (see :func:`run_tiled`), so any size fits in memory.
 
@@ -638,6 +661,7 @@ def fuse_images(
         unpaired_ir=sorted(ir[n].name for n in ir.keys() - vis.keys()),
         unpaired_vis=sorted(vis[n].name for n in vis.keys() - ir.keys()),
         device=str(device),
+        precision=precision,
     )
     if not names:
         raise FusionInputError(
@@ -662,6 +686,8 @@ def fuse_images(
         tile_size=tile_size,
         tile_overlap=tile_overlap,
         max_pixels=max_pixels,
+        precision=precision,
+        fast=fast,
     )
     if save_weights and fuser.loss_generator is None:
         raise FusionInputError(
@@ -688,5 +714,6 @@ def fuse_images(
             bar.update(consumed)
     finally:
         bar.close()
+    summary.precision_error = getattr(fuser.fusion_net, "error_vs_fp32", None)
     summary.seconds = time.perf_counter() - start
     return summary

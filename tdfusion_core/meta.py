@@ -42,7 +42,7 @@ from torch.func import jvp
 
 from tdfusion_core.colour import task_input
 from tdfusion_core.functional import call_with_parameters
-from tdfusion_core.losses import FusionLoss
+from tdfusion_core.losses import FusionLoss, intensity_loss
 from tdfusion_core.task import Task, functional_task_loss
 
 MetaMode = Literal["jvp", "double-backward", "finite-difference"]
@@ -259,10 +259,22 @@ class MetaStep:
         loss = functional_task_loss(self.task, images, batch.targets, params=params)
         return loss if loss.dtype in (torch.float32, torch.float64) else loss.float()
 
+    def _g_dependent_loss(self, fused: torch.Tensor, sources: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """The part of ``Lf`` that depends on G's weights: ``Lint`` alone for a :class:`FusionLoss`.
+
+        Step 4 differentiates w.r.t. θG; ``α·Lgrad`` (Sobel of the fused image against the sources' strongest
+        Sobel response) has no path to θG, so its term of ``∂Lf/∂If`` contributes exactly zero there and is not
+        computed. Any other loss object is used whole.
+        """
+        if type(self.fusion_loss) is FusionLoss:  # a subclass may add terms that do depend on G
+            return intensity_loss(fused, sources, weights, self.fusion_loss.intensity)
+        return self.fusion_loss(fused, sources, weights)
+
     def _intensity_grad(self, fused: torch.Tensor, sources: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-        """``∂Lf/∂If`` with the graph to ``weights`` kept (the only double-backward, through the loss alone)."""
+        """The θG-dependent part of ``∂Lf/∂If`` with the graph to ``weights`` kept (the only double-backward,
+        through the loss alone; see :meth:`_g_dependent_loss`)."""
         fused = fused.detach().requires_grad_(True)
-        loss = self.fusion_loss(fused, sources, weights)
+        loss = self._g_dependent_loss(fused, sources, weights)
         (grad,) = torch.autograd.grad(loss, fused, create_graph=True)
         return grad
 
@@ -409,7 +421,7 @@ class MetaStep:
             shifted = {n: p.detach() + sign * eps * v[n] for n, p in theta_f.items()}
             with torch.no_grad():
                 fused = self._fuse(shifted, sources)
-            loss = self.fusion_loss(fused, sources, self.loss_generator(sources))
+            loss = self._g_dependent_loss(fused, sources, self.loss_generator(sources))
             results.append(torch.autograd.grad(loss, theta_g, allow_unused=True))
         out: Params = {}
         for n, p, gp, gm in zip(g_names, theta_g, *results):

@@ -30,7 +30,6 @@ from tdfusion_core.batches import Batcher, resize_images
 from tdfusion_core.colour import task_input
 from tdfusion_core.config import TrainConfig
 from tdfusion_core.config_io import check_task_options
-from tdfusion_core.data.sample import Sample
 from tdfusion_core.data.transforms import meta_split
 from tdfusion_core.devices import pick_device
 from tdfusion_core.distributed import (
@@ -299,10 +298,6 @@ class MetaTrainer:
     # ------------------------------------------------------------------ data (tdfusion_core.batches)
     def _epoch_generator(self, epoch: int, phase: int) -> torch.Generator:
         return epoch_generator(self.config.seed, epoch, phase)
-
-    def _prepare(self, samples: list[Sample], gen: torch.Generator) -> tuple[torch.Tensor, TaskInput]:
-        """Kept for callers of the old private name: :meth:`Batcher.whole`."""
-        return self.batcher.whole(samples, gen)
 
     def _prepare_step(self, indices: Sequence[int], gen: torch.Generator) -> tuple[torch.Tensor, TaskInput]:
         """This process's share of the global batch of dataset ``indices`` (:meth:`Batcher.share`)."""

@@ -305,7 +305,7 @@ def test_segmentation_loss_is_the_released_full_resolution_ce():
         loss_generator=TinyGenerator(),
     )
     samples = [trainer.train_set[i] for i in range(2)]
-    _, batch = trainer._prepare(samples, torch.Generator().manual_seed(0))
+    _, batch = trainer.batcher.whole(samples, torch.Generator().manual_seed(0))
     assert batch.sources.shape[-2:] == (12, 16) and batch.targets.shape == (4, 24, 32)  # with the Switch
     assert torch.equal(batch.targets[:2], torch.stack([s.target for s in samples]))
     task = trainer.task

@@ -1,27 +1,76 @@
 """Inference benchmark of a fusion network (``tdfusion bench fuse``).
 
-Times the forward pass of the fusion network on random ``(B, 2, H, W)`` sources, with the options that matter for
-speed: autocast in bfloat16 or float16 (``amp``), ``torch.compile``, channels-last memory format, batch size. It reports ms per
-image, images per second, peak memory (CUDA: ``torch.cuda.max_memory_allocated`` during the timed calls; CPU: the
-peak resident set size of the whole process, from :mod:`resource`, which includes everything loaded before), and the
-largest absolute difference between the measured configuration's output and the fp32 eager output of the same
-network on the same input — the accuracy cost of the speed-up.
+Times the forward pass of the fusion network on random ``(B, 2, H, W)`` sources in one *configuration*: ReFusion's
+fast exact pass (:mod:`tdfusion_core.nets.refusion_fast`, what ``tdfusion fuse`` runs by default) or the network
+module as it is (``eager``), a precision (``fp32``, ``bf16``, ``fp16``; autocast for the eager module),
+``torch.compile``, channels-last memory (eager module), row strips (fast pass), batch size. It reports the median
+milliseconds per image (wall) and the CPU time per image (user + system of the process: on a machine that other jobs
+share, the steadier figure), images per second, peak memory (CUDA: ``torch.cuda.max_memory_allocated`` during the
+timed calls; CPU: the peak resident set size of the whole process, which includes everything loaded before), and the
+largest absolute difference to the fp32 eager output of the same network on the same input.
+
+``compare`` times a second configuration on the same network and input, interleaved call by call with the first
+(A, B, A, B, ...), so that both see the same machine load; the result holds both and the speed-up of the first.
 """
 
 from __future__ import annotations
 
-import os
-import platform
+import statistics
 import time
 from pathlib import Path
 from typing import Any
 
+import attrs
 import torch
 from torch import nn
 
+from tdfusion_core.bench.machine import cpu_seconds, device_name, machine_info
 from tdfusion_core.devices import pick_device
-from tdfusion_core.fusion import amp_dtype_for, autocast
+from tdfusion_core.fusion import amp_dtype_for
+from tdfusion_core.nets.refusion_fast import PRECISIONS, FastFusion
 from tdfusion_core.sizes import parse_size  # noqa: F401  (re-exported: ``bench.fuse.parse_size`` was public)
+from tdfusion_core.speed import keep_freed_memory
+
+_AMP_NAMES = {"bfloat16": "bf16", "float16": "fp16"}
+
+
+@attrs.frozen
+class FuseConfig:
+    """One way of running the fusion network; :meth:`parse` reads ``"fast,bf16,strips=32"``-style text."""
+
+    fast: bool = True
+    precision: str = "fp32"
+    compile: bool = False
+    channels_last: bool = False
+    strip_rows: int | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> FuseConfig:
+        """Comma-separated words: ``fast``/``eager``, ``fp32``/``bf16``/``fp16``, ``compile``, ``channels-last``,
+        ``strips=N``; unnamed settings keep their defaults (fast, fp32)."""
+        values: dict[str, Any] = {}
+        for word in filter(None, (w.strip().lower() for w in text.split(","))):
+            if word in ("fast", "eager"):
+                values["fast"] = word == "fast"
+            elif word in PRECISIONS:
+                values["precision"] = word
+            elif word == "compile":
+                values["compile"] = True
+            elif word in ("channels-last", "channels_last"):
+                values["channels_last"] = True
+            elif word.startswith("strips=") and word[7:].isdigit() and int(word[7:]) > 0:
+                values["strip_rows"] = int(word[7:])
+            else:
+                raise ValueError(
+                    f"unknown configuration word {word!r} in {text!r}; use fast, eager, fp32, bf16, fp16, compile, "
+                    "channels-last, strips=N"
+                )
+        return cls(**values)
+
+    def label(self) -> str:
+        words = ["fast" if self.fast else "eager", self.precision]
+        words += ["compile"] * self.compile + ["channels-last"] * self.channels_last
+        return ",".join(words + ([f"strips={self.strip_rows}"] if self.strip_rows else []))
 
 
 def _peak_rss_mb() -> float | None:
@@ -29,26 +78,15 @@ def _peak_rss_mb() -> float | None:
         import resource
     except ImportError:  # not on POSIX
         return None
+    import platform
+
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    # Linux reports KiB, macOS bytes.
-    return peak / (1024 * 1024) if platform.system() == "Darwin" else peak / 1024
+    return peak / (1024 * 1024) if platform.system() == "Darwin" else peak / 1024  # Linux: KiB, macOS: bytes
 
 
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def _device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    try:  # Linux: the CPU model
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return f"{line.split(':', 1)[1].strip()} ({os.cpu_count()} CPUs)"
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _build(arch: str, checkpoint: str | Path | None) -> nn.Module:
@@ -59,6 +97,52 @@ def _build(arch: str, checkpoint: str | Path | None) -> nn.Module:
     from tdfusion_core.registry import get_fusion_net
 
     return get_fusion_net(arch, num_sources=2)
+
+
+def _runner(net: nn.Module, x: torch.Tensor, config: FuseConfig, dev: torch.device) -> Any:
+    """A no-argument callable running ``config`` on ``x`` (float32 output)."""
+    if config.fast and isinstance(getattr(net, "FM", None), nn.Module):
+        fast = FastFusion(net, config.precision, strip_rows=config.strip_rows, compile=config.compile)  # type: ignore[arg-type]
+        return lambda: fast(x)
+    model: Any = net
+    inp = x
+    if config.channels_last:
+        model = net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        inp = x.contiguous(memory_format=torch.channels_last)
+    if config.compile:
+        model = torch.compile(model)
+    dtype = PRECISIONS[config.precision]
+
+    def call() -> torch.Tensor:
+        with torch.inference_mode(), torch.autocast(dev.type, dtype=dtype, enabled=dtype != torch.float32):
+            out: torch.Tensor = model(inp)
+        return out.float()
+
+    return call
+
+
+def _time_calls(runners: list[Any], dev: torch.device, iters: int, warmup: int) -> list[dict[str, Any]]:
+    """Warm up and time each runner ``iters`` times, interleaved; per runner: first call, wall and CPU times, output."""
+    stats: list[dict[str, Any]] = []
+    for run in runners:
+        t0 = time.perf_counter()
+        run()
+        _sync(dev)
+        stats.append({"first_call_s": time.perf_counter() - t0, "wall": [], "cpu": [], "out": None})
+    for _ in range(max(warmup - 1, 0)):
+        for run in runners:
+            run()
+    _sync(dev)
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+    for _ in range(iters):
+        for run, s in zip(runners, stats, strict=True):
+            c0, t0 = cpu_seconds(), time.perf_counter()
+            s["out"] = run()
+            _sync(dev)
+            s["wall"].append(time.perf_counter() - t0)
+            s["cpu"].append(cpu_seconds() - c0)
+    return stats
 
 
 def bench_fuse(
@@ -75,53 +159,66 @@ def bench_fuse(
     seed: int = 0,
     amp_dtype: str = "auto",
     threads: int | None = None,
+    fast: bool = True,
+    precision: str | None = None,
+    strip_rows: int | None = None,
+    compare: str | FuseConfig | None = None,
+    keep_memory: bool = True,
 ) -> dict[str, Any]:
     """Benchmark the fusion network's forward pass and return the figures as a JSON-ready dict.
 
     Args:
         size: ``(height, width)`` of each image.
         device: ``"cpu"``, ``"cuda"``, ...
-        amp: autocast, in ``amp_dtype``.
-        compile: ``torch.compile`` the network (compilation happens in the warm-up and is reported as
-            ``first_call_s``, not in the timings).
-        channels_last: network and input in channels-last memory format.
+        amp: the older spelling of ``precision``: autocast in ``amp_dtype`` (``"auto"``: fp16 on CUDA, bf16 else).
+        compile: ``torch.compile`` (compilation happens in the first call, reported as ``first_call_s``).
+        channels_last: the eager module and its input in channels-last memory format.
         batch_size: images per forward pass.
-        iters: timed forward passes.
+        iters: timed forward passes (per configuration).
         warmup: untimed forward passes before timing (at least 1).
         arch: registered fusion architecture, built with random weights (ignored when ``checkpoint`` is given).
         checkpoint: a checkpoint to load the network from instead.
         seed: seed of the random weights and input.
-        amp_dtype: ``"auto"`` (float16 on CUDA, bfloat16 elsewhere), ``"bfloat16"`` or ``"float16"``.
-        threads: CPU threads for torch (``torch.set_num_threads``) during the benchmark; ``None`` keeps the current
-            setting. On a busy machine one thread can be far faster than several.
+        threads: CPU threads for torch during the benchmark; ``None`` keeps the current setting.
+        fast: ReFusion's fast exact pass (other architectures always run as modules).
+        precision: ``"fp32"``, ``"bf16"`` or ``"fp16"`` (default fp32, or what ``amp`` says).
+        strip_rows: the fast pass by strips of that many rows.
+        compare: a second configuration (:class:`FuseConfig` or its text form, e.g. ``"eager"``) timed
+            interleaved with this one; its figures go under ``"compare"`` with ``speedup`` = its time / this time.
+        keep_memory: apply :func:`tdfusion_core.speed.keep_freed_memory` first (process-wide, as ``tdfusion fuse``
+            does on its fast path); ``False`` measures with glibc's default allocator behaviour.
 
     Returns:
-        ``ms_per_image``, ``images_per_s``, ``peak_memory_mb`` (with ``peak_memory_kind``), ``max_abs_diff`` (vs fp32
-        eager), ``first_call_s`` and the configuration (``size``, ``device``, ``device_name``, ``amp``, ``compile``,
-        ``channels_last``, ``batch_size``, ``iters``, ``params``, ``torch_version``, ``threads``).
+        ``ms_per_image`` (median wall), ``cpu_ms_per_image`` (median CPU), ``images_per_s``, ``peak_memory_mb``
+        (with ``peak_memory_kind``), ``max_abs_diff`` (vs fp32 eager), ``first_call_s``, the configuration and
+        ``machine`` (:func:`tdfusion_core.bench.machine.machine_info`).
     """
     if iters < 1 or batch_size < 1:
         raise ValueError("iters and batch_size must be at least 1")
     dev = pick_device(device)
     amp_dtype_for(dev, amp_dtype)  # validate the name before building anything
+    if precision is None:
+        precision = _AMP_NAMES[str(amp_dtype_for(dev, amp_dtype)).replace("torch.", "")] if amp else "fp32"
+    config = FuseConfig(fast, precision, compile, channels_last, strip_rows)
+    other = FuseConfig.parse(compare) if isinstance(compare, str) else compare
+    if keep_memory:
+        keep_freed_memory()
     previous_threads = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)
     try:
-        return _bench(
-            size, dev, amp, amp_dtype, compile, channels_last, batch_size, iters, warmup, arch, checkpoint, seed
-        )
+        result = _bench(size, dev, config, other, batch_size, iters, warmup, arch, checkpoint, seed)
     finally:
         torch.set_num_threads(previous_threads)
+    result["keep_freed_memory"] = keep_memory
+    return result
 
 
 def _bench(
     size: tuple[int, int],
     dev: torch.device,
-    amp: bool,
-    amp_dtype: str,
-    compile: bool,
-    channels_last: bool,
+    config: FuseConfig,
+    other: FuseConfig | None,
     batch_size: int,
     iters: int,
     warmup: int,
@@ -130,88 +227,92 @@ def _bench(
     seed: int,
 ) -> dict[str, Any]:
     h, w = size
+    start_info = machine_info(dev)
     torch.manual_seed(seed)
     net = _build(arch, checkpoint).to(dev).eval()
     gen = torch.Generator().manual_seed(seed)
     x = torch.rand(batch_size, 2, h, w, generator=gen).to(dev)
-
     with torch.inference_mode():
         reference = net(x).float()
-
-    model: Any = net
-    inp = x
-    if channels_last:
-        model = net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-        inp = x.contiguous(memory_format=torch.channels_last)
-    if compile:
-        model = torch.compile(model)
-
-    def call() -> torch.Tensor:
-        with torch.inference_mode(), autocast(dev, amp, amp_dtype):
-            out: torch.Tensor = model(inp)
-        return out
-
-    t0 = time.perf_counter()
-    out = call()
-    _sync(dev)
-    first_call_s = time.perf_counter() - t0
-    for _ in range(max(warmup - 1, 0)):
-        call()
-    _sync(dev)
-    if dev.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(dev)
-    t0 = time.perf_counter()
-    for _ in range(iters):
-        out = call()
-    _sync(dev)
-    elapsed = time.perf_counter() - t0
-
+    configs = [config] + ([other] if other is not None else [])
+    runners = [_runner(net, x, c, dev) for c in configs]
+    stats = _time_calls(runners, dev, iters, warmup)
     if dev.type == "cuda":
         peak_mb: float | None = torch.cuda.max_memory_allocated(dev) / 2**20
         peak_kind = "cuda_max_allocated"
     else:
         peak_mb = _peak_rss_mb()
         peak_kind = "process_peak_rss"
-    ms_per_image = elapsed / (iters * batch_size) * 1000.0
-    return {
+
+    def figures(c: FuseConfig, s: dict[str, Any]) -> dict[str, Any]:
+        ms = statistics.median(s["wall"]) / batch_size * 1000.0
+        return {
+            "config": c.label(),
+            "fast": c.fast,
+            "precision": c.precision,
+            "dtype": str(PRECISIONS[c.precision]).replace("torch.", ""),
+            "amp": c.precision != "fp32",
+            "compile": c.compile,
+            "channels_last": c.channels_last,
+            "strip_rows": c.strip_rows,
+            "ms_per_image": ms,
+            "cpu_ms_per_image": statistics.median(s["cpu"]) / batch_size * 1000.0,
+            "images_per_s": 1000.0 / ms,
+            "first_call_s": s["first_call_s"],
+            "max_abs_diff": float((s["out"].float() - reference).abs().max()),
+        }
+
+    result: dict[str, Any] = {
         "benchmark": "fuse",
-        "arch": arch if checkpoint is None else f"checkpoint:{checkpoint}",
+        "arch": config_arch(arch, checkpoint),
         "size": [h, w],
         "batch_size": batch_size,
         "device": str(dev),
-        "device_name": _device_name(dev),
-        "amp": amp,
-        "dtype": str(amp_dtype_for(dev, amp_dtype)).replace("torch.", "") if amp else "float32",
-        "compile": compile,
-        "channels_last": channels_last,
+        "device_name": device_name(dev),
+        **figures(config, stats[0]),
         "iters": iters,
         "warmup": warmup,
-        "ms_per_image": ms_per_image,
-        "images_per_s": 1000.0 / ms_per_image,
-        "first_call_s": first_call_s,
         "peak_memory_mb": peak_mb,
         "peak_memory_kind": peak_kind,
-        "max_abs_diff": float((out.float() - reference).abs().max()),
         "params": sum(p.numel() for p in net.parameters()),
         "torch_version": torch.__version__,
         "threads": torch.get_num_threads(),
+        "machine": {**start_info, "load_average_end": machine_info(dev)["load_average"]},
     }
+    if other is not None:
+        compared = figures(other, stats[1])
+        compared["speedup"] = compared["ms_per_image"] / result["ms_per_image"]
+        compared["cpu_speedup"] = compared["cpu_ms_per_image"] / max(result["cpu_ms_per_image"], 1e-9)
+        result["compare"] = compared
+    return result
+
+
+def config_arch(arch: str, checkpoint: str | Path | None) -> str:
+    return arch if checkpoint is None else f"checkpoint:{checkpoint}"
 
 
 def format_result(result: dict[str, Any]) -> str:
     """Human-readable one-screen form of :func:`bench_fuse`'s result."""
     h, w = result["size"]
-    options = [name for name in ("compile", "channels_last") if result[name]]
-    options = ([f"{result['dtype']} autocast"] if result["amp"] else ["float32"]) + (options or ["eager"])
     peak = result["peak_memory_mb"]
     peak_text = "n/a" if peak is None else f"{peak:.1f} MiB ({result['peak_memory_kind']})"
-    return "\n".join(
-        [
-            f"fuse {h}x{w}, batch {result['batch_size']}, {result['device']} ({result['device_name']}), "
-            f"{', '.join(options)}, {result['iters']} iterations",
-            f"  {result['ms_per_image']:.2f} ms/image, {result['images_per_s']:.2f} images/s",
-            f"  peak memory: {peak_text}",
-            f"  max |difference| to fp32 eager: {result['max_abs_diff']:.3g}",
-            f"  first call (incl. compilation): {result['first_call_s']:.2f} s",
+    lines = [
+        f"fuse {h}x{w}, batch {result['batch_size']}, {result['device']} ({result['device_name']}), "
+        f"{result['threads']} thread(s), {result['iters']} iterations, load average {result['machine']['load_average']}",
+    ]
+    rows = [result] + ([result["compare"]] if "compare" in result else [])
+    for r in rows:
+        lines += [
+            f"  [{r['config']}] {r['ms_per_image']:.2f} ms/image (median wall), {r['cpu_ms_per_image']:.2f} CPU "
+            f"ms/image, {r['images_per_s']:.2f} images/s",
+            f"    max |difference| to fp32 eager: {r['max_abs_diff']:.3g}; first call (incl. compilation): "
+            f"{r['first_call_s']:.2f} s",
         ]
-    )
+    if "compare" in result:
+        c = result["compare"]
+        lines.append(
+            f"  [{result['config']}] is {c['speedup']:.2f}x faster than [{c['config']}] (wall), "
+            f"{c['cpu_speedup']:.2f}x (CPU time)"
+        )
+    lines.append(f"  peak memory: {peak_text}")
+    return "\n".join(lines)

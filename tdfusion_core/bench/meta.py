@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import resource
+import statistics
 import sys
 import time
 from collections.abc import Sequence
@@ -18,11 +19,13 @@ from typing import Any
 import click
 import torch
 
+from tdfusion_core.bench.machine import cpu_seconds, load_average, machine_info
 from tdfusion_core.commands.options import size_callback
 from tdfusion_core.config import TrainConfig
 from tdfusion_core.data.sample import Sample
 from tdfusion_core.devices import pick_device
 from tdfusion_core.meta import MetaMode
+from tdfusion_core.speed import keep_freed_memory
 
 DEFAULT_TASK_SIZES = {"mask": (240, 320), "boxes": (192, 256)}
 
@@ -64,33 +67,53 @@ def _peak_mb(device: torch.device) -> float:
     return rss / 2**20 if sys.platform == "darwin" else rss / 2**10  # bytes on macOS, KiB elsewhere
 
 
-def _time(fn: Any, device: torch.device, iters: int, warmup: int) -> float:
-    for _ in range(warmup):
-        fn()
+def _timed(fn: Any, device: torch.device) -> tuple[float, float]:
+    """Wall and CPU milliseconds of one call."""
     _sync(device)
-    start = time.perf_counter()
-    for _ in range(iters):
-        fn()
+    c0, t0 = cpu_seconds(), time.perf_counter()
+    fn()
     _sync(device)
-    return (time.perf_counter() - start) / iters * 1000.0
+    return (time.perf_counter() - t0) * 1000.0, (cpu_seconds() - c0) * 1000.0
 
 
-def _bench_mode(trainer: Any, dev: torch.device, iters: int, warmup: int) -> dict[str, Any]:
-    data = trainer.train_set
-    gen = torch.Generator().manual_seed(0)
-    crop, mtr = trainer.batcher.whole([data[0]], gen)
-    _, mts = trainer.batcher.whole([data[1]], gen)
-    if dev.type == "cuda":
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats(dev)
-    meta_ms = _time(lambda: trainer.meta_update(crop, mtr, mts), dev, iters, warmup)
-    meta_peak = _peak_mb(dev)
-    fusion_ms = _time(lambda: trainer.fusion_update(crop, mtr), dev, iters, warmup)
+def _median(values: list[float]) -> float:
+    return round(statistics.median(values), 2)
+
+
+def _bench_modes(trainers: dict[str, Any], dev: torch.device, iters: int, warmup: int) -> dict[str, Any]:
+    """Time every trainer's meta step pair and fusion step, interleaved round by round (same load for all)."""
+    batches = {}
+    for mode, trainer in trainers.items():
+        data = trainer.train_set
+        gen = torch.Generator().manual_seed(0)
+        crop, mtr = trainer.batcher.whole([data[0]], gen)
+        _, mts = trainer.batcher.whole([data[1]], gen)
+        batches[mode] = (crop, mtr, mts)
+    times: dict[str, dict[str, list[float]]] = {m: {k: [] for k in ("mw", "mc", "fw", "fc")} for m in trainers}
+    peaks: dict[str, float] = {}
+    for step in range(warmup + iters):
+        for mode, trainer in trainers.items():
+            crop, mtr, mts = batches[mode]
+            if dev.type == "cuda" and step == warmup:
+                torch.cuda.empty_cache()
+                torch.cuda.reset_peak_memory_stats(dev)
+            mw, mc = _timed(lambda t=trainer, c=crop, a=mtr, b=mts: t.meta_update(c, a, b), dev)
+            fw, fc = _timed(lambda t=trainer, c=crop, a=mtr: t.fusion_update(c, a), dev)
+            if step >= warmup:
+                for key, value in zip(("mw", "mc", "fw", "fc"), (mw, mc, fw, fc), strict=True):
+                    times[mode][key].append(value)
+                peaks[mode] = max(peaks.get(mode, 0.0), _peak_mb(dev))
+    kind = "torch.cuda.max_memory_allocated" if dev.type == "cuda" else "process max RSS (cumulative)"
     return {
-        "meta_pair_ms": round(meta_ms, 2),
-        "fusion_step_ms": round(fusion_ms, 2),
-        "peak_memory_mb": round(max(meta_peak, _peak_mb(dev)), 1),
-        "peak_memory_kind": "torch.cuda.max_memory_allocated" if dev.type == "cuda" else "process max RSS (cumulative)",
+        mode: {
+            "meta_pair_ms": _median(t["mw"]),
+            "meta_pair_cpu_ms": _median(t["mc"]),
+            "fusion_step_ms": _median(t["fw"]),
+            "fusion_step_cpu_ms": _median(t["fc"]),
+            "peak_memory_mb": round(peaks.get(mode, _peak_mb(dev)), 1),
+            "peak_memory_kind": kind,
+        }
+        for mode, t in times.items()
     }
 
 
@@ -108,44 +131,69 @@ def bench_meta(
     fusion_net: str = "refusion",
     loss_generator: str = "lpn",
     num_classes: int = 9,
+    threads: int | None = None,
+    train_options: dict[str, Any] | None = None,
+    keep_memory: bool = True,
 ) -> dict[str, Any]:
-    """Time the meta step pair and the fusion step for each mode; returns one JSON-ready dict."""
+    """Time the meta step pair and the fusion step for each mode, interleaved; returns one JSON-ready dict.
+
+    ``task_options`` go to the task's factory (e.g. ``{"input_kind": "luminance"}``), ``train_options`` to
+    :class:`~tdfusion_core.config.TrainConfig` (e.g. ``{"task_step": "sgd"}``); ``threads`` sets torch's CPU threads
+    for the run; ``keep_memory`` applies :func:`tdfusion_core.speed.keep_freed_memory` first (process-wide).
+    Medians over ``iters`` rounds after ``warmup``; each round runs every mode's meta pair then fusion step.
+    """
     from tdfusion_core.registry import get_task
     from tdfusion_core.trainer import MetaTrainer
 
     dev = pick_device(device)
-    options = {"num_classes": num_classes, **(task_options or {})}
-    task_obj = get_task(task, **options)
-    size = task_size or DEFAULT_TASK_SIZES.get(task_obj.target_kind) or task_obj.default_input_size or (240, 320)
-    data = RandomScenes(4, image_size, task_obj.target_kind, num_classes)
-    results: dict[str, Any] = {
-        "task": task,
-        "device": str(dev) if dev.type != "cuda" else torch.cuda.get_device_name(dev),
-        "amp": amp,
-        "image_size": list(image_size),
-        "crop_size": list(crop_size),
-        "task_size": list(size),
-        "batch": "1 pair + Switch (2)",
-        "iters": iters,
-        "modes": {},
-    }
-    for mode in modes:
-        torch.manual_seed(0)
-        config = TrainConfig(
-            task=task,
-            fusion_net=fusion_net,
-            loss_generator=loss_generator,
-            meta_mode=mode,
-            device=device,
-            amp=amp,
-            crop_size=crop_size,
-            task_size=size,
-            progress=False,
-            log_images=False,
-        )
-        results["modes"][mode] = _bench_mode(
-            MetaTrainer(config, task=get_task(task, **options), train_set=data), dev, iters, warmup
-        )
+    if keep_memory:
+        keep_freed_memory()
+    previous_threads = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        options = {"num_classes": num_classes, **(task_options or {})}
+        task_obj = get_task(task, **options)
+        size = task_size or DEFAULT_TASK_SIZES.get(task_obj.target_kind) or task_obj.default_input_size or (240, 320)
+        data = RandomScenes(4, image_size, task_obj.target_kind, num_classes)
+        results: dict[str, Any] = {
+            "task": task,
+            "task_options": options,
+            "train_options": dict(train_options or {}),
+            "device": str(dev) if dev.type != "cuda" else torch.cuda.get_device_name(dev),
+            "amp": amp,
+            "image_size": list(image_size),
+            "crop_size": list(crop_size),
+            "task_size": list(size),
+            "batch": "1 pair + Switch (2)",
+            "iters": iters,
+            "threads": torch.get_num_threads(),
+            "keep_freed_memory": keep_memory,
+            "machine": machine_info(dev),
+        }
+        trainers: dict[str, Any] = {}
+        for mode in modes:
+            torch.manual_seed(0)
+            config = TrainConfig(
+                **{
+                    "task": task,
+                    "fusion_net": fusion_net,
+                    "loss_generator": loss_generator,
+                    "meta_mode": mode,
+                    "device": device,
+                    "amp": amp,
+                    "crop_size": crop_size,
+                    "task_size": size,
+                    "progress": False,
+                    "log_images": False,
+                    **(train_options or {}),
+                }
+            )
+            trainers[mode] = MetaTrainer(config, task=get_task(task, **options), train_set=data)
+        results["modes"] = _bench_modes(trainers, dev, iters, warmup)
+        results["machine"]["load_average_end"] = load_average()
+    finally:
+        torch.set_num_threads(previous_threads)
     if "jvp" in results["modes"] and "double-backward" in results["modes"]:
         results["jvp_speedup_over_double_backward"] = round(
             results["modes"]["double-backward"]["meta_pair_ms"] / results["modes"]["jvp"]["meta_pair_ms"], 2
@@ -157,11 +205,16 @@ def format_meta_results(results: dict[str, Any]) -> str:
     """Human-readable table of :func:`bench_meta` results."""
     lines = [
         f"task {results['task']} on {results['device']} (amp={results['amp']}), sources {results['image_size']}, "
-        f"crop {results['crop_size']}, task input {results['task_size']}, batch {results['batch']}",
-        f"{'mode':<20}{'meta pair ms':>14}{'fusion step ms':>16}{'peak MB':>10}",
+        f"crop {results['crop_size']}, task input {results['task_size']}, batch {results['batch']}, "
+        f"{results['threads']} thread(s), load average {results['machine']['load_average']} (medians of "
+        f"{results['iters']} interleaved rounds)",
+        f"{'mode':<20}{'meta pair ms':>14}{'(CPU ms)':>10}{'fusion step ms':>16}{'(CPU ms)':>10}{'peak MB':>10}",
     ]
     for mode, r in results["modes"].items():
-        lines.append(f"{mode:<20}{r['meta_pair_ms']:>14.1f}{r['fusion_step_ms']:>16.1f}{r['peak_memory_mb']:>10.0f}")
+        lines.append(
+            f"{mode:<20}{r['meta_pair_ms']:>14.1f}{r['meta_pair_cpu_ms']:>10.1f}{r['fusion_step_ms']:>16.1f}"
+            f"{r['fusion_step_cpu_ms']:>10.1f}{r['peak_memory_mb']:>10.0f}"
+        )
     if "jvp_speedup_over_double_backward" in results:
         lines.append(f"jvp is {results['jvp_speedup_over_double_backward']:.2f}x faster than double-backward")
     return "\n".join(lines)
@@ -193,6 +246,26 @@ def format_meta_results(results: dict[str, Any]) -> str:
     help="Task input HEIGHTxWIDTH (default 240x320 masks, 192x256 boxes).",
 )
 @click.option("--num-classes", type=click.IntRange(min=1), default=9, show_default=True)
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads for torch (default: torch's).")
+@click.option(
+    "--set",
+    "task_sets",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Task option, repeatable (e.g. --set input_kind=luminance); VALUE is read as YAML (numbers, true, text).",
+)
+@click.option(
+    "--train-set",
+    "train_sets",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Training-config field, repeatable (e.g. --train-set task_step=sgd).",
+)
+@click.option(
+    "--default-allocator",
+    is_flag=True,
+    help="Leave glibc malloc as it is (default: keep freed memory, see tdfusion_core.speed).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def meta_command(
     task: str,
@@ -205,6 +278,10 @@ def meta_command(
     crop_size: tuple[int, int],
     task_size: tuple[int, int] | None,
     num_classes: int,
+    threads: int | None,
+    task_sets: tuple[str, ...],
+    train_sets: tuple[str, ...],
+    default_allocator: bool,
     as_json: bool,
 ) -> None:
     """Time the meta step pair (inner + outer), the fusion step and peak memory at the released code's sizes."""
@@ -219,5 +296,22 @@ def meta_command(
         crop_size=crop_size,
         task_size=task_size,
         num_classes=num_classes,
+        threads=threads,
+        task_options=parse_sets(task_sets, "--set"),
+        train_options=parse_sets(train_sets, "--train-set"),
+        keep_memory=not default_allocator,
     )
     click.echo(json.dumps(results) if as_json else format_meta_results(results))
+
+
+def parse_sets(items: Sequence[str], option: str) -> dict[str, Any]:
+    """``["a=1", "b=text"]`` -> ``{"a": 1, "b": "text"}`` (values read as YAML scalars)."""
+    import yaml
+
+    values: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise click.BadParameter(f"expected KEY=VALUE, got {item!r}", param_hint=option)
+        values[key.strip()] = yaml.safe_load(text) if text else ""
+    return values

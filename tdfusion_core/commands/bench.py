@@ -41,6 +41,23 @@ def bench_group() -> None:
     help="Load the network from a checkpoint instead of random weights.",
 )
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads for torch (default: torch's).")
+@click.option("--eager", is_flag=True, help="Time the network module as it is instead of ReFusion's fast pass.")
+@click.option(
+    "--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default=None, help="Compute type (default fp32)."
+)
+@click.option("--strip-rows", type=click.IntRange(min=1), default=None, help="Fast pass by strips of N rows.")
+@click.option(
+    "--compare",
+    default=None,
+    metavar="CONFIG",
+    help="Also time CONFIG interleaved with this one, e.g. 'eager' or 'fast,bf16' (words: fast, eager, fp32, bf16, "
+    "fp16, compile, channels-last, strips=N), and print the speed-up.",
+)
+@click.option(
+    "--default-allocator",
+    is_flag=True,
+    help="Leave glibc malloc as it is (default: keep freed memory, as tdfusion fuse does; see tdfusion_core.speed).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def bench_fuse_command(
     size: tuple[int, int],
@@ -55,11 +72,21 @@ def bench_fuse_command(
     arch: str,
     checkpoint: Path | None,
     threads: int | None,
+    eager: bool,
+    precision: str | None,
+    strip_rows: int | None,
+    compare: str | None,
+    default_allocator: bool,
     as_json: bool,
 ) -> None:
     """Time the fusion network's forward pass: ms/image, images/s, peak memory, difference to fp32 eager."""
-    from tdfusion_core.bench.fuse import bench_fuse, format_result
+    from tdfusion_core.bench.fuse import FuseConfig, bench_fuse, format_result
 
+    if compare is not None:
+        try:
+            FuseConfig.parse(compare)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--compare") from None
     result = bench_fuse(
         size=size,
         device=device,
@@ -73,6 +100,11 @@ def bench_fuse_command(
         arch=arch,
         checkpoint=checkpoint,
         threads=threads,
+        fast=not eager,
+        precision=precision,
+        strip_rows=strip_rows,
+        compare=compare,
+        keep_memory=not default_allocator,
     )
     click.echo(json.dumps(result) if as_json else format_result(result))
 
@@ -81,7 +113,9 @@ def bench_fuse_command(
 def tdfusion_register_commands(cli: Any) -> None:
     from tdfusion_core.bench.meta import meta_command  # tdfusion bench meta (the training steps)
     from tdfusion_core.bench.scaling import scaling_command  # tdfusion bench scaling (multi-process training)
+    from tdfusion_core.bench.suite import suite_command  # tdfusion bench suite (every target, GPU)
 
+    bench_group.add_command(suite_command)
     bench_group.add_command(meta_command)
     bench_group.add_command(scaling_command)
     cli.add_command(bench_group)

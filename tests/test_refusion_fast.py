@@ -1,0 +1,126 @@
+"""ReFusion's fast pass (:mod:`tdfusion_core.nets.refusion_fast`) computes the eager network's function.
+
+Float64 comparisons pin the maths (any mistake in the folded attention, the Gram-matrix norms, the strips' halos or
+the biases shows up far above 1e-12); the published weights' golden outputs pin the float32 accuracy that
+``tdfusion fuse`` relies on by default.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from PIL import Image
+from torch import nn
+
+from tdfusion_core.checkpoints import load_model_checkpoint, save_model_checkpoint
+from tdfusion_core.cli import build_cli
+from tdfusion_core.nets.refusion import FusionNet
+from tdfusion_core.nets.refusion_fast import FastFusion, fast_forward, fast_inference, precision_error
+from tdfusion_core.speed import keep_freed_memory
+from tests.conftest import shared_path
+from tests.torch_threads import one_torch_thread  # noqa: F401
+
+
+def random_net(num_sources: int = 2, bias: bool = False) -> FusionNet:
+    """A small float64 network with weights moved off their initial values (LayerNorm 1/0, temperature 1)."""
+    torch.manual_seed(num_sources + 10 * bias)
+    net = FusionNet(num_sources=num_sources, dim=8, num_blocks=2, heads=2, bias=bias).double()
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(0.2 * torch.randn_like(p))
+    return net
+
+
+@pytest.mark.parametrize(("num_sources", "bias"), [(2, False), (2, True), (3, False)])
+@pytest.mark.parametrize("strip_rows", [None, 1, 4, 5])
+def test_float64_equals_the_eager_network(num_sources, bias, strip_rows):
+    net = random_net(num_sources, bias)
+    x = torch.rand(2, num_sources, 13, 17, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    expected = net(x)
+    with torch.inference_mode():
+        got = fast_forward(net, x, inplace=True, strip_rows=strip_rows)
+    assert got.shape == expected.shape and got.is_contiguous()
+    assert (got - expected).abs().max() < 1e-12
+    assert (fast_forward(net, x) - expected).abs().max() < 1e-12  # out-of-place (autograd) form
+
+
+def test_the_input_is_left_untouched_and_batch_items_stay_independent():
+    net = random_net()
+    x = torch.rand(3, 2, 9, 11, dtype=torch.float64)
+    kept = x.clone()
+    with torch.inference_mode():
+        batched = fast_forward(net, x, inplace=True, strip_rows=4)
+        single = torch.cat([fast_forward(net, x[i : i + 1], inplace=True) for i in range(3)])
+    assert torch.equal(x, kept)
+    assert (batched - single).abs().max() < 1e-12
+
+
+def test_gradients_of_the_out_of_place_form_equal_eager():
+    net = random_net()
+    x = torch.rand(1, 2, 10, 12, dtype=torch.float64)
+    params = list(net.parameters())
+    eager = torch.autograd.grad(net(x).square().sum(), params)
+    fast = torch.autograd.grad(fast_forward(net, x).square().sum(), params)
+    assert max(float((a - b).abs().max()) for a, b in zip(eager, fast, strict=True)) < 1e-10
+
+
+@pytest.mark.parametrize("case", json.loads(shared_path("golden", "refusion", "expected.json").read_text())["cases"])
+def test_golden_outputs_of_the_published_weights_in_float32(case):
+    keep_freed_memory()
+    net = load_model_checkpoint(shared_path("weights", "ReFusion_IVIF.pth")).fusion_net
+    x = torch.from_numpy(np.load(shared_path("golden", "refusion", case["input"])))[None]
+    expected = np.load(shared_path("golden", "refusion", case["fused"]))
+    got = FastFusion(net)(x)[0, 0].numpy()
+    assert np.abs(got - expected).max() <= 1e-5  # the default path of tdfusion fuse: stated bound 1e-5
+
+
+@pytest.mark.parametrize(("precision", "tolerance"), [("bf16", 0.05), ("fp16", 0.01)])
+def test_low_precision_reports_its_difference_to_fp32(precision, tolerance):
+    net = load_model_checkpoint(shared_path("weights", "ReFusion_IVIF.pth")).fusion_net
+    x = torch.rand(1, 2, 12, 20, generator=torch.Generator().manual_seed(0))
+    fast = FastFusion(net, precision, measure_error=True)
+    assert fast.error_vs_fp32 is None
+    out = fast(x)
+    assert out.dtype == torch.float32 and next(fast.net.parameters()).dtype == fast.dtype
+    assert fast.error_vs_fp32 is not None and 0 < fast.error_vs_fp32 < tolerance
+    assert fast.error_vs_fp32 == pytest.approx(precision_error(fast, net, x), abs=1e-7)
+    assert next(net.parameters()).dtype == torch.float32  # the caller's network is not cast
+    with pytest.raises(ValueError, match="fp32, bf16, fp16"):
+        FastFusion(net, "int8")
+
+
+def test_other_architectures_run_eagerly():
+    other = nn.Conv2d(2, 1, 1)
+    assert fast_inference(other) is other
+    wrapped = fast_inference(other, "bf16")
+    assert wrapped(torch.rand(1, 2, 4, 4)).dtype == torch.float32
+    assert isinstance(fast_inference(random_net().float()), FastFusion)
+
+
+def test_fuse_cli_uses_the_fast_pass_and_reports_the_precision_error(tmp_path):
+    torch.manual_seed(0)
+    config = {"dim": 8, "num_blocks": 1, "heads": 2}
+    ckpt = tmp_path / "small.pt"
+    save_model_checkpoint(ckpt, fusion_net=FusionNet(**config), fusion_arch="refusion", fusion_config=config)
+    rng = np.random.default_rng(0)
+    for folder in ("ir", "vi"):
+        (tmp_path / folder).mkdir()
+        Image.fromarray(rng.integers(0, 256, (10, 14), dtype=np.uint8)).save(tmp_path / folder / "a.png")
+    common = ["fuse", "--ir", str(tmp_path / "ir"), "--vis", str(tmp_path / "vi"), "--checkpoint", str(ckpt)]
+    runner = CliRunner()
+    outputs = {}
+    for name, extra in {"fast": [], "eager": ["--eager"], "bf16": ["--precision", "bf16"]}.items():
+        result = runner.invoke(
+            build_cli(), [*common, "--out", str(tmp_path / name), "--quiet", "--json", "--threads", "1", *extra]
+        )
+        assert result.exit_code == 0, result.output
+        outputs[name] = json.loads(result.output.strip().splitlines()[-1])
+    assert outputs["fast"]["precision"] == "fp32" and outputs["fast"]["precision_error"] is None
+    assert outputs["bf16"]["precision"] == "bf16" and 0 < outputs["bf16"]["precision_error"] < 0.05
+    fast = np.asarray(Image.open(tmp_path / "fast" / "Gray" / "a.png"), dtype=np.int16)
+    eager = np.asarray(Image.open(tmp_path / "eager" / "Gray" / "a.png"), dtype=np.int16)
+    assert np.abs(fast - eager).max() <= 1  # 8-bit files of outputs within 1e-5 of each other
