@@ -39,6 +39,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "tdfusion_core.commands.bench",
     "tdfusion_core.commands.train",
     "tdfusion_core.commands.demo",
+    "tdfusion_core.commands.experiment",
     "tdfusion_core.commands.new_plugin",
     "tdfusion_core.tb_logger",
 )

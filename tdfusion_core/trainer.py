@@ -465,6 +465,11 @@ class MetaTrainer:
         if not cfg.separate_fusion_phase:
             self._adopt(self.fusion_net, result.fusion_params)
             self._adopt(self.task.network, result.task_params)
+        # G's entropy and mean weight per source in both source orders, and a warning when it saturates
+        from tdfusion_core.generator_stats import SaturationGuard, generator_stats
+
+        metrics.update(generator_stats(self.loss_generator, crop))
+        self.__dict__.setdefault("saturation_guard", SaturationGuard()).check(metrics, self.meta_step_count)
         self._emit("tdfusion_on_meta_step_end", trainer=self, step=self.meta_step_count, metrics=metrics)
         return metrics
 
