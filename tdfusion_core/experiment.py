@@ -88,7 +88,7 @@ class Method:
 
     ``kind``: ``train`` (TrainConfig ``changes`` on top of the experiment's), ``source`` (index ``source``),
     ``rule`` (``max`` or ``mean``), ``oracle`` or ``folder`` (``folder`` holding fused images of both splits,
-    or ``<folder>/<split>/``).
+    or ``<folder>/<split>/``). ``once``: run at the experiment's first seed only (a reference row, no interval).
     """
 
     name: str
@@ -97,6 +97,7 @@ class Method:
     source: int | None = None
     rule: str | None = None
     folder: str | None = None
+    once: bool = False
 
     def __attrs_post_init__(self) -> None:
         if self.kind not in ("train", "source", "rule", "oracle", "folder"):
@@ -461,7 +462,7 @@ def run_experiment(spec: ExperimentSpec, echo: Callable[[str], None] = print) ->
     """Run (or resume) every cell, then write and return the summary (see the module docstring)."""
     spec.out.mkdir(parents=True, exist_ok=True)
     (spec.out / "spec.json").write_text(json.dumps(_jsonable(attrs.asdict(spec, recurse=False)), indent=2))
-    cells: list[tuple[Method, int]] = [(m, s) for m in spec.methods for s in spec.seeds]
+    cells: list[tuple[Method, int]] = [(m, s) for m in spec.methods for s in (spec.seeds[:1] if m.once else spec.seeds)]
     results: list[dict[str, Any]] = []
     runner: _Cells | None = None
     spent: list[float] = []

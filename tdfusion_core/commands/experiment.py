@@ -144,6 +144,7 @@ def experiment_command(
         if task == "tiny-seg":
             task_options.setdefault("input_kind", "luminance")
             task_options.setdefault("width", 16)
+            task_options.setdefault("lr", 3e-3)  # the downstream segmenter converges within a small budget
     train_options = _pairs(settings, "--set")
     if data == "synthetic" and task == "tiny-seg":
         train_options.setdefault("lr_fusion", 1e-3)
