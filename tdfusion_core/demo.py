@@ -48,13 +48,13 @@ class DemoSettings:
 
     out: Path = attrs.field(default=Path("runs/demo"), converter=Path)
     size: tuple[int, int] = (64, 80)
-    n_train: int = 24
-    n_test: int = 16
+    n_train: int = 16
+    n_test: int = 12
     epochs: int = 2
-    meta_steps: int = 10
-    fusion_steps: int = 12
+    meta_steps: int = 8
+    fusion_steps: int = 10
     crop: int = 48
-    downstream_steps: int = 120
+    downstream_steps: int = 100
     seeds: int = 3
     loss_generator: str = "lpn-equivariant"
     lr_generator: float = 1e-3
