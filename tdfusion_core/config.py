@@ -83,6 +83,9 @@ class TrainConfig:
     inner_lr: float | None = attrs.field(default=None, validator=_positive)
     task_step: TaskStepRule = attrs.field(default="adam", validator=attrs.validators.in_(("adam", "sgd")))
     generator_update: str = "maxnorm"
+    #: with ``maxnorm``: largest mean change of G's weights per meta step (``None``: the released step); a guard
+    #: against G collapsing (tdfusion_core.generator_stats.bounded_maxnorm_update, docs/experiments.md)
+    generator_max_change: float | None = attrs.field(default=None, validator=_positive)
     meta_mode: MetaMode = attrs.field(
         default="jvp", validator=attrs.validators.in_(("jvp", "double-backward", "finite-difference"))
     )

@@ -458,7 +458,14 @@ class MetaTrainer:
             self._bad_step("meta phase", "task loss, fusion loss or G gradient")
             return None
         self.bad_steps = 0
-        if cfg.generator_update == "maxnorm":
+        if cfg.generator_update == "maxnorm" and cfg.generator_max_change is not None:
+            from tdfusion_core.generator_stats import bounded_maxnorm_update
+
+            lr_g = self.opt_generator.param_groups[0]["lr"]
+            metrics["g/step_scale"] = bounded_maxnorm_update(
+                self.loss_generator, result.grad_g, lr_g, crop, cfg.generator_max_change
+            )
+        elif cfg.generator_update == "maxnorm":
             apply_maxnorm_update(self.loss_generator, result.grad_g, self.opt_generator.param_groups[0]["lr"])
         else:
             apply_optimizer_update(self.loss_generator, result.grad_g, self.opt_generator)
