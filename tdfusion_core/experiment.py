@@ -388,6 +388,16 @@ class _Cells:
         only = torch.stack([o for _, o in items if o is not None]).to(self.spec.device)
         return preference_scores(generator, sources, only)
 
+    def _task_size(self) -> tuple[int, int] | None:
+        """What the downstream task sees: the scene size (synthetic), else ``--set task_size=HxW`` if given, else
+        the dataset's task size."""
+        from tdfusion_core.config import TrainConfig
+
+        if self.spec.data == "synthetic":
+            return self.budget.size
+        size = self.spec.train_options.get("task_size")
+        return None if size is None else TrainConfig(task_size=size).task_size
+
     @property
     def budget(self) -> Budget:
         return self.spec.budget
@@ -431,7 +441,7 @@ class _Cells:
             val_set=self.test,
             steps=self.budget.downstream_steps,
             batch_size=self.budget.downstream_batch,
-            size=self.budget.size if spec.data == "synthetic" else None,
+            size=self._task_size(),
             seed=seed,
             device=spec.device,
             task_options=options,
