@@ -17,9 +17,10 @@ it loads with ``torch.load(weights_only=True)``: no code in the file is ever exe
 
 ``arch`` is a name in the fusion-net (loss-generator) registry and ``config`` the keyword configuration passed to its
 factory together with ``num_sources``; tensors are stored on the CPU. Loading builds the networks through the
-registry (so any plugin architecture works) and loads the weights with strict key and shape checks. Files are
-written atomically (a temporary file in the same folder, then :func:`os.replace`), so a crash never leaves a
-half-written checkpoint under the final name.
+registry (so any plugin architecture works) and loads the weights with strict key and shape checks; tensors holding
+NaN or infinity are refused both when saving and when loading. Files are written atomically and durably
+(:func:`tdfusion_core.atomic.atomic_write`: a temporary file in the same folder, fsync, :func:`os.replace`, fsync of
+the folder), so a crash never leaves a half-written checkpoint under the final name.
 
 Published weights
 -----------------
@@ -35,9 +36,7 @@ too; the reference's own scripts never write one, so that case is recognised by 
 
 from __future__ import annotations
 
-import os
 import pickle
-import tempfile
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -46,6 +45,23 @@ from typing import Any
 import attrs
 import torch
 from torch import nn
+
+from tdfusion_core.atomic import atomic_save
+from tdfusion_core.state_guard import non_finite_tensors
+
+__all__ = [
+    "FORMAT",
+    "FORMAT_VERSION",
+    "CheckpointError",
+    "ModelCheckpoint",
+    "atomic_save",
+    "check_state_fits",
+    "convert_reference_state_dict",
+    "load_model_checkpoint",
+    "read_torch_file",
+    "save_model_checkpoint",
+    "unwrap_module",
+]
 
 FORMAT = "tdfusion-checkpoint"
 FORMAT_VERSION = 1
@@ -146,27 +162,16 @@ def _section(kind: str, module: nn.Module, arch: str, config: Mapping[str, Any],
         raise CheckpointError(f"{kind} architecture must be a registered name, got {arch!r}")
     _check_plain(dict(config), f"{kind} config", allow_tensors=False)
     state = _cpu_state_dict(module)
+    bad = non_finite_tensors(state)
+    if bad:
+        raise CheckpointError(
+            f"the {kind.replace('_', ' ')} holds non-finite values (NaN or infinity) in {', '.join(bad[:8])}; "
+            "a model that outputs NaN is not saved"
+        )
     # Build the declared architecture now, so a wrong name or configuration fails at save time, not at load time.
     reference = registry.lookup(kind, arch)(num_sources=num_sources, **dict(config))
     _check_fit(reference, state, f"{kind} {arch!r} {dict(config)}", "the module being saved")
     return {"arch": arch, "config": _plain(dict(config)), "state_dict": state}
-
-
-def atomic_save(obj: Any, path: str | Path) -> None:
-    """``torch.save(obj)`` to ``path`` atomically: write a temporary file beside it, fsync, then rename over it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(obj, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def save_model_checkpoint(
@@ -249,6 +254,12 @@ def _check_fit(module: nn.Module, state: Mapping[str, torch.Tensor], what: str, 
     raise CheckpointError(message)
 
 
+def check_state_fits(module: nn.Module, state: Mapping[str, torch.Tensor], what: str, source: str) -> None:
+    """Raise :class:`CheckpointError` naming missing/unexpected keys and each tensor whose shape differs
+    (``name: (shape) in the checkpoint, (shape) in the model``) between ``state`` and ``module``."""
+    _check_fit(module, state, what, source)
+
+
 def _build_and_load(
     kind: str, arch: str, config: Mapping[str, Any], num_sources: int, state: Mapping[str, torch.Tensor], source: str
 ) -> nn.Module:
@@ -259,26 +270,83 @@ def _build_and_load(
     except TypeError as exc:
         raise CheckpointError(f"{source}: cannot build {kind} {arch!r} with config {dict(config)}: {exc}") from exc
     _check_fit(module, state, f"{kind.replace('_', ' ')} {arch!r} with config {dict(config)}", source)
+    bad = non_finite_tensors(dict(state))
+    if bad:
+        raise CheckpointError(
+            f"{source}: the {kind.replace('_', ' ')} holds non-finite values (NaN or infinity) in "
+            f"{', '.join(bad[:8])}{' ...' if len(bad) > 8 else ''}; it would output NaN, so it is refused"
+        )
     module.load_state_dict(dict(state), strict=True)
     return module.eval()
 
 
 def _torch_load(path: Path, map_location: Any) -> Any:
+    return read_torch_file(path, map_location)
+
+
+def unsafe_pickle_message(path: str | Path, detail: str) -> str:
+    """Why a file that needs code execution to load is refused, and how to convert a file one trusts.
+
+    Never suggests ``weights_only=False``: for a file of unknown origin that is exactly how the payload would run.
+    """
+    return (
+        f"{path} is refused: it holds Python objects ({detail}) that only load by executing code from the file, "
+        "and tdfusion never does that (torch.load(weights_only=True)). If it comes from an unknown source, do not "
+        "use it. If you made it yourself, re-save only the tensors where it was made "
+        "(torch.save(model.state_dict(), 'weights.pt')); for a file you trust whose classes you know, allow exactly "
+        "those classes while converting it once: with torch.serialization.safe_globals([TheClass]): "
+        "sd = torch.load(path); then torch.save(sd, 'weights.pt')"
+    )
+
+
+def read_torch_file(path: str | Path, map_location: Any = "cpu", what: str = "checkpoint") -> Any:
+    """``torch.load(path, weights_only=True)`` with one-line :class:`CheckpointError` messages for bad files.
+
+    Distinguishes a missing file (:class:`FileNotFoundError`), an empty one (a write that never happened), a
+    truncated or corrupted one, a file that is not a PyTorch checkpoint at all, and one holding objects that need
+    code execution to load (refused, with how to convert a trusted file, see :func:`unsafe_pickle_message`).
+    """
+    path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
+        raise FileNotFoundError(f"{what} not found: {path}")
+    size = path.stat().st_size
+    if size == 0:
+        raise CheckpointError(f"{path} is empty (0 bytes): the write of this {what} never completed")
+    with open(path, "rb") as fh:
+        magic = fh.read(4)
+    if magic == b"PK\x03\x04":  # torch.save's zip container: a truncated one has no central directory
+        try:
+            with zipfile.ZipFile(path):
+                pass
+        except (zipfile.BadZipFile, OSError) as exc:
+            raise CheckpointError(
+                f"{path} is truncated or corrupted ({size} bytes, an incomplete archive): an interrupted write or "
+                "copy; use an intact copy"
+            ) from exc
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
         text = str(exc)
-        globals_ = [line.strip() for line in text.splitlines() if "Unsupported global" in line]
-        if not globals_:
-            raise CheckpointError(f"{path} is not a readable PyTorch checkpoint: {_first_line(text)}") from exc
+        blocked = [line.strip() for line in text.splitlines() if "GLOBAL" in line or "Unsupported global" in line]
+        if blocked:
+            detail = blocked[0].replace("Trying to load ", "").rstrip(".")
+            raise CheckpointError(unsafe_pickle_message(path, detail)) from exc
         raise CheckpointError(
-            f"{path} holds objects that cannot be loaded without executing code, so it is refused "
-            f"(tdfusion loads checkpoints with torch.load(weights_only=True)): {globals_[0]}"
+            f"{path} is not a readable PyTorch {what}: its {size} bytes are another format or a plain pickle, "
+            "not a file written by torch.save"
         ) from exc
-    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as exc:
-        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint: {type(exc).__name__}: {exc}") from exc
+    except (RuntimeError, EOFError, zipfile.BadZipFile) as exc:
+        text = _first_line(str(exc)) or type(exc).__name__
+        if "zip archive" in text or "central directory" in text or isinstance(exc, EOFError):
+            raise CheckpointError(
+                f"{path} is truncated or corrupted ({size} bytes; {text.split('. ')[0]}): an interrupted write or "
+                "copy; use an intact copy"
+            ) from exc
+        raise CheckpointError(f"{path} is not a readable PyTorch {what}: {type(exc).__name__}: {text}") from exc
+    except (KeyError, OSError, ValueError, UnicodeDecodeError, AttributeError, IndexError) as exc:
+        raise CheckpointError(
+            f"{path} is not a readable PyTorch {what}: torch.load cannot parse its {size} bytes ({type(exc).__name__})"
+        ) from exc
 
 
 def _first_line(text: str) -> str:

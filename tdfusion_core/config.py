@@ -3,7 +3,8 @@
 Defaults are those of the released TDFusion code: Adam at 1e-4 for F, T and G with StepLR(10, 0.1), batch 2 made
 of one pair and its Switch (both source orders), 256x256 crops for the fusion loss, α = 1, 40 epochs of M = 200
 meta steps, G updated by ``θG −= lr·g/max|g|``, the inner learning rate of F equal to F's current learning rate,
-and T' by one step of T's own Adam state.
+and T' by one real step of T's own optimizer on the pre-update F's detached output (its Adam state advances; T's
+weights are put back). ``tests/test_released_port.py`` checks these defaults against a port of the released step.
 
 ``batch_size`` is the global batch (samples per step before the Switch doubles them), the same with any number of
 processes: under ``torchrun`` each process takes ``batch_size × (2 if switch else 1) / world_size`` items of it
@@ -12,15 +13,50 @@ processes: under ``torchrun`` each process takes ``batch_size × (2 if switch el
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import attrs
 import yaml
 
-from tdfusion_core.losses import IntensityForm
-from tdfusion_core.meta import MetaMode, TaskStepRule
+from tdfusion_core.config_io import build, finite_positive, load_yaml_file
+from tdfusion_core.losses import GradientForm, IntensityForm
+from tdfusion_core.meta import TASK_STEP_RULES, MetaMode, TaskStepRule
 from tdfusion_core.multitask import normalise_task_specs
+
+Profile = Literal["released", "paper"]
+
+#: what each profile sets; a setting given explicitly (constructor, YAML, ``--set``) wins over its profile
+PROFILES: dict[str, dict[str, Any]] = {
+    # exactly HaowenBai/TDFusion's train.py
+    "released": {
+        "epochs": 40,
+        "intensity": "reference",
+        "gradient_form": "released",
+        "task_step": "adam",
+        "generator_update": "maxnorm",
+    },
+    # the equations as printed: Eq. 2 unsquared weights, Eq. 3 gradient magnitudes, Eq. 5 SGD T', Eq. 6 plain step
+    "paper": {
+        "epochs": 50,
+        "intensity": "paper",
+        "gradient_form": "paper",
+        "task_step": "sgd",
+        "generator_update": "sgd",
+    },
+}
+
+
+def _from_profile(key: str) -> Any:
+    """Default of ``key``: the value the run's ``profile`` gives it (``profile`` is initialised first)."""
+
+    def default(self: Any) -> Any:
+        if self.profile not in PROFILES:
+            raise ValueError(f"profile must be one of {', '.join(PROFILES)}, not {self.profile!r}")
+        return PROFILES[self.profile][key]
+
+    return attrs.Factory(default, takes_self=True)
 
 
 def _size(value: Any) -> tuple[int, int] | None:
@@ -38,19 +74,26 @@ def _size(value: Any) -> tuple[int, int] | None:
 
 
 def _positive(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
-    if value is not None and value <= 0:
-        raise ValueError(f"{attribute.name} must be positive, got {value}")
+    finite_positive(attribute.name, value)  # numbers only, finite and > 0 (learning rates: no .inf, no "1e-4")
 
 
 def _non_negative(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
-    if value < 0:
-        raise ValueError(f"{attribute.name} must be >= 0, got {value}")
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{attribute.name} must be a number, got {value!r} ({type(value).__name__})")
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"{attribute.name} must be a finite number >= 0, got {value}")
 
 
 @attrs.define(kw_only=True)
 class TrainConfig:
-    """All settings of a training run (``tdfusion train --config run.yaml`` reads the same keys)."""
+    """All settings of a training run (``tdfusion train --config run.yaml`` reads the same keys).
 
+    ``profile`` (``released``, the default, or ``paper``) fills in ``epochs``, ``intensity``, ``gradient_form``,
+    ``task_step`` and ``generator_update`` when they are not given (:data:`PROFILES`); given ones win.
+    """
+
+    #: ``released`` (HaowenBai/TDFusion's train.py) or ``paper`` (the printed equations); see PROFILES
+    profile: Profile = attrs.field(default="released", validator=attrs.validators.in_(tuple(PROFILES)))
     # what to train on
     task: str = "tiny-seg"
     task_options: dict[str, Any] = attrs.field(factory=dict)
@@ -66,7 +109,7 @@ class TrainConfig:
     loss_generator_options: dict[str, Any] = attrs.field(factory=dict)
 
     # schedule (Algorithm 1)
-    epochs: int = attrs.field(default=40, validator=_positive)
+    epochs: int = attrs.field(default=_from_profile("epochs"), validator=_positive)
     meta_steps: int = attrs.field(default=200, validator=_non_negative)
     fusion_steps: int | None = attrs.field(default=None, validator=_positive)
     batch_size: int = attrs.field(default=1, validator=_positive)
@@ -81,8 +124,11 @@ class TrainConfig:
     lr_step_size: int = attrs.field(default=10, validator=_positive)
     lr_gamma: float = attrs.field(default=0.1, validator=_positive)
     inner_lr: float | None = attrs.field(default=None, validator=_positive)
-    task_step: TaskStepRule = attrs.field(default="adam", validator=attrs.validators.in_(("adam", "sgd")))
-    generator_update: str = "maxnorm"
+    #: T' rule: ``adam`` (released: one real step of T's optimizer, state advances), ``adam-readonly``, ``sgd``
+    task_step: TaskStepRule = attrs.field(
+        default=_from_profile("task_step"), validator=attrs.validators.in_(TASK_STEP_RULES)
+    )
+    generator_update: str = attrs.field(default=_from_profile("generator_update"))
     #: with ``maxnorm``: largest mean change of G's weights per meta step (``None``: the released step); a guard
     #: against G collapsing (tdfusion_core.generator_stats.bounded_maxnorm_update, docs/experiments.md)
     generator_max_change: float | None = attrs.field(default=None, validator=_positive)
@@ -91,7 +137,12 @@ class TrainConfig:
     )
 
     # fusion loss
-    intensity: IntensityForm = attrs.field(default="reference", validator=attrs.validators.in_(("reference", "paper")))
+    intensity: IntensityForm = attrs.field(
+        default=_from_profile("intensity"), validator=attrs.validators.in_(("reference", "paper"))
+    )
+    gradient_form: GradientForm = attrs.field(
+        default=_from_profile("gradient_form"), validator=attrs.validators.in_(("released", "paper"))
+    )
     alpha: float = attrs.field(default=1.0, validator=_non_negative)
 
     # ablations (paper Table 3)
@@ -103,13 +154,24 @@ class TrainConfig:
     # run
     seed: int = 0
     deterministic: bool = False
-    device: str = "cpu"
+    #: ``auto``: CUDA when present, then Apple MPS, else the CPU; or any torch device (``cpu``, ``cuda:1``)
+    device: str = "auto"
     amp: bool = False
     max_bad_steps: int = attrs.field(default=10, validator=_positive)
     checkpoint_every: int = attrs.field(default=1, validator=_positive)
     log_images: bool = True
     num_workers: int = attrs.field(default=0, validator=_non_negative)
     progress: bool = True
+
+    # validation (tdfusion_core.validation): T on F's fused images of a held-out split after each epoch
+    #: split evaluated after each epoch: ``auto`` (``val`` when the data has one), a split name, or null (none)
+    val_split: str | None = "auto"
+    #: validate every N epochs (and after the last one)
+    val_every: int = attrs.field(default=1, validator=_positive)
+    #: fusion metrics of F's validation images (names of tdfusion_core.metrics.fusion.METRICS; [] for none)
+    val_fusion_metrics: list[str] = attrs.field(factory=lambda: ["EN", "SF", "SSIM"])
+    #: evaluate at most this many validation samples (the first ones; null: all)
+    val_max_samples: int | None = attrs.field(default=None, validator=_positive)
 
     # several processes (torchrun; see tdfusion_core.distributed). batch_size above is the global batch.
     #: ``union``: the meta step's inner gradients, T's gradient and v are averaged too, so G's update is the exact
@@ -140,14 +202,10 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], source: str = "config") -> TrainConfig:
-        """Build from a dict; unknown keys raise an error that lists them and the valid keys."""
-        known = {a.name for a in attrs.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(
-                f"unknown key(s) in {source}: {', '.join(unknown)}. Valid keys: {', '.join(sorted(known))}"
-            )
-        return cls(**values)
+        """Build from a dict, checked: unknown keys ("did you mean ..."), wrong types (the expected type) and
+        invalid values raise :class:`tdfusion_core.config_io.ConfigError` (a ``ValueError``) in one line."""
+        config: TrainConfig = build(cls, values, source)
+        return config
 
     def to_yaml(self, path: str | Path | None = None) -> str:
         """YAML text of the configuration; also written to ``path`` when given."""
@@ -158,14 +216,10 @@ class TrainConfig:
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> TrainConfig:
-        """Read a configuration written by :meth:`to_yaml` (or by hand; missing keys take their defaults)."""
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"config file not found: {path}")
-        values = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(values, dict):
-            raise ValueError(f"{path} must hold a mapping of settings, not {type(values).__name__}")
-        return cls.from_dict(values, source=str(path))
+        """Read a configuration written by :meth:`to_yaml` (or by hand; missing keys take their defaults).
+
+        YAML 1.2 numbers (``1e-4``), no duplicate keys; errors name the file and line (see :mod:`config_io`)."""
+        return cls.from_dict(load_yaml_file(path), source=str(path))
 
     def evolve(self, **changes: Any) -> TrainConfig:
         """Copy with some settings changed."""

@@ -29,7 +29,9 @@ with any number of processes.
   process's exact meta-gradient of G on its meta-train shard along that common ``v``: the result is the exact
   meta-gradient of the union (4 all-reduces per step, of F's, T's, F's and G's size). ``meta_sync: per-shard``
   instead lets every process run Algorithm 1's inner step on its own shard and averages only G's meta-gradients
-  (1 all-reduce of G's size): cheaper, but it is the mean of per-shard meta-gradients, not the union's.
+  (1 all-reduce of G's size): cheaper, but it is the mean of per-shard meta-gradients, not the union's. With the
+  default T' rule (``task_step: adam``, one real step of T's optimizer) T's inner gradient is averaged in both modes,
+  so T's optimizer state advances identically in every process.
 * Non-finite guards agree across processes (a step is skipped everywhere if it is non-finite anywhere); logged
   losses are averaged over processes (the union's means).
 * Rank 0 alone writes the run directory (config, checkpoints, TensorBoard, images, ``model.pt``), shows progress
@@ -60,6 +62,7 @@ import torch.distributed as dist
 import torch.nn as nn
 
 from tdfusion_core.data.transforms import meta_split
+from tdfusion_core.devices import pick_device
 from tdfusion_core.meta import MetaStep, MetaStepResult, Params
 
 log = logging.getLogger(__name__)
@@ -118,7 +121,7 @@ def current_context() -> DistContext:
 
 def default_backend(device: str | torch.device) -> str:
     """NCCL for CUDA devices, gloo otherwise."""
-    return "nccl" if torch.device(device).type == "cuda" else "gloo"
+    return "nccl" if pick_device(device).type == "cuda" else "gloo"
 
 
 def init_distributed(
@@ -148,7 +151,7 @@ def init_distributed(
         )
     rank = int(os.environ["RANK"])
     local_rank = int(os.environ.get("LOCAL_RANK", rank))
-    dev = torch.device(device)
+    dev = pick_device(device)
     backend = backend or default_backend(dev)
     if dev.type == "cuda":
         torch.cuda.set_device(local_rank)
@@ -175,7 +178,7 @@ def shutdown_distributed() -> None:
 
 def resolve_device(device: str | torch.device, ctx: DistContext) -> torch.device:
     """The device of this process: ``cuda`` becomes ``cuda:LOCAL_RANK`` when several processes take part."""
-    dev = torch.device(device)
+    dev = pick_device(device)
     if dev.type == "cuda" and ctx.enabled:
         if dev.index is not None and dev.index != ctx.local_rank:
             log.warning("device %s ignored under torchrun: process %d uses cuda:%d", dev, ctx.rank, ctx.local_rank)
@@ -352,7 +355,8 @@ class DistributedMetaStep(MetaStep):
     process computes its share of every first-order quantity (F's inner gradient, T's gradient, ``v``), these are
     averaged, and the processes' exact meta-gradients of G along the common ``v`` are averaged. All three modes
     (``jvp``, ``double-backward``, ``finite-difference``) are supported. ``sync="per-shard"`` averages G's
-    meta-gradient only (each process's inner step uses its own shard). With one process both equal
+    meta-gradient only (each process's inner step uses its own shard; T's inner gradient is still averaged when the
+    T' rule steps T's real optimizer, so that its state stays the same everywhere). With one process both equal
     :class:`~tdfusion_core.meta.MetaStep`. The losses in the result are averaged over processes and ``finite`` is
     the same everywhere.
 
@@ -369,6 +373,12 @@ class DistributedMetaStep(MetaStep):
 
     def _reduce(self, tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return average_tensors(tensors, self.ctx) if self.sync == "union" else dict(tensors)
+
+    def _reduce_task_grads(self, grads: Mapping[str, torch.Tensor], advances_state: bool) -> dict[str, torch.Tensor]:
+        # a T' rule that steps T's real optimizer needs the same gradient everywhere, or the states would diverge
+        if advances_state:
+            return average_tensors(grads, self.ctx)
+        return self._reduce(grads)
 
     def _result(
         self,

@@ -31,6 +31,7 @@ import torch.nn.functional as nnf
 
 from tdfusion_core.colour import task_input
 from tdfusion_core.data.sample import Sample
+from tdfusion_core.devices import pick_device
 from tdfusion_core.evaluate import DatasetResult
 from tdfusion_core.io import list_images, read_image
 
@@ -209,7 +210,7 @@ def run_downstream(
         raise ValueError(f"method names repeat: {names}")
     if steps < 1 or batch_size < 1:
         raise ValueError(f"steps and batch_size must be positive, got {steps} and {batch_size}")
-    dev = torch.device(device)
+    dev = pick_device(device)
     n = len(train_set)
     if val_set is None:
         if not 0 < val_fraction < 1:

@@ -38,6 +38,7 @@ import torch
 from PIL import Image
 
 from tdfusion_core.colour import rgb_to_ycbcr
+from tdfusion_core.devices import pick_device
 from tdfusion_core.io import ImageReadError, list_images, read_array
 from tdfusion_core.metrics.fusion import HIGHER_IS_BETTER, METRICS, TABLE1, compute_fusion_metrics
 
@@ -174,7 +175,7 @@ def evaluate_folders(
     result = DatasetResult(
         name=dataset or ir_dir.resolve().parent.name or "dataset", metrics=metrics, images=names, missing=missing
     )
-    dev = torch.device(device)
+    dev = pick_device(device)
     for method in fused:
         result.per_image[method] = {}
     for i, name in enumerate(names):

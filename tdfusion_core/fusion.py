@@ -38,6 +38,7 @@ from PIL import Image
 from torch import nn
 
 from tdfusion_core.colour import fused_rgb, has_colour
+from tdfusion_core.devices import pick_device
 from tdfusion_core.io import ImageReadError, list_images, read_image, write_image
 
 SOURCE_NAMES = ("ir", "vis")
@@ -228,7 +229,7 @@ def amp_dtype_for(device: str | torch.device, name: str = "auto") -> torch.dtype
     bfloat16 there.
     """
     if name == "auto":
-        return torch.float16 if torch.device(device).type == "cuda" else torch.bfloat16
+        return torch.float16 if pick_device(device).type == "cuda" else torch.bfloat16
     if name not in AMP_DTYPES:
         raise ValueError(f"amp dtype must be auto, bfloat16 or float16, not {name!r}")
     return AMP_DTYPES[name]
@@ -367,7 +368,7 @@ def fuse_images(
         raise FusionInputError(
             "save_weights needs a checkpoint with a loss generator; this one holds only a fusion network"
         )
-    dev = torch.device(device)
+    dev = pick_device(device)
     fusion_net = fusion_net.to(dev).eval()
     if loss_generator is not None:
         loss_generator = loss_generator.to(dev).eval()

@@ -8,6 +8,10 @@ a docstring.
 Registration hooks return a mapping ``{name: factory}``. Names must be unique across all plugins: a clash raises
 :class:`tdfusion_core.registry.RegistryError` naming both plugins. Event hooks return nothing and must not change the
 trainer's state; an exception raised by an event hook propagates and stops the run.
+
+A plugin whose framework or one of its runtime dependencies is missing says so twice: cheaply through
+:func:`tdfusion_plugin_ready` (``tdfusion plugins`` reports it as not ready, with the fix), and, when it is used anyway,
+by raising :class:`PluginNotReadyError`, which the command line prints as a one-line error without a traceback.
 """
 
 from __future__ import annotations
@@ -18,6 +22,15 @@ from typing import Any
 import pluggy
 
 hookspec = pluggy.HookspecMarker("tdfusion")
+
+
+class PluginNotReadyError(RuntimeError):
+    """A plugin cannot work in this environment (a runtime dependency is missing or broken).
+
+    The message is one line that names what is missing and the command that fixes it; ``tdfusion`` prints it as
+    ``Error: <message>`` and exits with status 1, without a traceback. Plugins may subclass it (together with
+    ``ImportError``, say) for their own errors.
+    """
 
 
 @hookspec
@@ -62,6 +75,18 @@ def tdfusion_register_datasets() -> Mapping[str, Any]:
     be passed where a path is expected (``tdfusion train --data NAME``).
     """
     raise NotImplementedError
+
+
+@hookspec
+def tdfusion_plugin_ready() -> str | None:
+    """Optional: whether this plugin can work in this environment, checked without importing heavy frameworks.
+
+    Return ``None`` when it can; otherwise one line naming what is missing and the command that fixes it, e.g.
+    ``"mmcv is not installed: pip install 'tdfusion-mmseg[lite]'"``. Keep it cheap (``importlib.util.find_spec``,
+    ``importlib.metadata.version``): ``tdfusion plugins`` calls it for every plugin that implements it and reports the
+    plugin as ``ready: false`` with this text. Implement it with ``@hookimpl(optionalhook=True)`` so the plugin still
+    loads with an older tdfusion-core that lacks this hook. An exception raised here is reported as the problem.
+    """
 
 
 @hookspec

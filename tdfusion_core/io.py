@@ -2,7 +2,8 @@
 
 Grayscale images (PIL modes L, I;16, I, F, and 1-channel PNGs) read as luminance with neutral chroma (0.5); colour
 images are converted to YCbCr (BT.601, full range, through :mod:`tdfusion_core.colour`). 16-bit images are scaled
-by 65535.
+by 65535. Floating-point images (mode F) are clipped to [0, 1]; one holding NaN or infinity is refused
+(:class:`NonFiniteImageError`, naming the file and the first bad pixel).
 """
 
 from __future__ import annotations
@@ -15,11 +16,26 @@ from PIL import Image, UnidentifiedImageError
 
 from tdfusion_core.colour import rgb_to_ycbcr, ycbcr_to_rgb
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
 
 class ImageReadError(OSError):
     """An image file that is missing, unreadable, truncated or of an unsupported kind."""
+
+
+class NonFiniteImageError(ImageReadError):
+    """A floating-point image holding NaN or infinite pixels: refused, never clipped or passed on."""
+
+
+def _finite_float(path: Path, arr: np.ndarray) -> np.ndarray:
+    bad = ~np.isfinite(arr)
+    if bad.any():
+        row, col = (int(v) for v in np.argwhere(bad)[0])
+        raise NonFiniteImageError(
+            f"{path} has {int(bad.sum())} non-finite pixel(s) (NaN or infinity), the first at row {row}, column "
+            f"{col}; repair or remove the file"
+        )
+    return np.clip(arr, 0.0, 1.0)
 
 
 def read_array(path: str | Path) -> np.ndarray:
@@ -30,14 +46,27 @@ def read_array(path: str | Path) -> np.ndarray:
             im.load()
             mode = im.mode
             if mode in ("I;16", "I;16B", "I;16L", "I"):
-                return np.asarray(im, dtype=np.float32) / 65535.0
+                ints = np.asarray(im)
+                if ints.size and (int(ints.max()) > 65535 or int(ints.min()) < 0):
+                    raise ImageReadError(
+                        f"{path} holds integers from {int(ints.min())} to {int(ints.max())}, outside the 16-bit "
+                        "range 0..65535 this reader scales by 65535; convert it to 16-bit or to float in [0, 1]"
+                    )
+                return ints.astype(np.float32) / 65535.0
             if mode == "F":
-                return np.clip(np.asarray(im, dtype=np.float32), 0.0, 1.0)
+                return _finite_float(path, np.asarray(im, dtype=np.float32))
             if mode in ("L", "1", "LA"):
                 return np.asarray(im.convert("L"), dtype=np.float32) / 255.0
             rgb = np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
+    except ImageReadError:
+        raise
     except FileNotFoundError as exc:
         raise ImageReadError(f"image not found: {path}") from exc
+    except Image.DecompressionBombError as exc:
+        raise ImageReadError(
+            f"{path} is too large to decode safely ({exc}); a decompression bomb, or raise PIL.Image.MAX_IMAGE_PIXELS "
+            "if the image is genuine"
+        ) from exc
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise ImageReadError(f"cannot read image {path}: {exc}") from exc
     if np.allclose(rgb[..., 0], rgb[..., 1]) and np.allclose(rgb[..., 1], rgb[..., 2]):

@@ -4,20 +4,28 @@ With fusion loss ``Lf(θF, θG)`` on the meta-train crop ``x_mtr`` and task loss
 ``x_mts`` (paper Eqs. 4-7)::
 
     θF' = θF − η ∇θF Lf(θF, θG)                       (inner update of F; no graph kept)
-    θT' = one step of T on Lt(T(F'(x_mtr)))           (SGD, or one step of T's own Adam state)
+    θT' = one step of T on Lt(T(sg[F_θF(x_mtr)]))     (the PRE-update F, output detached; rule: task_update)
     ∂Lt(T'(F'(x_mts)))/∂θG = −η ∂/∂θG ⟨∇θF Lf(θF, θG), v⟩,   v = ∂Lt/∂θF'
 
-and ``⟨∇θF Lf, v⟩ = Σ_pixels ∂Lf/∂If · (J_F v)``, where ``J_F v`` is the forward-mode derivative of F's output along
-``v``. Three modes compute the G gradient:
+and ``⟨∇θF Lf, v⟩ = Σ_pixels ∂Lf/∂If · (J_F v)``, where ``J_F v`` is the forward-mode derivative of F's output at
+θF (not θF') along ``v``. Three modes compute the G gradient:
 
 * ``"jvp"`` (default, exact): one ``torch.func.jvp`` of F along ``v`` and a double backward through the loss only.
 * ``"double-backward"`` (exact, generic, slow): ``autograd.grad(create_graph=True)`` through F, as the released code.
 * ``"finite-difference"`` (approximate, DARTS): ``−η (∇θG Lf(θF + εv) − ∇θG Lf(θF − εv)) / 2ε``.
 
-As in the released code, T' is trained on F's detached output, so T' is a constant of the outer objective. T itself
-is never mutated: T' is applied by substituting its trainable parameters (frozen ones, ``requires_grad=False``, keep
-their values) (:mod:`tdfusion_core.functional`) and BatchNorm statistics of F and T are restored after
-the step. Nothing is written to disk.
+T' is trained on the output of F *before* its inner update, detached (the released ``train.py`` calls
+``Fusion_model(...)`` without ``meta=True`` after ``inner_update``), so T' is a constant of the outer objective.
+Three rules form θT' (``TrainConfig.task_step``, :func:`task_step_rule`):
+
+* ``"adam"`` (released): T's real optimizer takes one ``step()`` on the inner task gradient, so its moments and
+  step count advance; θT' are the stepped weights; T's weights are then put back (:class:`OptimizerTaskStep`);
+* ``"adam-readonly"``: the same Adam formula applied to copies, the optimizer state only read;
+* ``"sgd"`` (Eq. 5 as printed): ``θT' = θT − lr·g``.
+
+T itself is otherwise never mutated: T' is applied by substituting its trainable parameters (frozen ones,
+``requires_grad=False``, keep their values) (:mod:`tdfusion_core.functional`), and the buffers (BatchNorm
+statistics) of F, G and T are restored after the step. Nothing is written to disk.
 """
 
 from __future__ import annotations
@@ -38,7 +46,8 @@ from tdfusion_core.losses import FusionLoss
 from tdfusion_core.task import Task, functional_task_loss
 
 MetaMode = Literal["jvp", "double-backward", "finite-difference"]
-TaskStepRule = Literal["adam", "sgd"]
+TaskStepRule = Literal["adam", "adam-readonly", "sgd"]
+TASK_STEP_RULES: tuple[str, ...] = ("adam", "adam-readonly", "sgd")
 Params = dict[str, torch.Tensor]
 
 
@@ -83,6 +92,29 @@ def preserved_buffers(*modules: nn.Module) -> Iterator[None]:
                     buf.copy_(state[name])
 
 
+#: class names of stochastic-depth layers (timm's ``DropPath``, torchvision's ``StochasticDepth``)
+_DROP_PATH_NAMES = ("DropPath", "StochasticDepth", "DropBlock2d")
+
+
+def check_deterministic_forward(module: nn.Module) -> None:
+    """Refuse a ``jvp`` meta step when ``module`` (F) has dropout or drop-path active (train mode, p > 0).
+
+    The JVP mode runs F twice (the inner gradient, then the JVP); with random masks the two passes see different
+    networks and the meta-gradient is no longer exact. ``double-backward`` differentiates one pass and stays exact.
+    """
+    for name, m in module.named_modules():
+        active = m.training and (
+            (isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0)
+            or (type(m).__name__ in _DROP_PATH_NAMES and float(getattr(m, "drop_prob", getattr(m, "p", 0.0))) > 0)
+        )
+        if active:
+            raise ValueError(
+                f"meta_mode 'jvp' needs a deterministic fusion network, but F's layer {name or '<root>'} "
+                f"({type(m).__name__}) drops at random in train mode; set meta_mode: double-backward "
+                "(or disable the dropout)"
+            )
+
+
 def _all_finite(tensors: Any) -> bool:
     values = list(tensors.values()) if isinstance(tensors, Mapping) else list(tensors)
     if not values:
@@ -100,13 +132,14 @@ def sgd_task_step(lr: float) -> Callable[[Params, Params], Params]:
 
 
 def adam_task_step(optimizer: torch.optim.Optimizer, network: nn.Module) -> Callable[[Params, Params], Params]:
-    """T' rule of the released code: one step of T's own Adam (or AdamW) state, applied to copies.
+    """T' rule ``"adam-readonly"``: one step of T's own Adam (or AdamW) state, applied to copies.
 
-    The optimizer's state and hyper-parameters are read, never written.
+    The optimizer's state and hyper-parameters are read, never written, so unlike the released code (see
+    :class:`OptimizerTaskStep`) the moments and step count do not advance during the meta phase.
     """
     if not isinstance(optimizer, (torch.optim.Adam, torch.optim.AdamW)):
         raise TypeError(
-            f"task_step='adam' needs the task optimizer to be Adam or AdamW, got {type(optimizer).__name__}; "
+            f"task_step='adam-readonly' needs the task optimizer to be Adam or AdamW, got {type(optimizer).__name__}; "
             "use task_step='sgd'"
         )
     decoupled = isinstance(optimizer, torch.optim.AdamW)
@@ -138,6 +171,55 @@ def adam_task_step(optimizer: torch.optim.Optimizer, network: nn.Module) -> Call
         return out
 
     return step
+
+
+class OptimizerTaskStep:
+    """T' rule ``"adam"``, the released code's: one real ``optimizer.step()`` of T's own optimizer.
+
+    ``(θT, g) -> θT'``: ``g`` is written to the parameters' ``.grad``, the optimizer steps (so its state, e.g.
+    Adam's moments and step count, advances as in ``train.py``'s ``optimizer2.step()``), the stepped weights are
+    read (detached copies) and T's weights and previous ``.grad`` are put back. Works for any
+    ``torch.optim.Optimizer``; parameters without a gradient in ``g`` get ``.grad = None`` (skipped by the step).
+    With several processes ``g`` must be the same everywhere (averaged) so that every state advances alike.
+    """
+
+    #: the optimizer's state changes (the distributed step then averages T's inner gradient in every mode)
+    advances_state = True
+
+    def __init__(self, optimizer: torch.optim.Optimizer, network: nn.Module) -> None:
+        self.optimizer = optimizer
+        self.network = network
+
+    def __call__(self, params: Params, grads: Params) -> Params:
+        named = dict(self.network.named_parameters())
+        saved = {n: (p.detach().clone(), p.grad) for n, p in named.items()}
+        try:
+            with torch.no_grad():
+                for name, p in named.items():
+                    if name in params:
+                        p.copy_(params[name])
+                    p.grad = grads[name].to(p.dtype).clone() if name in grads else None
+            self.optimizer.step()
+            return {name: named[name].detach().clone() for name in params}
+        finally:
+            with torch.no_grad():
+                for name, p in named.items():
+                    value, grad = saved[name]
+                    p.copy_(value)
+                    p.grad = grad
+
+
+def task_step_rule(
+    rule: str, optimizer: torch.optim.Optimizer, network: nn.Module
+) -> Callable[[Params, Params], Params]:
+    """The T' rule named ``rule`` (``TrainConfig.task_step``) for T's ``optimizer`` and ``network``."""
+    if rule == "adam":
+        return OptimizerTaskStep(optimizer, network)
+    if rule == "adam-readonly":
+        return adam_task_step(optimizer, network)
+    if rule == "sgd":
+        return sgd_task_step(optimizer.param_groups[0]["lr"])
+    raise ValueError(f"task_step must be one of {', '.join(TASK_STEP_RULES)}, not {rule!r}")
 
 
 @attrs.define
@@ -189,6 +271,11 @@ class MetaStep:
         """Combine a first-order quantity over processes (identity here; averaged by the distributed step)."""
         return dict(tensors)
 
+    def _reduce_task_grads(self, grads: Mapping[str, torch.Tensor], advances_state: bool) -> dict[str, torch.Tensor]:
+        """T's inner gradient; ``advances_state``: the T' rule steps T's real optimizer, whose state must then
+        advance identically in every process (the distributed step averages it whatever ``sync``)."""
+        return self._reduce(grads)
+
     def _result(
         self,
         grad_g: Params,
@@ -219,20 +306,24 @@ class MetaStep:
         inner_lr: float,
         task_update: Callable[[Params, Params], Params],
     ) -> MetaStepResult:
-        """G's meta-gradient for one (meta-train, meta-test) pair; no module is modified.
+        """G's meta-gradient for one (meta-train, meta-test) pair; no module is modified (the ``"adam"`` T' rule
+        advances T's optimizer state, as the released code does).
 
         Args:
             mtr_crop: meta-train sources for the fusion loss (the crops), ``(B, K, h, w)``.
             mtr_task: meta-train batch at the task's size, for the T' step.
             mts_task: meta-test batch at the task's size, for the outer task loss.
             inner_lr: η, the inner learning rate of F (the released code uses F's current learning rate).
-            task_update: ``(θT, g) -> θT'`` (:func:`adam_task_step` or :func:`sgd_task_step`).
+            task_update: ``(θT, g) -> θT'`` (:func:`task_step_rule`: :class:`OptimizerTaskStep`,
+                :func:`adam_task_step` or :func:`sgd_task_step`).
         """
         F, G, T = self.fusion_net, self.loss_generator, self.task.network
         theta_g = [p for p in G.parameters() if p.requires_grad]
         g_names = [n for n, p in G.named_parameters() if p.requires_grad]
         double_backward = self.mode == "double-backward"
-        with preserved_buffers(F, T), self._autocast(mtr_crop.device):
+        if self.mode == "jvp":
+            check_deterministic_forward(F)
+        with preserved_buffers(F, G, T), self._autocast(mtr_crop.device):
             # 1. inner update of F on the meta-train crop (Eq. 4), G's weights held constant
             weights = G(mtr_crop)
             theta_f = {n: p.detach().requires_grad_(True) for n, p in F.named_parameters() if p.requires_grad}
@@ -247,12 +338,15 @@ class MetaStep:
             grads_f = self._reduce(grads_f)
             theta_f1 = {n: (p.detach() - inner_lr * grads_f[n]).detach() for n, p in theta_f.items()}
 
-            # 2. T' = one step of T on T(F'(x_mtr)) with F's output detached (Eq. 5)
+            # 2. T' = one step of T on T(F_θF(x_mtr)), the pre-update F's output detached (Eq. 5, released code)
             theta_t = {n: p.detach().requires_grad_(True) for n, p in T.named_parameters() if p.requires_grad}
             with torch.no_grad():
-                fused_mtr = self._fuse(theta_f1, mtr_task.sources)
+                fused_mtr = self._fuse(theta_f, mtr_task.sources)
             lt_inner = self._task_loss(fused_mtr, mtr_task, theta_t)
-            grads_t = self._reduce(dict(zip(theta_t, torch.autograd.grad(lt_inner, list(theta_t.values())))))
+            grads_t = self._reduce_task_grads(
+                dict(zip(theta_t, torch.autograd.grad(lt_inner, list(theta_t.values())))),
+                bool(getattr(task_update, "advances_state", False)),
+            )
             theta_t1 = {n: p.detach() for n, p in task_update(dict(theta_t), grads_t).items()}
 
             # 3. v = ∂Lt(T'(F'(x_mts)))/∂θF' (Eq. 6), an ordinary backward through T' and F'

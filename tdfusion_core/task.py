@@ -83,6 +83,13 @@ class Task(abc.ABC):
     target_kind: ClassVar[TargetKind] = "mask"
     #: (height, width) the images are resized to for the task loss, unless the run configures another size
     default_input_size: ClassVar[tuple[int, int] | None] = None
+    #: the metric of :meth:`evaluate` that selects a run's ``best.pt``; ``None``: the first metric evaluate returns
+    primary_metric: ClassVar[str | None] = None
+    #: ``"max"`` when a larger :attr:`primary_metric` is better (mIoU, mAP), ``"min"`` otherwise (an error rate)
+    primary_mode: ClassVar[Literal["max", "min"]] = "max"
+    #: free-form options this task reads from :attr:`config`, besides its ``__init__`` parameters; ``None``: any key
+    #: is accepted (``task_options`` cannot be checked for typos)
+    config_keys: ClassVar[tuple[str, ...] | None] = None
 
     def __init__(
         self, num_classes: int | None = None, checkpoint: str | Path | None = None, lr: float = 1e-4, **config: Any
@@ -92,6 +99,29 @@ class Task(abc.ABC):
         self.lr = lr
         self.config: dict[str, Any] = dict(config)
         self._network: nn.Module | None = None
+
+    @classmethod
+    def accepted_options(cls) -> set[str] | None:
+        """Names ``task_options`` may use: the ``__init__`` parameters along the class hierarchy plus
+        :attr:`config_keys`; ``None`` when the task takes any key (it declares no ``config_keys``)."""
+        names: set[str] = set()
+        for klass in cls.__mro__:
+            if "__init__" not in vars(klass):
+                continue
+            params = list(inspect.signature(vars(klass)["__init__"]).parameters.values())[1:]
+            names |= {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+            if klass is Task:
+                return None if cls.config_keys is None else names | set(cls.config_keys)
+            if not any(p.kind is p.VAR_KEYWORD for p in params):
+                return names
+        return None
+
+    def select_primary(self, metrics: Mapping[str, float]) -> tuple[str, float] | None:
+        """``(name, value)`` of the metric that ranks checkpoints (:attr:`primary_metric`), ``None`` if absent."""
+        name = self.primary_metric or next(iter(metrics), None)
+        if name is None or name not in metrics:
+            return None
+        return name, float(metrics[name])
 
     # ------------------------------------------------------------------ network
     @abc.abstractmethod

@@ -13,7 +13,8 @@ Switch every batch is also fed with its sources in reverse order. Learning rates
 
 Ablations (paper Table 3): ``fixed_weights`` (w = 1/K, G untouched, no meta phase); ``alpha = 0`` (no gradient
 loss); ``task_loss_on_fusion > 0`` (F also trained by the task loss in the fusion phase); ``separate_fusion_phase =
-False`` (F and T keep their inner updates θF', θT' from every meta step, no fusion phase); ``discriminative``
+False`` (no fusion phase: after each outer update of G, F takes one step of its optimizer on Lf with G's current
+weights and T one step of its optimizer, both on the meta-train batch); ``discriminative``
 (``If = Σ w_k I_k`` from G's weights; G is then trained directly by the task loss in the fusion phase and there is
 no F and no meta phase).
 
@@ -69,6 +70,7 @@ from tqdm.auto import tqdm
 from tdfusion_core import __version__, registry
 from tdfusion_core.colour import task_input
 from tdfusion_core.config import TrainConfig
+from tdfusion_core.config_io import check_task_options
 from tdfusion_core.data.sample import Sample
 from tdfusion_core.data.transforms import meta_split
 from tdfusion_core.distributed import (
@@ -88,14 +90,19 @@ from tdfusion_core.distributed import (
 from tdfusion_core.losses import FusionLoss, discriminative_fusion, fixed_weights
 from tdfusion_core.meta import (
     MetaStep,
+    Params,
     TaskInput,
-    adam_task_step,
     apply_maxnorm_update,
     apply_optimizer_update,
-    sgd_task_step,
+    task_step_rule,
 )
 from tdfusion_core.plugins import get_plugin_manager
+from tdfusion_core.provenance import check_rebuildable, record_instances
+from tdfusion_core.run_files import RunLock, check_resume_config, load_training_state, save_training_state
+from tdfusion_core.state_guard import NonFiniteStateError, StepGuard, assert_finite_state
 from tdfusion_core.task import Task, TaskLoss, functional_task_loss
+from tdfusion_core.user_errors import check_device
+from tdfusion_core.validation import Validator, make_validator
 
 log = logging.getLogger(__name__)
 
@@ -127,14 +134,7 @@ def _resize(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 
 def _atomic_save(obj: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    save_training_state(obj, path)
 
 
 def seed_everything(seed: int, deterministic: bool = False) -> None:
@@ -158,6 +158,11 @@ class MetaTrainer:
         fusion_net, loss_generator: modules; default: built from the registry by ``config.fusion_net`` etc.
         out_dir: run directory (config, checkpoints, logs, images); ``None`` keeps everything in memory.
         resume: continue from ``out_dir/checkpoints/last.pt`` (written with any number of processes).
+        val_set: validation samples evaluated after each epoch (:mod:`tdfusion_core.validation`); default: the
+            ``val_split`` of ``config.data`` when it has one.
+
+    A Task or dataset *instance* is recorded in :attr:`config` (so in ``config.yaml`` and ``model.pt``) by its class
+    path and root (:mod:`tdfusion_core.provenance`).
 
     Under ``torchrun`` the process group is joined here (see the module docstring); :attr:`dist` tells the rank
     and the number of processes, :attr:`is_main_process` whether this process writes files and logs. Every process
@@ -174,9 +179,12 @@ class MetaTrainer:
         loss_generator: nn.Module | None = None,
         out_dir: str | Path | None = None,
         resume: bool = False,
+        val_set: Any = None,
     ) -> None:
+        check_rebuildable(config, need_task=task is None and not config.tasks, need_data=train_set is None)
         self.config = config
         #: this process's place in a multi-process run (world_size 1 without torchrun)
+        check_device(config.device)  # a device this machine lacks: one line naming what it has
         self.dist: DistContext = init_distributed(config.device, config.dist_backend)
         self.device = resolve_device(config.device, self.dist)
         self.out_dir = Path(out_dir) if out_dir is not None else None
@@ -187,6 +195,8 @@ class MetaTrainer:
         num_sources = int(self.train_set[0].sources.shape[0])
         self.num_sources = num_sources
         self.task = task if task is not None else self._build_task()
+        #: the config as recorded in config.yaml / model.pt: instances given here are named by class path / root
+        self.config = config = record_instances(config, task, train_set)
         self.task.network.to(self.device)
         if config.sync_batchnorm and self.dist.enabled:
             self.task.network = convert_sync_batchnorm(self.task.network, self.device)
@@ -207,7 +217,9 @@ class MetaTrainer:
             ).to(self.device)
             if config.fusion_checkpoint:
                 self._load_fusion_weights(Path(config.fusion_checkpoint))
-        self.fusion_loss = FusionLoss(intensity=config.intensity, alpha=config.alpha)
+        self.fusion_loss = FusionLoss(
+            intensity=config.intensity, alpha=config.alpha, gradient_form=config.gradient_form
+        )
         self.task_size = self._resolve_task_size()
 
         self.opt_fusion = torch.optim.Adam(self.fusion_net.parameters(), lr=config.lr_fusion)
@@ -230,7 +242,6 @@ class MetaTrainer:
                 autocast_dtype=autocast,
                 ctx=self.dist,
                 sync=config.meta_sync,  # type: ignore[arg-type]
-                average_inner_params=not config.separate_fusion_phase,
             )
         else:
             self.meta_step_fn = MetaStep(
@@ -251,8 +262,12 @@ class MetaTrainer:
         self.bad_steps = 0
         self.history: list[dict[str, float]] = []
         self.pm = get_plugin_manager()
+        #: validation after each epoch (tdfusion_core.validation); ``None`` without a validation split
+        self.validator: Validator | None = make_validator(config, val_set) if self.dist.is_main else None
         if resume:
             self._resume()
+            if self.validator is not None:
+                self.validator.restore(self, self.history)
         # the same starting point everywhere, then DDP for the fusion phase (F's and T's gradients averaged)
         for module in (self.fusion_net, self.loss_generator, self.task.network):
             broadcast_module(module, self.dist)
@@ -281,6 +296,7 @@ class MetaTrainer:
 
             return MultiTask.from_specs(self.config.tasks, self.train_set)
         options = dict(self.config.task_options)
+        check_task_options(self.config.task, registry.lookup("task", self.config.task), options)
         num_classes = getattr(self.train_set, "num_classes", None)
         if num_classes is not None:
             options.setdefault("num_classes", num_classes)
@@ -310,15 +326,11 @@ class MetaTrainer:
         return torch.optim.SGD(params, lr=lr)
 
     def _load_fusion_weights(self, path: Path) -> None:
-        from tdfusion_core.checkpoints import load_model_checkpoint
+        from tdfusion_core.checkpoints import check_state_fits, load_model_checkpoint
 
         state = load_model_checkpoint(path).fusion_net.state_dict()
-        missing, unexpected = self.fusion_net.load_state_dict(state, strict=False)
-        if missing or unexpected:
-            raise ValueError(
-                f"fusion checkpoint {path} does not fit {self.config.fusion_net!r}: "
-                f"missing keys {list(missing)[:8]}, unexpected keys {list(unexpected)[:8]}"
-            )
+        check_state_fits(self.fusion_net, state, f"{self.config.fusion_net!r} {self.config.fusion_options}", str(path))
+        self.fusion_net.load_state_dict(state)
 
     # ------------------------------------------------------------------ data
     def _epoch_generator(self, epoch: int, phase: int) -> torch.Generator:
@@ -433,15 +445,14 @@ class MetaTrainer:
 
         return self._run_phase(range(cfg.meta_steps), step, f"epoch {epoch + 1} meta", "meta")
 
+    def task_update_rule(self) -> Callable[[Params, Params], Params]:
+        """The meta step's T' rule: ``config.task_step`` over T's optimizer (:func:`tdfusion_core.meta.task_step_rule`)."""
+        return task_step_rule(self.config.task_step, self.opt_task, self.task.network)
+
     def meta_update(self, crop: torch.Tensor, mtr_task: TaskInput, mts_task: TaskInput) -> dict[str, float] | None:
         """One meta step on prepared batches and the update of G; ``None`` if the step was skipped (non-finite)."""
         cfg = self.config
-        task_update = (
-            adam_task_step(self.opt_task, self.task.network)
-            if cfg.task_step == "adam"
-            else sgd_task_step(self.opt_task.param_groups[0]["lr"])
-        )
-        result = self.meta_step_fn.compute(crop, mtr_task, mts_task, self._inner_lr(), task_update)
+        result = self.meta_step_fn.compute(crop, mtr_task, mts_task, self._inner_lr(), self.task_update_rule())
         self.meta_step_count += 1
         metrics = {
             "task_loss": float(result.task_loss),
@@ -469,23 +480,23 @@ class MetaTrainer:
             apply_maxnorm_update(self.loss_generator, result.grad_g, self.opt_generator.param_groups[0]["lr"])
         else:
             apply_optimizer_update(self.loss_generator, result.grad_g, self.opt_generator)
-        if not cfg.separate_fusion_phase:
-            self._adopt(self.fusion_net, result.fusion_params)
-            self._adopt(self.task.network, result.task_params)
         # G's entropy and mean weight per source in both source orders, and a warning when it saturates
         from tdfusion_core.generator_stats import SaturationGuard, generator_stats
 
         metrics.update(generator_stats(self.loss_generator, crop))
         self.__dict__.setdefault("saturation_guard", SaturationGuard()).check(metrics, self.meta_step_count)
         self._emit("tdfusion_on_meta_step_end", trainer=self, step=self.meta_step_count, metrics=metrics)
+        if not cfg.separate_fusion_phase:
+            # ablation IV: F and T learn inside the meta loop, one step of their own optimizers on the meta-train
+            # batch after each outer update (F on Lf with G's current weights, T on Lt of F's detached output)
+            self.loss_generator.eval()
+            try:
+                learned = self.fusion_update(crop, mtr_task)
+            finally:
+                self.loss_generator.train()
+            if learned is not None:
+                metrics.update({f"learn/{k}": v for k, v in learned.items()})
         return metrics
-
-    @staticmethod
-    def _adopt(module: nn.Module, params: dict[str, torch.Tensor]) -> None:
-        with torch.no_grad():
-            for name, p in module.named_parameters():
-                if name in params:
-                    p.copy_(params[name])
 
     def _weights(self, sources: torch.Tensor) -> torch.Tensor:
         if self.config.fixed_weights:
@@ -505,6 +516,8 @@ class MetaTrainer:
             batches = [batches[i % len(batches)] for i in range(cfg.fusion_steps)]
         self.fusion_net.train()
         self.task.network.train()
+        # G frozen in eval mode, as the released Loss_model.eval() (it is the network trained in ablation V)
+        self.loss_generator.train(cfg.discriminative)
         return self._run_phase(
             batches,
             lambda idx: self.fusion_update(*self._prepare_step(idx, gen)),
@@ -520,7 +533,7 @@ class MetaTrainer:
         done = 0
         bar = tqdm(items, desc=desc, disable=not self._show_progress, leave=False)
         for item in bar:
-            metrics = step(item)
+            metrics = self._guarded(step, item, desc)
             if metrics is None:
                 continue
             for k, v in metrics.items():
@@ -528,6 +541,28 @@ class MetaTrainer:
             done += 1
             bar.set_postfix(task=f"{metrics['task_loss']:.4f}", fusion=f"{metrics['fusion_loss']:.4f}")
         return {f"{prefix}/{k}": v / max(done, 1) for k, v in sums.items()}
+
+    def _guarded(self, step: Callable[[Any], dict[str, float] | None], item: Any, desc: str) -> dict[str, float] | None:
+        """``step(item)`` under a :class:`~tdfusion_core.state_guard.StepGuard` over F, G, T and their optimizers:
+        non-finite buffers are rolled back, non-finite parameters or optimizer states stop the run."""
+        guard = StepGuard(
+            {"F": self.fusion_net, "G": self.loss_generator, "T": self.task.network},
+            {"F": self.opt_fusion, "G": self.opt_generator, "T": self.opt_task},
+        )
+        try:
+            with guard:
+                metrics = step(item)
+        except NonFiniteStateError as exc:
+            where = f" The last good checkpoint is {self.checkpoint_path}." if self.out_dir else ""
+            raise TrainingDivergedError(f"training stopped in the {desc} phase: {exc}.{where}") from exc
+        if guard.restored:
+            warnings.warn(
+                f"{desc} phase: non-finite values in {', '.join(guard.restored[:8])}; restored to their values "
+                "before the step",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+        return metrics
 
     def fusion_update(self, crop: torch.Tensor, batch: TaskInput) -> dict[str, float] | None:
         """One fusion-phase step (F on Lf with G frozen, then T on Lt); ``None`` if skipped (non-finite).
@@ -596,7 +631,8 @@ class MetaTrainer:
     ) -> torch.Tensor:
         """Task loss of ``network`` on the task input built from ``fused``; ``distributed=True`` (T's own step)
         goes through T's DDP loss module in a multi-process run, so that T's gradients are averaged."""
-        images = task_input(fused.float(), batch.chroma, self.task.input_kind)
+        fused = fused if fused.dtype in (torch.float32, torch.float64) else fused.float()  # autocast's bf16 -> fp32
+        images = task_input(fused, batch.chroma, self.task.input_kind)
         if distributed and self._task_loss_module is not None and network is self.task.network:
             loss: torch.Tensor = self._task_loss_module(images, batch.targets)
             return loss
@@ -644,6 +680,9 @@ class MetaTrainer:
         """Run the remaining epochs; returns the per-epoch metrics history."""
         cfg = self.config
         main = self.dist.is_main
+        lock = RunLock(self.out_dir) if self.out_dir is not None and main else None
+        if lock is not None:
+            lock.acquire()  # a second run into the same out_dir stops here, before writing anything
         if self.out_dir is not None and main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             cfg.to_yaml(self.out_dir / "config.yaml")
@@ -666,6 +705,8 @@ class MetaTrainer:
                 if main:  # for the logs only
                     for k, w in enumerate(self.source_weight_means()):
                         metrics[f"weight/source{k}"] = w
+                    if self.validator is not None:
+                        metrics.update(self.validator.after_epoch(self, epoch))
                 self.epoch = epoch + 1
                 self.history.append(metrics)
                 self._emit("tdfusion_on_epoch_end", trainer=self, epoch=epoch, metrics=metrics)
@@ -674,8 +715,6 @@ class MetaTrainer:
                         self.save_epoch_figure(epoch)
                     if self.epoch % cfg.checkpoint_every == 0 or self.epoch == cfg.epochs:
                         self.save_checkpoint()
-                if main:
-                    log.info("epoch %d: %s", epoch + 1, {k: round(v, 5) for k, v in metrics.items()})
             status = "completed"
             if self.out_dir is not None and self.nets_from_registry and main:
                 self.export_model(self.out_dir / "model.pt")
@@ -684,7 +723,11 @@ class MetaTrainer:
             status = "stopped"
             raise
         finally:
-            self._emit("tdfusion_on_run_end", trainer=self, status=status)
+            try:
+                self._emit("tdfusion_on_run_end", trainer=self, status=status)
+            finally:
+                if lock is not None:
+                    lock.release()
         return self.history
 
     # ------------------------------------------------------------------ checkpoints
@@ -753,16 +796,19 @@ class MetaTrainer:
         """
         path = self.checkpoint_path
         if self.dist.is_main:
-            _atomic_save(self.state_dict(), path)
+            state = self.state_dict()
+            try:
+                assert_finite_state(state, "the training state")
+            except NonFiniteStateError as exc:
+                raise TrainingDivergedError(f"{exc}; not saved, the last good checkpoint is {path}") from exc
+            _atomic_save(state, path)
             self._emit("tdfusion_on_checkpoint_saved", trainer=self, path=str(path), epoch=self.epoch)
         barrier(self.dist)
         return path
 
     def _resume(self) -> None:
-        path = self.checkpoint_path
-        if not path.is_file():
-            raise FileNotFoundError(f"--resume: no checkpoint at {path}")
-        state = torch.load(path, map_location=self.device, weights_only=True)
+        state, path = load_training_state(self.checkpoint_path, map_location=self.device)
+        check_resume_config(state.get("config", {}), self.config.to_dict(), path)
         self.load_state_dict(state)
         if self.dist.is_main:
             saved = int(state.get("world_size", 1))
@@ -791,6 +837,7 @@ class MetaTrainer:
             num_sources=self.num_sources,
             extra={
                 "task": "multi" if self.config.tasks else self.config.task,
+                "data": self.config.data,
                 **({"tasks": [dict(t) for t in self.config.tasks]} if self.config.tasks else {}),
                 "epochs": self.epoch,
             },

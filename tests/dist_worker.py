@@ -155,7 +155,12 @@ def run_scenarios(rank: int, world_size: int, port: int, scenarios: list[dict[st
             assert trainer.dist.world_size == world_size and trainer.dist.rank == rank
             history = trainer.fit()
             torch.save(
-                {"state": trainer_state(trainer), "history": history, "epoch": trainer.epoch},
+                {
+                    "state": trainer_state(trainer),
+                    "opt_task": trainer.opt_task.state_dict(),
+                    "history": history,
+                    "epoch": trainer.epoch,
+                },
                 Path(out) / f"{name}.rank{rank}.pt",
             )
     finally:

@@ -136,14 +136,21 @@ def test_two_processes_update_g_f_and_t_as_one_process_on_the_union(runs):
         print(f"{module}: max |2 processes - 1 process| = {diff:.2e}")
         assert diff < 1e-6, (module, diff)
     assert _max_diff(rank0["state"], rank1["state"]) < 1e-12  # every process holds the same parameters
+    assert _max_diff(_opt_states(rank0), _opt_states(rank1)) < 1e-12  # and the same optimizer state of T
     # the losses logged by the 2-process run are those of the union
     for key in ("meta/task_loss", "meta/fusion_loss", "meta/inner_task_loss", "fusion/fusion_loss", "fusion/task_loss"):
         assert abs(rank0["history"][0][key] - runs["single1_history"][0][key]) < 1e-9, key
 
 
+def _opt_states(saved):
+    return {str(i): {k: torch.as_tensor(v) for k, v in s.items()} for i, s in saved["opt_task"]["state"].items()}
+
+
 def test_per_shard_sync_averages_shard_meta_gradients_not_the_union(runs):
     rank0, rank1 = runs["two"]["per_shard"]
     assert _max_diff(rank0["state"], rank1["state"]) < 1e-12
+    # the released T' rule steps T's real optimizer in the meta phase: its state advanced alike in both processes
+    assert _max_diff(_opt_states(rank0), _opt_states(rank1)) < 1e-12
     g_union = {"g": runs["single1"]["loss_generator"]}
     assert _max_diff({"g": rank0["state"]["loss_generator"]}, g_union) > 1e-6
 

@@ -267,4 +267,14 @@ def test_mkdocs_build_is_strict_and_passes(tmp_path):
         assert command in cli_page, f"{command} missing from the generated CLI reference"
     api_page = (site / "api" / "index.html").read_text(encoding="utf-8")
     assert 'id="tdfusion_core.task.Task"' in api_page and 'id="tdfusion_core.trainer.MetaTrainer"' in api_page
-    assert 'class="mermaid"' in (site / "concepts" / "index.html").read_text(encoding="utf-8")
+    concepts = (site / "concepts" / "index.html").read_text(encoding="utf-8")
+    assert 'class="mermaid"' in concepts
+    # offline: formulas are MathML already, mermaid is the vendored copy, and no page loads anything from a network
+    assert concepts.count("<math") >= 10 and 'class="arithmatex">\\' not in concepts
+    assert (site / "javascripts" / "vendor" / "mermaid.tiny.js").is_file()
+    for page in site.rglob("*.html"):
+        text = page.read_text(encoding="utf-8")
+        remote = re.findall(r'<(?:script|link)[^>]+(?:src|href)="(https?://[^"]+)"', text)
+        assert not remote, f"{page.relative_to(site)} loads {remote} from the network"
+    config_page = (site / "config" / "index.html").read_text(encoding="utf-8")
+    assert "lr_fusion" in config_page and "val_split" in config_page

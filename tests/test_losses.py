@@ -76,3 +76,29 @@ def test_fixed_weights_and_discriminative_fusion():
 def test_invalid_form_is_named():
     with pytest.raises(ValueError, match="intensity form"):
         intensity_loss(torch.zeros(1, 1, 2, 2), torch.zeros(1, 2, 2, 2), torch.zeros(1, 2, 2, 2), "bogus")
+
+
+def test_paper_gradient_form_is_eq3_with_l1_gradient_magnitudes():
+    """Eq. 3: mean | |∇If| − max_k |∇I_k| | with |∇I| = |∂x I| + |∂y I|, against plain convolutions."""
+    torch.manual_seed(0)
+    sources, fused = torch.rand(2, 3, 9, 11, dtype=torch.float64), torch.rand(2, 1, 9, 11, dtype=torch.float64)
+    kx = torch.tensor([[-1.0, 0, 1], [-2, 0, 2], [-1, 0, 1]], dtype=torch.float64).view(1, 1, 3, 3)
+
+    def magnitude(x):
+        return nnf.conv2d(x, kx, padding=1).abs() + nnf.conv2d(x, kx.transpose(-1, -2), padding=1).abs()
+
+    strongest = torch.stack([magnitude(sources[:, k : k + 1]) for k in range(3)]).amax(0)
+    expected = (magnitude(fused) - strongest).abs().mean()
+    assert torch.allclose(gradient_loss(fused, sources, "paper"), expected, rtol=1e-12)
+    # a magnitude form: blind to the sign of the edges, unlike the released form
+    a = torch.rand(1, 1, 8, 8, dtype=torch.float64)
+    pair = torch.cat([a, torch.zeros_like(a)], 1)
+    assert float(gradient_loss(1 - a, pair, "paper")) < 0.5 * float(gradient_loss(1 - a, pair, "released"))
+    assert float(gradient_loss(a, pair, "paper")) == pytest.approx(0.0, abs=1e-12)
+    loss = FusionLoss(alpha=2.0, gradient_form="paper")
+    w = fixed_weights(sources)
+    assert torch.allclose(
+        loss(fused, sources, w), intensity_loss(fused, sources, w) + 2 * gradient_loss(fused, sources, "paper")
+    )
+    with pytest.raises(ValueError, match="gradient form"):
+        gradient_loss(fused, sources, "bogus")  # type: ignore[arg-type]

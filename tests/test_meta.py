@@ -1,5 +1,7 @@
 """The meta-gradient of G: the three modes against each other and against central finite differences (float64)."""
 
+import copy
+
 import pytest
 import torch
 import torch.nn as nn
@@ -8,11 +10,13 @@ from torch.func import functional_call
 from tdfusion_core.losses import FusionLoss
 from tdfusion_core.meta import (
     MetaStep,
+    OptimizerTaskStep,
     TaskInput,
     adam_task_step,
     apply_maxnorm_update,
     detached_params,
     sgd_task_step,
+    task_step_rule,
 )
 from tdfusion_core.registry import get_task
 from tdfusion_core.task import functional_task_loss
@@ -84,7 +88,9 @@ def _outer_objective(step, crop, mts, theta_g, theta_t1, lr):
     from tdfusion_core.colour import task_input
 
     fused = functional_call(F, theta_f1, (mts.sources,))
-    return functional_task_loss(step.task, task_input(fused, mts.chroma), mts.targets, params=theta_t1)
+    return functional_task_loss(
+        step.task, task_input(fused, mts.chroma, step.task.input_kind), mts.targets, params=theta_t1
+    )
 
 
 @pytest.mark.parametrize("mode", ["jvp", "double-backward"])
@@ -120,6 +126,54 @@ def test_meta_step_mutates_nothing():
     for m, state in zip(modules, before):
         for k, v in m.state_dict().items():
             assert torch.equal(v, state[k]), k  # BatchNorm running statistics included
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda ps: torch.optim.Adam(ps, lr=0.01),
+        lambda ps: torch.optim.AdamW(ps, lr=0.01, weight_decay=0.1, amsgrad=True),
+        lambda ps: torch.optim.SGD(ps, lr=0.1, momentum=0.9, nesterov=True),
+        lambda ps: torch.optim.RMSprop(ps, lr=0.01),
+    ],
+)
+def test_optimizer_task_step_is_one_real_step_then_restores_the_weights(make):
+    """The released T' rule for any optimizer: θT' = the weights after one real step, whose state advances;
+    the module's weights (and .grad) are put back."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 1)).double()
+    twin = copy.deepcopy(net)
+    opt, twin_opt = make(net.parameters()), make(twin.parameters())
+    rule = OptimizerTaskStep(opt, net)
+    assert rule.advances_state
+    for _ in range(3):
+        grads = {n: torch.randn_like(p) for n, p in net.named_parameters()}
+        before = {n: p.detach().clone() for n, p in net.named_parameters()}
+        stepped = rule(detached_params(net), grads)
+        for n, p in twin.named_parameters():  # the plain torch way: set .grad, step, read
+            p.grad = grads[n].clone()
+        twin_opt.step()
+        for n, p in twin.named_parameters():
+            assert torch.equal(stepped[n], p.detach()), n
+            with torch.no_grad():
+                p.copy_(before[n])  # the released code reloads T's weights, not the optimizer
+        for n, p in net.named_parameters():
+            assert torch.equal(p.detach(), before[n]) and p.grad is None, n
+    for p, q in zip(net.parameters(), twin.parameters()):
+        ours, theirs = opt.state[p], twin_opt.state[q]
+        assert ours and ours.keys() == theirs.keys()
+        for key in ours:
+            assert torch.equal(torch.as_tensor(ours[key]), torch.as_tensor(theirs[key])), key
+
+
+def test_task_step_rules_by_name():
+    net = nn.Linear(2, 1)
+    opt = torch.optim.Adam(net.parameters(), lr=0.1)
+    assert isinstance(task_step_rule("adam", opt, net), OptimizerTaskStep)
+    assert not getattr(task_step_rule("adam-readonly", opt, net), "advances_state", False)
+    assert not getattr(task_step_rule("sgd", opt, net), "advances_state", False)
+    with pytest.raises(ValueError, match="task_step must be one of"):
+        task_step_rule("lion", opt, net)
 
 
 def test_functional_adam_step_equals_torch_adam():

@@ -83,7 +83,9 @@ def count_plugin():
 
 def _composite(weights: dict[str, float], count: type[Task] = TinyCountTask) -> MultiTask:
     torch.manual_seed(0)
-    tasks = {"seg": TinySegTask(num_classes=5, width=4), "count": count(num_classes=len(BOX_CLASSES))}
+    # tiny-seg on RGB (its default is the luminance now) so that the composite mixes input kinds
+    seg = TinySegTask(num_classes=5, width=4, input_kind="rgb")
+    tasks = {"seg": seg, "count": count(num_classes=len(BOX_CLASSES))}
     return MultiTask(tasks, weights=weights)
 
 

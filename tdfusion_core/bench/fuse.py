@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from tdfusion_core.devices import pick_device
 from tdfusion_core.fusion import amp_dtype_for, autocast
 
 
@@ -111,7 +112,7 @@ def bench_fuse(
     """
     if iters < 1 or batch_size < 1:
         raise ValueError("iters and batch_size must be at least 1")
-    dev = torch.device(device)
+    dev = pick_device(device)
     amp_dtype_for(dev, amp_dtype)  # validate the name before building anything
     previous_threads = torch.get_num_threads()
     if threads is not None:

@@ -20,6 +20,7 @@ import torch
 
 from tdfusion_core.config import TrainConfig
 from tdfusion_core.data.sample import Sample
+from tdfusion_core.devices import pick_device
 from tdfusion_core.meta import MetaMode
 
 DEFAULT_TASK_SIZES = {"mask": (240, 320), "boxes": (192, 256)}
@@ -111,7 +112,7 @@ def bench_meta(
     from tdfusion_core.registry import get_task
     from tdfusion_core.trainer import MetaTrainer
 
-    dev = torch.device(device)
+    dev = pick_device(device)
     options = {"num_classes": num_classes, **(task_options or {})}
     task_obj = get_task(task, **options)
     size = task_size or DEFAULT_TASK_SIZES.get(task_obj.target_kind) or task_obj.default_input_size or (240, 320)
@@ -174,7 +175,7 @@ def _size_option(value: str) -> tuple[int, int]:
 
 @click.command(name="meta")
 @click.option("--task", default="tiny-seg", show_default=True, help="Registered task (e.g. segformer, yolo).")
-@click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1 ...")
+@click.option("--device", default="auto", show_default=True, help="auto (CUDA, then MPS, else CPU), cpu, cuda:1 ...")
 @click.option(
     "--mode",
     "modes",

@@ -27,7 +27,7 @@ def bench_group() -> None:
 
 @bench_group.command(name="fuse")
 @click.option("--size", default="480x640", show_default=True, callback=_parse_size, help="Image size HEIGHTxWIDTH.")
-@click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1 ...")
+@click.option("--device", default="auto", show_default=True, help="auto (CUDA, then MPS, else CPU), cpu, cuda:1 ...")
 @click.option("--amp", is_flag=True, help="Autocast (see --amp-dtype).")
 @click.option(
     "--amp-dtype",

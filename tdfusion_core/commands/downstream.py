@@ -64,7 +64,7 @@ def _size(value: str | None) -> tuple[int, int] | None:
 @click.option("--batch-size", type=click.IntRange(min=1), default=2, show_default=True)
 @click.option("--size", help="HxW the task sees (default: the dataset's task size, else the task's, else native).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Same initial weights and order for all methods.")
-@click.option("--device", default="cpu", show_default=True)
+@click.option("--device", default="auto", show_default=True, help="auto (CUDA, then MPS, else CPU), cpu, cuda ...")
 @click.option("--task-option", "task_opts", multiple=True, metavar="KEY=VALUE", help="Task configuration (YAML value).")
 @click.option("--data-option", "data_opts", multiple=True, metavar="KEY=VALUE", help="Dataset options (YAML value).")
 @click.option("--quiet", is_flag=True)

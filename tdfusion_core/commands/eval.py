@@ -72,7 +72,12 @@ def _parse_metrics(value: str) -> list[str]:
 )
 @click.option("--per-image", is_flag=True, help="Also write per_image.csv with every image's values.")
 @click.option("--plot", is_flag=True, help="Also write metrics.png, a bar chart per metric (needs matplotlib).")
-@click.option("--device", default="cpu", show_default=True, help="Device for the metrics (and the fusion network).")
+@click.option(
+    "--device",
+    default="auto",
+    show_default=True,
+    help="Device for the metrics and F: auto (CUDA, MPS, CPU), cpu, cuda.",
+)
 @click.option("--dataset", help="Dataset name in the tables (default: the folder above --ir).")
 @click.option("--quiet", is_flag=True, help="No per-image progress lines.")
 def eval_command(

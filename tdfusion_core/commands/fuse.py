@@ -35,7 +35,9 @@ from tdfusion_core import hookimpl
     required=True,
     help="tdfusion checkpoint, or a published ReFusion/TDFusion state dict (.pth).",
 )
-@click.option("--device", default="cpu", show_default=True, help="Device to run on: cpu, cuda, cuda:1 ...")
+@click.option(
+    "--device", default="auto", show_default=True, help="auto (CUDA, then MPS, else CPU), cpu, cuda, cuda:1 ..."
+)
 @click.option(
     "--batch-size",
     type=click.IntRange(min=1),

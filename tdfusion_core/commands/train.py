@@ -11,23 +11,44 @@ import click
 from tdfusion_core import hookimpl
 
 
-def _parse_overrides(pairs: tuple[str, ...]) -> dict[str, Any]:
-    import yaml
+def next_run_dir(path: Path) -> Path:
+    """``path`` when it is free (missing or empty), else ``path2``, ``path3``, ... as ultralytics does."""
+    if not path.exists() or not any(path.iterdir()):
+        return path
+    for n in range(2, 10_000):
+        candidate = path.with_name(f"{path.name}{n}")
+        if not candidate.exists() or not any(candidate.iterdir()):
+            return candidate
+    raise click.ClickException(f"no free run directory next to {path} (tried up to {path.name}9999)")
 
-    out: dict[str, Any] = {}
-    for pair in pairs:
-        if "=" not in pair:
-            raise click.BadParameter(f"expected KEY=VALUE, got {pair!r}", param_hint="--set")
-        key, value = pair.split("=", 1)
-        out[key.strip().replace("-", "_")] = yaml.safe_load(value)
-    return out
+
+def resolve_config(
+    config_path: Path | None, saved: Path | None, given: dict[str, Any], overrides: tuple[str, ...]
+) -> Any:
+    """Defaults, then the run's saved config (``--resume``), then ``--config``, then options, then ``--set``."""
+    from tdfusion_core.config import TrainConfig
+    from tdfusion_core.config_io import apply_override, load_yaml_file
+
+    values: dict[str, Any] = TrainConfig().to_dict()
+    if saved is not None:
+        values.update(TrainConfig.from_yaml(saved).to_dict())
+    source = "the command line"
+    if config_path is not None:
+        values.update(load_yaml_file(config_path))
+        source = str(config_path)
+    values.update({k: v for k, v in given.items() if v is not None})
+    for pair in overrides:
+        apply_override(values, pair)
+    if overrides:
+        source = f"{source} and --set" if config_path is not None else "--set"
+    return TrainConfig.from_dict(values, source=source)
 
 
 @click.command(name="train")
 @click.option("--task", help="Registered task name (see `tdfusion plugins`). Default: from --config, else tiny-seg.")
 @click.option("--data", help="Dataset folder or registered dataset name (synthetic, llvip, msrs, ...).")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), help="YAML settings.")
-@click.option("--device", help="torch device, e.g. cpu, cuda, cuda:1.")
+@click.option("--device", help="auto (default: CUDA, then MPS, else CPU), cpu, cuda, cuda:1, mps.")
 @click.option("--amp/--no-amp", default=None, help="bfloat16 autocast for forward passes.")
 @click.option(
     "--out",
@@ -38,6 +59,12 @@ def _parse_overrides(pairs: tuple[str, ...]) -> dict[str, Any]:
     help="Run directory: config, checkpoints, logs, images, model.pt.",
 )
 @click.option("--resume", is_flag=True, help="Continue from <out>/checkpoints/last.pt.")
+@click.option(
+    "--exist-ok",
+    is_flag=True,
+    help="Write into --out even if it holds files (replacing a run there); by default a busy --out becomes "
+    "<out>2, <out>3, ...",
+)
 @click.option("--deterministic", is_flag=True, default=None, help="Deterministic kernels (bit-reproducible on CPU).")
 @click.option("--epochs", type=int, help="Number of epochs L.")
 @click.option("--meta-steps", type=int, help="Meta steps M per epoch.")
@@ -48,7 +75,8 @@ def _parse_overrides(pairs: tuple[str, ...]) -> dict[str, Any]:
     "overrides",
     multiple=True,
     metavar="KEY=VALUE",
-    help="Any other setting of the config (YAML value), e.g. --set crop_size=128 --set fixed_weights=true.",
+    help="Any setting (value read as YAML; KEY.SUB for one entry of a mapping), e.g. --set crop_size=128 "
+    "--set lr_fusion=1e-4 --set task_options.num_classes=1. Keys: docs/config.md.",
 )
 def train_command(
     task: str | None,
@@ -58,6 +86,7 @@ def train_command(
     amp: bool | None,
     out_dir: Path,
     resume: bool,
+    exist_ok: bool,
     deterministic: bool | None,
     epochs: int | None,
     meta_steps: int | None,
@@ -70,16 +99,12 @@ def train_command(
     Settings come from the defaults (those of the released TDFusion code), then --config, then the options given
     here. With --resume the settings saved in the run directory are used and options given here override them.
     """
-    from tdfusion_core.config import TrainConfig
+    from tdfusion_core import registry
+    from tdfusion_core.config_io import ConfigError, check_task_options
     from tdfusion_core.trainer import MetaTrainer, TrainingDivergedError
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    values: dict[str, Any] = {}
     saved = out_dir / "config.yaml"
-    if resume and saved.is_file():
-        values.update(TrainConfig.from_yaml(saved).to_dict())
-    if config_path is not None:
-        values.update(TrainConfig.from_yaml(config_path).to_dict())
     given = {
         "task": task,
         "data": data,
@@ -91,20 +116,25 @@ def train_command(
         "fusion_steps": fusion_steps,
         "seed": seed,
     }
-    values.update({k: v for k, v in given.items() if v is not None})
-    values.update(_parse_overrides(overrides))
     try:
-        config = TrainConfig.from_dict(values, source="the command line")
-    except (TypeError, ValueError) as exc:
-        raise click.UsageError(str(exc)) from exc
-    if not resume and (out_dir / "checkpoints" / "last.pt").exists():
-        raise click.UsageError(f"{out_dir} already holds a run; use --resume to continue it or another --out")
+        config = resolve_config(config_path, saved if resume and saved.is_file() else None, given, overrides)
+        if not config.tasks and not config.task.startswith("python:"):
+            check_task_options(config.task, registry.lookup("task", config.task), config.task_options)
+    except (ConfigError, LookupError) as exc:
+        raise click.ClickException(str(exc)) from None
+    if not resume and not exist_ok:
+        chosen = next_run_dir(out_dir)
+        if chosen != out_dir:
+            click.echo(f"{out_dir} is not empty: this run goes to {chosen} (--exist-ok to reuse {out_dir})")
+            out_dir = chosen
     try:
         trainer = MetaTrainer(config, out_dir=out_dir, resume=resume)
         say = click.echo if trainer.is_main_process else (lambda _message: None)  # once under torchrun
         say(
             f"training task {config.task!r} on {config.data!r} ({len(trainer.train_set)} samples, "
-            f"{trainer.num_sources} sources) on {config.device}; run directory {out_dir}"
+            f"{trainer.num_sources} sources"
+            + (f", {len(trainer.validator)} for validation" if trainer.validator is not None else ", no validation")
+            + f") on {trainer.device}; run directory {out_dir}"
         )
         history = trainer.fit()
     except TrainingDivergedError as exc:
@@ -114,6 +144,10 @@ def train_command(
     last = history[-1] if history else {}
     weights = ", ".join(f"{last[k]:.3f}" for k in sorted(last) if k.startswith("weight/"))
     say(f"done: {trainer.epoch} epochs; mean source weights [{weights}]; model: {out_dir / 'model.pt'}")
+    best = trainer.validator.best if trainer.validator is not None else None
+    if best is not None:
+        say(f"best: val {best[0]} {best[1]:.4f} at epoch {best[2]}: {out_dir / 'checkpoints' / 'best.pt'}")
+    say(f"results: {out_dir / 'results.csv'}, log: {out_dir / 'train.log'}")
 
 
 @hookimpl

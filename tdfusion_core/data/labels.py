@@ -41,6 +41,7 @@ PROBLEM_KINDS = (
     "missing-label",  # an image pair without a label where the dataset has labels
     "size-mismatch",  # sources of different sizes, or a mask of another size than the images
     "unreadable",  # a missing, truncated or undecodable file
+    "non-finite",  # a floating-point image with NaN or infinite pixels
     "mask-range",  # mask values outside 0..num_classes-1 (and not the ignore index)
     "bad-label",  # a label line that cannot be parsed, or an unknown / out-of-range class
     "box-outside",  # a box outside the image

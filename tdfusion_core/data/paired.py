@@ -33,7 +33,7 @@ from torch.utils.data import Dataset
 from tdfusion_core.data import labels as L
 from tdfusion_core.data.labels import DataError, Problem
 from tdfusion_core.data.sample import Sample
-from tdfusion_core.io import ImageReadError, list_images, read_image
+from tdfusion_core.io import ImageReadError, NonFiniteImageError, list_images, read_image
 
 logger = logging.getLogger("tdfusion.data")
 
@@ -295,6 +295,9 @@ class PairedDataset(Dataset[Sample]):
         for path in self._images[name]:
             try:
                 y, c = read_image(path)
+            except NonFiniteImageError as exc:
+                problems.append(Problem(path, "non-finite", str(exc).replace(f"{path} ", "")))
+                continue
             except ImageReadError as exc:
                 problems.append(Problem(path, "unreadable", str(exc).replace(f" {path}", "")))
                 continue

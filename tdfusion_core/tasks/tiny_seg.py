@@ -49,14 +49,17 @@ class TinySegNet(nn.Module):
 class TinySegTask(Task):
     """Semantic segmentation with :class:`TinySegNet`.
 
-    Config: ``width`` (channels of the first level, default 16), ``in_channels`` follows :attr:`input_kind`
-    (pass ``input_kind="luminance"`` to feed the fused Y only).
+    Config: ``width`` (channels of the first level, default 16), ``in_channels`` follows :attr:`input_kind`:
+    ``"luminance"`` (default, what the released code feeds its task networks: the one-channel fused Y) or ``"rgb"``
+    (an extension: RGB rebuilt from the fused Y and the sources' chroma).
     """
 
     name = "tiny-seg"
-    input_kind = "rgb"
+    input_kind = "luminance"
     target_kind = "mask"
     ignore_index = 255
+    primary_metric = "mIoU"
+    config_keys = ("width",)
 
     def __init__(self, num_classes: int | None = 4, input_kind: str | None = None, **config: Any) -> None:
         super().__init__(num_classes=num_classes, **config)

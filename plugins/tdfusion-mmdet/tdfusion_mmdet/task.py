@@ -2,7 +2,8 @@
 
 The detector is wrapped in :class:`DetectorNetwork`, which normalises the RGB input in the graph (mean / std /
 channel order of the config's data preprocessor, zero padding to a multiple of 32) without calling mmdet's data
-preprocessor, so the loss is differentiable with respect to the fused image. Targets are core's pixel boxes
+preprocessor, so the loss is differentiable with respect to the fused image. ``input_kind="luminance"`` feeds the
+fused Y ``(B, 1, H, W)`` in [0, 1] to a one-channel stem instead (no mean / std), as the released TDFusion detector. Targets are core's pixel boxes
 ``(N, 5)`` rows ``class, x0, y0, x1, y1`` (one tensor per image, collated as a list). The loss is the detector's
 ``loss()`` dict summed over the entries whose key contains ``"loss"``; evaluation is COCO-style mAP50:95 / mAP50 /
 mAP75 from :mod:`tdfusion_core.metrics.detection` (the same numbers as every other detection task of tdfusion).
@@ -11,25 +12,14 @@ mAP75 from :mod:`tdfusion_core.metrics.detection` (the same numbers as every oth
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
 import torch.nn as nn
-from tdfusion_mmcv_compat.openmmlab import (
-    NormalizedModel,
-    build_model,
-    import_openmmlab,
-    load_weights,
-    preprocessor_settings,
-    resolve_config,
-    sanitize_model_config,
-    set_num_classes,
-    sum_losses,
-)
+from tdfusion_openmmlab.glue import NormalizedModel, sum_losses
+from tdfusion_openmmlab.task import OpenMMLabTask
 
 from tdfusion_core.metrics.detection import DetectionMAP
-from tdfusion_core.task import Task
 
 #: short names for configs shipped in the mmdet wheel (``<mmdet>/.mim/configs``); any other name or path works too
 MODEL_ZOO: dict[str, str] = {
@@ -85,7 +75,7 @@ class DetectorNetwork(NormalizedModel):
         return inputs, samples
 
     def loss(self, images: torch.Tensor, boxes: Sequence[torch.Tensor]) -> torch.Tensor:
-        """Sum of the detector's loss terms on RGB ``images`` in [0, 1] against per-image pixel boxes."""
+        """Sum of the detector's loss terms on ``images`` in [0, 1] against per-image pixel boxes."""
         if len(boxes) != images.shape[0]:
             raise ValueError(f"{len(boxes)} box tensors for a batch of {images.shape[0]} images")
         inputs, samples = self.data_samples(images, boxes)
@@ -97,14 +87,15 @@ class DetectorNetwork(NormalizedModel):
         return [(r.pred_instances.bboxes, r.pred_instances.scores, r.pred_instances.labels) for r in results]
 
 
-class MMDetTask(Task):
+class MMDetTask(OpenMMLabTask):
     """Object detection with any MMDetection model.
 
-    Options (keyword arguments, also from a run's YAML):
+    Options (keyword arguments, also from a run's YAML) as :class:`~tdfusion_openmmlab.task.OpenMMLabTask`:
         config: a config file path, a name from :data:`MODEL_ZOO` (``"rtmdet-tiny"``, ``"yolox-tiny"``,
             ``"retinanet-r50"``, ``"faster-rcnn-r50"``, ...), the name of any config shipped with mmdet (e.g.
             ``"rtmdet/rtmdet_tiny_8xb32-300e_coco"``), or a dict. Default: RTMDet-tiny.
         cfg_options: mmengine-style dotted overrides, e.g. ``{"model.test_cfg.score_thr": 0.05}``.
+        input_kind: ``"rgb"`` (default) or ``"luminance"`` (one-channel stem, no mean / std).
         size_divisor: pad the input to a multiple of this (default: the config's ``pad_size_divisor``, at least 32
             so that every FPN level lines up).
         unfreeze: release ``frozen_stages`` / ``norm_eval`` when no pretrained weights are loaded (default True).
@@ -119,45 +110,19 @@ class MMDetTask(Task):
     #: the released code's detection task input (M3FD, 192x256)
     default_input_size = (192, 256)
     package: ClassVar[str] = "mmdet"
+    network_class = DetectorNetwork
+    min_size_divisor: ClassVar[int] = 32
+    model_kind: ClassVar[str] = "detection model"
 
-    def __init__(
-        self,
-        num_classes: int | None = None,
-        checkpoint: str | Path | None = None,
-        lr: float = 1e-4,
-        config: Any = None,
-        **options: Any,
-    ) -> None:
-        super().__init__(num_classes=num_classes, checkpoint=checkpoint, lr=lr, **options)
-        if config is None:
-            config = DEFAULT_CONFIG
-        if isinstance(config, str) and config in MODEL_ZOO:
-            config = MODEL_ZOO[config]
-        self.config["config"] = config
+    def default_config(self) -> Any:
+        return DEFAULT_CONFIG
 
-    def model_config(self) -> dict[str, Any]:
-        """The sanitised model config that :meth:`build_network` builds (offline, one process, class count set)."""
-        import_openmmlab(self.package)
-        full = resolve_config(self.package, self.config["config"], self.config.get("cfg_options"))
-        model = full["model"]
-        sanitize_model_config(model, unfreeze=bool(self.config.get("unfreeze", True)))
-        if self.num_classes is not None and set_num_classes(model, int(self.num_classes)) == 0:
-            raise ValueError("the model config has no 'num_classes' to set (is it a detection model?)")
-        return model
+    def resolve_config_name(self, config: Any) -> Any:
+        """A :data:`MODEL_ZOO` short name becomes its shipped config name."""
+        return MODEL_ZOO[config] if isinstance(config, str) and config in MODEL_ZOO else config
 
-    def build_network(self) -> nn.Module:
-        model_cfg = self.model_config()
-        settings = preprocessor_settings(model_cfg)
-        divisor = self.config.get("size_divisor")
-        settings["size_divisor"] = int(divisor) if divisor is not None else max(32, settings["size_divisor"])
-        model = build_model(self.package, model_cfg)
-        if self.num_classes is None:
-            self.num_classes = _model_num_classes(model)
-        return DetectorNetwork(model, **settings)
-
-    def load_checkpoint(self, network: nn.Module, path: Path) -> None:
-        """Load mmdet checkpoints or state dicts (keys with or without the ``model.`` prefix)."""
-        load_weights(network, path)  # type: ignore[arg-type]
+    def model_num_classes(self, model: nn.Module) -> int:
+        return _model_num_classes(model)
 
     def compute_loss(self, network: nn.Module, images: torch.Tensor, targets: Any) -> torch.Tensor:
         return network.loss(images, list(targets))  # type: ignore[operator]

@@ -2,29 +2,18 @@
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import torch
-
-
-class NetworkAccessError(RuntimeError):
-    """Raised by the offline guard when code tries to open a network connection."""
-
-
-def _refuse(*args: Any, **kwargs: Any) -> Any:
-    raise NetworkAccessError(f"network access attempted during an offline test: {args[1:] or kwargs}")
+from tdfusion_openmmlab.testing import offline
 
 
 @pytest.fixture(scope="session")
 def offline_guard() -> Iterator[None]:
     """Make every socket connection raise for the whole session (nothing may download)."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(socket.socket, "connect", _refuse)
-        mp.setattr(socket.socket, "connect_ex", _refuse)
-        mp.setattr(socket, "create_connection", _refuse)
+    with offline():
         yield
 
 

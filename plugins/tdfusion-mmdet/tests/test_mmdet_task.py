@@ -157,3 +157,43 @@ def test_evaluate_matches_a_hand_computed_value() -> None:
     assert metrics["mAP50"] == pytest.approx(51 / 101)
     assert metrics["mAP75"] == pytest.approx(0.0)
     assert metrics["mAP50:95"] == pytest.approx(3 / 10 * 51 / 101)
+
+
+@pytest.mark.parametrize("name,stem_channels", [("rtmdet-tiny", 1), ("yolox-tiny", 4)])
+def test_luminance_option_gives_a_one_channel_stem(
+    build_detector: Any, det_batch: Any, name: str, stem_channels: int
+) -> None:
+    from tdfusion_mmdet.task import MMDetTask
+    from tdfusion_openmmlab.luminance import first_conv
+
+    torch.manual_seed(0)  # the same initialisation as the RGB detector of build_detector
+    task = MMDetTask(num_classes=1, config=name, input_kind="luminance")
+    assert task.input_kind == "luminance" and MMDetTask.input_kind == "rgb"
+    net = task.network
+    rgb_conv = first_conv(build_detector(name).network.model.backbone)[1]
+    conv = next(m for m in net.model.backbone.modules() if isinstance(m, torch.nn.Conv2d))
+    # CSPNeXt / CSPDarknet hard-code RGB stems: the first conv (YOLOX: after Focus' 4 shifted copies) is summed over
+    # the colour channels, the same response to a grey image
+    assert conv.in_channels == stem_channels
+    torch.testing.assert_close(conv.weight, rgb_conv.weight.reshape(conv.out_channels, -1, 3, *conv.kernel_size).sum(2))
+    images, boxes = det_batch
+    x = images[:, :1].clone().requires_grad_(True)
+    prepared = net.prepare(x.detach())  # no mean / std; zero padding of 64x80 to 64x96
+    torch.testing.assert_close(prepared[..., :80], x.detach())
+    assert prepared.shape[-1] == 96 and torch.all(prepared[..., 80:] == 0)
+    loss = task.compute_loss(net.train(), x, boxes)
+    (grad,) = torch.autograd.grad(loss, x)
+    assert torch.isfinite(loss) and grad.abs().sum() > 0  # (B, 1, H, W) backpropagates to the fused image
+    with pytest.raises(ValueError, match=r"expected luminance images \(B, 1, H, W\)"):
+        task.compute_loss(net, images, boxes)
+
+
+def test_luminance_option_sets_in_channels_where_the_backbone_takes_it() -> None:
+    from tdfusion_mmdet.task import MMDetTask
+
+    model = MMDetTask(num_classes=1, config="retinanet-r50", input_kind="luminance").model_config()
+    assert model["backbone"]["type"] == "ResNet" and model["backbone"]["in_channels"] == 1
+    assert (
+        "in_channels"
+        not in MMDetTask(num_classes=1, config="rtmdet-tiny", input_kind="luminance").model_config()["backbone"]
+    )  # CSPNeXt has no such argument: its stem is converted after building

@@ -39,7 +39,9 @@ def test_tasks_registered_by_the_entry_point(monkeypatch: pytest.MonkeyPatch) ->
         table = registry.entries("task")
         assert table["mmseg"][1] == "mmseg" and table["segformer"][1] == "mmseg"
         task = registry.get_task("segformer", num_classes=3)
-        assert task.input_kind == "rgb" and task.target_kind == "mask"
+        assert task.input_kind == "luminance" and task.target_kind == "mask"  # as the released SegFormer
+        assert task.loss_resolution == "full"
+        assert registry.get_task("mmseg", num_classes=3).input_kind == "rgb"
     finally:
         monkeypatch.undo()
         reset_plugin_manager()
@@ -62,17 +64,21 @@ def test_segformer_variants_resolve_offline(offline_guard: None, variant: str, d
 
 
 def test_unknown_variant_and_config_are_clear_errors() -> None:
-    from tdfusion_mmcv_compat.openmmlab import OpenMMLabConfigError
     from tdfusion_mmseg.task import MMSegTask, SegFormerTask
+    from tdfusion_openmmlab.glue import OpenMMLabConfigError
 
     with pytest.raises(ValueError, match=r"b0, b1, b2, b3, b4, b5"):
         SegFormerTask(variant="b9")
     with pytest.raises(OpenMMLabConfigError, match="no config file 'not-a-config'"):
         MMSegTask(num_classes=2, config="not-a-config").model_config()
+    with pytest.raises(ValueError, match=r"loss_resolution must be one of \('full', 'task'\)"):
+        SegFormerTask(loss_resolution="half")
+    with pytest.raises(ValueError, match="input_kind must be 'luminance' or 'rgb'"):
+        SegFormerTask(input_kind="bgr")
 
 
 def test_local_pretrained_weights_are_kept(tmp_path: Path) -> None:
-    from tdfusion_mmcv_compat.openmmlab import sanitize_model_config
+    from tdfusion_openmmlab.glue import sanitize_model_config
 
     local = tmp_path / "mit_b0.pth"
     local.write_bytes(b"")
@@ -94,17 +100,72 @@ def test_builds_offline_with_dataset_class_count(base_task: Any) -> None:
     assert type(net.model).__name__ == "EncoderDecoder"
     assert net.model.decode_head.num_classes == NUM_CLASSES
     assert net.model.decode_head.conv_seg.out_channels == NUM_CLASSES
-    assert net.rgb and net.model.backbone.embed_dims == 32
+    assert net.in_channels == 1 and net.model.backbone.embed_dims == 32
+    assert net.model.backbone.layers[0][0].projection.in_channels == 1  # released SegFormer: in_chans=1
     assert not any(isinstance(m, torch.nn.SyncBatchNorm) for m in net.modules())
     # only the segmentor's weights are saved: normalisation constants are non-persistent buffers
     assert all(k.startswith("model.") for k in net.state_dict())
 
 
-def test_loss_is_the_decode_head_cross_entropy_and_reaches_the_input(seg_task: Any, batch: Any) -> None:
-    images, masks = batch
-    net = seg_task.network.eval()  # eval: no dropout / drop-path, so the loss is deterministic
+def released_ce_loss(inputs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Port of the released TDFusion ``utils.CE_Loss``: logits upsampled to the mask (bilinear, align_corners=True)
+    when both sides differ, then ``nn.CrossEntropyLoss()`` over every pixel."""
+    _, c, h, w = inputs.size()
+    _, ht, wt = target.size()
+    if h != ht and w != wt:
+        inputs = nnf.interpolate(inputs, size=(ht, wt), mode="bilinear", align_corners=True)
+    return torch.nn.CrossEntropyLoss()(inputs.permute(0, 2, 3, 1).reshape(-1, c), target.reshape(-1))
+
+
+def test_default_loss_is_the_released_full_resolution_cross_entropy(seg_task: Any, batch: Any) -> None:
+    images, _ = batch
+    g = torch.Generator().manual_seed(5)
+    masks = torch.randint(0, NUM_CLASSES, (2, 128, 160), generator=g)  # native resolution, twice the task input
+    first = masks[0]
+    assert seg_task.resize_targets(first, (128, 160), (64, 80)) is first  # "full": masks stay as loaded
+    net = seg_task.network.eval()  # eval: no dropout / drop-path, so both sides are deterministic
     x = images.clone().requires_grad_(True)
     loss = seg_task.compute_loss(net, x, masks)
+    # independent: the released SegFormer.forward (raw luminance in, no mean / std; logits upsampled to the input
+    # with align_corners=True) followed by the released CE_Loss
+    with torch.no_grad():
+        logits = net.model.decode_head(net.model.extract_feat(images))
+        logits = nnf.interpolate(logits, size=(64, 80), mode="bilinear", align_corners=True)
+        reference = released_ce_loss(logits, masks)
+    torch.testing.assert_close(loss.detach(), reference, rtol=1e-5, atol=1e-6)
+    (grad,) = torch.autograd.grad(loss, x)
+    assert torch.isfinite(grad).all() and grad.abs().sum() > 0  # (B, 1, H, W) backpropagates to the input
+    with pytest.raises(ValueError, match=r"expected luminance images \(B, 1, H, W\)"):
+        seg_task.compute_loss(net, torch.rand(2, 3, 64, 80), masks)
+
+
+def test_masks_of_different_native_sizes_give_the_pixel_weighted_mean(seg_task: Any, batch: Any) -> None:
+    images, _ = batch
+    g = torch.Generator().manual_seed(6)
+    masks = [
+        torch.randint(0, NUM_CLASSES, (128, 160), generator=g),
+        torch.randint(0, NUM_CLASSES, (96, 120), generator=g),
+    ]
+    collated = seg_task.collate_targets(masks)
+    assert isinstance(collated, list)
+    net = seg_task.network.eval()
+    loss = seg_task.compute_loss(net, images, collated)
+    each = [float(seg_task.compute_loss(net, images[i : i + 1], m[None]).detach()) for i, m in enumerate(masks)]
+    sizes = [m.numel() for m in masks]
+    assert float(loss.detach()) == pytest.approx((each[0] * sizes[0] + each[1] * sizes[1]) / sum(sizes), rel=1e-5)
+
+
+def test_task_resolution_option_is_the_segmentors_own_loss_on_rgb(rgb_base_task: Any, rgb_batch: Any) -> None:
+    from tdfusion_mmseg.task import MMSegTask
+
+    task = MMSegTask(num_classes=NUM_CLASSES, loss_resolution="task")
+    task.network = copy.deepcopy(rgb_base_task.network)
+    images, masks = rgb_batch
+    assert task.input_kind == "rgb" and task.network.model.backbone.layers[0][0].projection.in_channels == 3
+    assert task.resize_targets(masks[0], (64, 80), (32, 40)).shape == (32, 40)  # nearest to the task size
+    net = task.network.eval()
+    x = images.clone().requires_grad_(True)
+    loss = task.compute_loss(net, x, masks)
     assert loss.dim() == 0 and torch.isfinite(loss)
     # independent: normalise by hand, run backbone + head, mmseg's CE (mean over all pixels, ignored ones count 0)
     normalised = (images * 255 - MEAN) / STD
@@ -115,6 +176,22 @@ def test_loss_is_the_decode_head_cross_entropy_and_reaches_the_input(seg_task: A
     torch.testing.assert_close(loss.detach(), ce, rtol=1e-5, atol=1e-6)
     (grad,) = torch.autograd.grad(loss, x)
     assert torch.isfinite(grad).all() and grad.abs().sum() > 0
+
+
+def test_rgb_checkpoint_loads_into_the_luminance_network(rgb_base_task: Any, tmp_path: Path) -> None:
+    from tdfusion_mmseg.task import SegFormerTask
+
+    path = tmp_path / "rgb.pth"
+    torch.save(rgb_base_task.network.state_dict(), path)
+    net = SegFormerTask(num_classes=NUM_CLASSES, checkpoint=path).network
+    rgb = rgb_base_task.network.model.backbone.layers[0][0].projection.weight
+    lum = net.model.backbone.layers[0][0].projection.weight
+    assert lum.shape[1] == 1
+    torch.testing.assert_close(lum, rgb.sum(1, keepdim=True))  # the same response to a grey image
+    grey = torch.rand(1, 1, 32, 32)
+    torch.testing.assert_close(
+        nnf.conv2d(grey, lum, stride=4, padding=3), nnf.conv2d(grey.expand(1, 3, 32, 32), rgb, stride=4, padding=3)
+    )
 
 
 def test_functional_t_prime_equals_loading_the_stepped_parameters(seg_task: Any, batch: Any) -> None:
@@ -162,6 +239,19 @@ def test_evaluate_returns_per_class_metrics_and_restores_mode(seg_task: Any, bat
 
     perfect = seg_task.evaluate(Oracle(), [(images, masks)])
     assert perfect["mIoU"] == pytest.approx(1.0) and perfect["mAcc"] == pytest.approx(1.0)
+    # masks at twice the resolution (native size, "full"): logits upsampled with align_corners=True to match
+    from tdfusion_core.data.targets import resize_mask
+
+    # (horizontal stripes: bilinear interpolation is then one-dimensional, and 64 -> 128 rows with align_corners=True
+    # rounds each output row to the source row that nearest-neighbour upsampling of the mask picks)
+    stripes = torch.randint(0, NUM_CLASSES, (2, 64, 1), generator=torch.Generator().manual_seed(3)).expand(2, 64, 80)
+
+    class StripeOracle(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return nnf.one_hot(stripes, NUM_CLASSES).permute(0, 3, 1, 2).float()
+
+    native = torch.stack([resize_mask(m, (128, 160)) for m in stripes])
+    assert seg_task.evaluate(StripeOracle(), [(images, native)])["mIoU"] == pytest.approx(1.0)
 
 
 def test_padding_to_a_size_divisor_keeps_outputs_at_image_size(base_task: Any, batch: Any) -> None:

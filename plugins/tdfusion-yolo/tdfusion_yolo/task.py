@@ -2,7 +2,8 @@
 
 * **Network**: any ultralytics detection model yaml (``model="yolov8n.yaml"`` by default; ``yolov8{n,s,m,l,x}.yaml``,
   ``yolo11n.yaml``, a path to your own yaml, or a yaml dict), built randomly initialised with ``nc = num_classes`` and
-  3 input channels (``input_kind="rgb"``, the default) or 1 (``input_kind="luminance"``). Nothing is downloaded.
+  1 input channel (``input_kind="luminance"``, the default: the fused Y, as the released TDFusion detector's stem
+  ``Conv(1, ...)``) or 3 (``input_kind="rgb"``, the fused Y with the sources' chroma). Nothing is downloaded.
   Weights come only from a local ``checkpoint`` path: an ultralytics ``.pt`` (loaded with ultralytics' own safe,
   allow-listed unpickler; matching tensors are transferred as ultralytics' ``load`` does, so a COCO checkpoint can
   start a 1-class model) or a plain state dict such as a tdfusion run saves (loaded strictly).
@@ -17,8 +18,9 @@
   batch is padded at the bottom and right with ultralytics' letterbox grey (114/255), which leaves pixel boxes valid.
 * **Targets**: core's per-image ``(N, 5)`` rows ``class, x0, y0, x1, y1`` in pixels (see :mod:`.targets`).
 * **Evaluation**: ultralytics' NMS (``ultralytics.utils.nms.non_max_suppression``), its prediction matching at IoU
-  0.50:0.05:0.95 and ``DetMetrics`` / ``ap_per_class``: ``mAP50``, ``mAP75``, ``mAP50-95`` (ultralytics' name for
-  mAP@[.5:.95]), ``precision`` and ``recall``. Never plots (plots would fetch a font).
+  0.50:0.05:0.95 and ``DetMetrics`` / ``ap_per_class``: ``mAP50``, ``mAP75``, ``mAP50:95`` (mAP@[.5:.95], under
+  the key core and the other detection tasks use; ultralytics calls it ``mAP50-95``), ``precision`` and ``recall``.
+  Never plots (plots would fetch a font).
 """
 
 from __future__ import annotations
@@ -72,7 +74,7 @@ class YoloTask(Task):
         num_classes: number of classes (``nc``); ``None`` keeps the yaml's ``nc``.
         checkpoint: local ``.pt`` / state-dict path loaded after building (never downloaded).
         lr: learning rate of T's Adam optimizer.
-        input_kind: ``"rgb"`` (3-channel model, default) or ``"luminance"`` (1-channel model on the fused Y).
+        input_kind: ``"luminance"`` (1-channel model on the fused Y, default, as released) or ``"rgb"`` (3 channels).
         model: ultralytics detection yaml name or path, or a yaml dict (default ``"yolov8n.yaml"``).
         box, cls, dfl: loss gains (defaults 7.5, 0.5, 1.5 as ultralytics).
         loss_reduction: ``"mean"`` (default; gained terms summed, per image) or ``"ultralytics"`` (times batch size).
@@ -82,7 +84,7 @@ class YoloTask(Task):
 
     num_classes: int | None
     name = "yolo"
-    input_kind = "rgb"
+    input_kind = "luminance"
     target_kind = "boxes"
     #: the released code's detection task size (M3FD); runs may configure another (LLVIP: 256x320)
     default_input_size = (192, 256)
@@ -314,7 +316,7 @@ class YoloTask(Task):
         return [o[:, :6] for o in out]
 
     def evaluate(self, network: nn.Module, batches: Iterable[tuple[torch.Tensor, Any]]) -> dict[str, float]:
-        """mAP50, mAP75, mAP50-95, precision and recall over ``(images, targets)`` batches, with ultralytics' code."""
+        """mAP50, mAP75, mAP50:95, precision and recall over ``(images, targets)`` batches, with ultralytics' code."""
         ensure_offline()
         from ultralytics.engine.validator import BaseValidator
         from ultralytics.utils.metrics import DetMetrics, box_iou
@@ -355,7 +357,7 @@ class YoloTask(Task):
         return {
             "mAP50": float(box.map50),
             "mAP75": float(box.map75),
-            "mAP50-95": float(box.map),
+            "mAP50:95": float(box.map),
             "precision": float(box.mp),
             "recall": float(box.mr),
         }

@@ -26,7 +26,7 @@ def one_torch_thread() -> Iterator[None]:
 def base_task() -> YoloTask:
     """A 1-class RGB yolov8n task, randomly initialised with a fixed seed (do not mutate its network)."""
     torch.manual_seed(0)
-    task = YoloTask(num_classes=1)
+    task = YoloTask(input_kind="rgb", num_classes=1)
     _ = task.network
     return task
 
@@ -34,7 +34,7 @@ def base_task() -> YoloTask:
 @pytest.fixture
 def yolo_task(base_task: YoloTask) -> YoloTask:
     """A private copy of :func:`base_task` (same weights), free to modify."""
-    task = YoloTask(num_classes=1)
+    task = YoloTask(input_kind="rgb", num_classes=1)
     task.network = copy.deepcopy(base_task.network)
     return task
 

@@ -25,7 +25,7 @@ def test_registered_through_the_entry_point(fresh_registry):
 
 
 def test_default_is_yolov8n_with_nc_from_num_classes(base_task):
-    net = base_task.network
+    net = base_task.network  # built with input_kind="rgb" (conftest)
     head = net.model[-1]
     assert type(head).__name__ == "Detect" and head.nc == 1
     assert _first_conv(net).in_channels == 3
@@ -34,27 +34,42 @@ def test_default_is_yolov8n_with_nc_from_num_classes(base_task):
     assert torch.as_tensor(net.stride).tolist() == [8.0, 16.0, 32.0]
 
 
-def test_luminance_input_builds_a_one_channel_model():
-    task = YoloTask(num_classes=3, input_kind="luminance")
-    assert task.input_kind == "luminance" and YoloTask.input_kind == "rgb"
+def test_default_input_is_the_fused_luminance_as_released():
+    # released TDFusion: YoloBody's stem is Conv(1, ...) and it is fed the one-channel fused image
+    task = YoloTask(num_classes=3)
+    assert task.input_kind == "luminance" and YoloTask.input_kind == "luminance" and task.in_channels == 1
     net = task.network
     assert _first_conv(net).in_channels == 1 and net.model[-1].nc == 3
-    loss = task.compute_loss(net, torch.rand(1, 1, 64, 64), [torch.tensor([[2.0, 4, 4, 40, 30]])])
-    assert torch.isfinite(loss)
+    x = torch.rand(1, 1, 64, 64, requires_grad=True)
+    loss = task.compute_loss(net, x, [torch.tensor([[2.0, 4, 4, 40, 30]])])
+    (grad,) = torch.autograd.grad(loss, x)
+    assert torch.isfinite(loss) and grad.abs().sum() > 0  # backpropagates to the fused image
     with pytest.raises(ValueError, match=r"expects images \(B, 1, H, W\)"):
         task.compute_loss(net, torch.rand(1, 3, 64, 64), [torch.zeros(0, 5)])
+
+
+def test_rgb_input_is_an_option():
+    task = YoloTask(num_classes=3, input_kind="rgb")
+    assert task.input_kind == "rgb" and task.in_channels == 3
+    net = task.network
+    assert _first_conv(net).in_channels == 3
+    x = torch.rand(1, 3, 64, 64, requires_grad=True)
+    (grad,) = torch.autograd.grad(task.compute_loss(net, x, [torch.tensor([[2.0, 4, 4, 40, 30]])]), x)
+    assert grad.abs().sum() > 0
+    with pytest.raises(ValueError, match=r"expects images \(B, 3, H, W\)"):
+        task.compute_loss(net, torch.rand(1, 1, 64, 64), [torch.zeros(0, 5)])
 
 
 def test_yolov8n_with_80_classes_matches_ultralytics_parameter_count():
     # "YOLOv8n summary: 225 layers, 3157200 parameters, 3157184 gradients" (comment in ultralytics' yolov8.yaml):
     # the 16 non-trainable ones are the DFL projection, which the task keeps as a buffer
-    net = YoloTask(num_classes=80).build_network()
+    net = YoloTask(num_classes=80, input_kind="rgb").build_network()
     assert sum(p.numel() for p in net.parameters()) == 3_157_184
     assert dict(net.named_buffers())["model.22.dfl.conv.weight"].flatten().tolist() == list(range(16))
 
 
 def test_scale_from_the_yaml_name():
-    small = YoloTask(num_classes=1, model="yolov8s.yaml").build_network()
+    small = YoloTask(num_classes=1, model="yolov8s.yaml", input_kind="rgb").build_network()
     assert _first_conv(small).out_channels == 32  # n: 16, s: 32 (width multiple 0.25 vs 0.5 of 64)
 
 
@@ -87,7 +102,7 @@ def test_state_dict_checkpoint_round_trip(base_task, tmp_path):
         for p in net.parameters():
             p.add_(0.01)
     torch.save({"state_dict": net.state_dict()}, path)
-    loaded = YoloTask(num_classes=1, checkpoint=path).network
+    loaded = YoloTask(num_classes=1, checkpoint=path, input_kind="rgb").network
     for (k, a), b in zip(net.state_dict().items(), loaded.state_dict().values()):
         assert torch.equal(a, b), k
     with pytest.raises(FileNotFoundError, match="not found"):

@@ -31,7 +31,7 @@ class FixedDetector(nn.Module):
 
 
 def _evaluate(detections, gts, nc=1, size=(64, 96)):
-    task = YoloTask(num_classes=nc)
+    task = YoloTask(input_kind="rgb", num_classes=nc)
     images = torch.zeros(len(gts), 3, *size)
     return task.evaluate(FixedDetector(detections, nc), [(images, [torch.tensor(g).reshape(-1, 5) for g in gts])])
 
@@ -46,10 +46,20 @@ PERFECT = 0.995
 def test_perfect_detections_score_one():
     dets = [[(10, 10, 40, 50, 0.9, 0), (50, 5, 90, 60, 0.8, 0)]]
     m = _evaluate(dets, [GT])
-    assert set(m) == {"mAP50", "mAP75", "mAP50-95", "precision", "recall"}
-    for key in ("mAP50", "mAP75", "mAP50-95"):
+    assert set(m) == {"mAP50", "mAP75", "mAP50:95", "precision", "recall"}
+    for key in ("mAP50", "mAP75", "mAP50:95"):
         assert m[key] == pytest.approx(PERFECT, abs=1e-6), (key, m)
     assert m["precision"] == pytest.approx(1.0, abs=1e-3) and m["recall"] == pytest.approx(1.0, abs=1e-3)
+
+
+def test_map_keys_are_the_ones_core_and_mmdet_report():
+    from tdfusion_core.metrics.detection import DetectionMAP
+
+    metric = DetectionMAP(num_classes=1)
+    metric.update([torch.tensor([[0.0, 10, 10, 40, 50, 0.9]])], [torch.tensor([GT[0]])])
+    core = {key for key in metric.compute() if key.startswith("mAP")}
+    m = _evaluate([[(10, 10, 40, 50, 0.9, 0)]], [[GT[0]]])
+    assert core == {"mAP50", "mAP75", "mAP50:95"} and core <= set(m)
 
 
 def test_iou_of_0_62_counts_at_0_50_to_0_60_only():
@@ -58,7 +68,7 @@ def test_iou_of_0_62_counts_at_0_50_to_0_60_only():
     m = _evaluate([[(10 + d, 10, 40 + d, 50, 0.9, 0)]], [[GT[0]]])
     assert m["mAP50"] == pytest.approx(PERFECT, abs=1e-6)
     assert m["mAP75"] == pytest.approx(0.0, abs=1e-6)
-    assert m["mAP50-95"] == pytest.approx(0.3 * PERFECT, abs=1e-6)  # 3 of the 10 thresholds 0.50, 0.55, 0.60
+    assert m["mAP50:95"] == pytest.approx(0.3 * PERFECT, abs=1e-6)  # 3 of the 10 thresholds 0.50, 0.55, 0.60
 
 
 def test_a_more_confident_false_positive_halves_the_precision():
@@ -79,11 +89,11 @@ def test_boxes_are_in_pixels_of_non_square_images():
     """x and y are not swapped or rescaled: a box far right in a wide image is found where it is."""
     gt = [[0.0, 250, 10, 310, 40]]
     m = _evaluate([[(250, 10, 310, 40, 0.9, 0)]], [gt], size=(64, 320))
-    assert m["mAP50-95"] == pytest.approx(PERFECT, abs=1e-6)
+    assert m["mAP50:95"] == pytest.approx(PERFECT, abs=1e-6)
 
 
 def test_several_batches_accumulate():
-    task = YoloTask(num_classes=1)
+    task = YoloTask(input_kind="rgb", num_classes=1)
     det = FixedDetector([[(10, 10, 40, 50, 0.9, 0)]], 1)
     batches = [
         (torch.zeros(1, 3, 64, 96), [torch.tensor([GT[0]])]),
@@ -98,7 +108,7 @@ def test_real_network_on_llvip_val_restores_training_mode(base_task):
     images, boxes = load_pairs("LLVIP", "val", count=2)
     m = base_task.evaluate(net, [(images, boxes)])
     assert net.training
-    assert all(0.0 <= m[k] <= 1.0 for k in ("mAP50", "mAP75", "mAP50-95"))
-    assert m["mAP50"] >= m["mAP75"] and m["mAP50"] >= m["mAP50-95"]
+    assert all(0.0 <= m[k] <= 1.0 for k in ("mAP50", "mAP75", "mAP50:95"))
+    assert m["mAP50"] >= m["mAP75"] and m["mAP50"] >= m["mAP50:95"]
     detections = base_task.predict(net, images)
     assert len(detections) == 2 and all(d.shape[1] == 6 for d in detections)

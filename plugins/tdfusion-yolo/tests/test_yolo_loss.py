@@ -18,7 +18,7 @@ def llvip():
 
 
 def _task(base_task, **config) -> YoloTask:
-    task = YoloTask(num_classes=1, **config)
+    task = YoloTask(input_kind="rgb", num_classes=1, **config)
     task.network = base_task.network
     return task
 
@@ -97,7 +97,7 @@ def test_real_pairs_give_a_loss_that_a_gradient_step_lowers(dataset, nc):
     """On real IR/visible scenes and their boxes: finite loss, gradients to images and weights, and a small step
     along the negative weight gradient lowers the loss (BatchNorm in eval, so only the weights change)."""
     torch.manual_seed(0)
-    task = YoloTask(num_classes=nc)
+    task = YoloTask(input_kind="rgb", num_classes=nc)
     net = task.network.eval()
     images, boxes = load_pairs(dataset, "train", count=2)
     assert max(int(b[:, 0].max()) for b in boxes) < nc and all(len(b) for b in boxes)

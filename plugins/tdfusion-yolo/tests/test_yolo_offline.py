@@ -39,7 +39,7 @@ def test_build_loss_checkpoint_and_evaluation_open_no_connection(no_network, tmp
     import ultralytics.utils
 
     assert os.environ["YOLO_OFFLINE"] == "1" and ultralytics.utils.ONLINE is False
-    task = YoloTask(num_classes=2, model="yolov8n.yaml")
+    task = YoloTask(input_kind="rgb", num_classes=2, model="yolov8n.yaml")
     net = task.network
     images = torch.rand(2, 3, 64, 96, requires_grad=True)
     boxes = [torch.tensor([[0.0, 4, 4, 40, 50]]), torch.tensor([[1.0, 30, 10, 90, 60]])]
@@ -47,8 +47,8 @@ def test_build_loss_checkpoint_and_evaluation_open_no_connection(no_network, tmp
     metrics = task.evaluate(net, [(images.detach(), boxes)])
     path = tmp_path / "ul.pt"
     torch.save({"model": net}, path)
-    YoloTask(num_classes=2, checkpoint=path).network  # noqa: B018 - ultralytics' checkpoint loader
-    assert set(metrics) >= {"mAP50", "mAP75", "mAP50-95"}
+    YoloTask(input_kind="rgb", num_classes=2, checkpoint=path).network  # noqa: B018 - ultralytics' checkpoint loader
+    assert set(metrics) >= {"mAP50", "mAP75", "mAP50:95"}
     assert no_network == []
 
 
@@ -68,7 +68,7 @@ SCRIPT = textwrap.dedent(
 
     import torch
     from tdfusion_core.registry import get_task      # the plugin is found through its entry point
-    task = get_task("yolo", num_classes=1)
+    task = get_task("yolo", num_classes=1, input_kind="rgb")
     net = task.network
     x = torch.rand(1, 3, 64, 64, requires_grad=True)
     boxes = [torch.tensor([[0.0, 8, 8, 40, 50]])]

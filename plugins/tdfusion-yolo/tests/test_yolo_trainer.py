@@ -86,7 +86,7 @@ def test_meta_and_fusion_steps_on_real_data(dataset, data_options, nc):
     assert _changed(t_before, trainer.task.network) > 0  # Eq. 9 trained T
 
     metrics = trainer.evaluate(torch.utils.data.Subset(resolve_dataset(str(root), **data_options), [0, 1]))
-    assert set(metrics) >= {"mAP50", "mAP75", "mAP50-95"} and all(0 <= metrics[k] <= 1 for k in metrics)
+    assert set(metrics) >= {"mAP50", "mAP75", "mAP50:95"} and all(0 <= metrics[k] <= 1 for k in metrics)
 
 
 def test_tdfusion_train_cli_end_to_end_on_llvip(tmp_path):

@@ -1,7 +1,8 @@
 """Glue shared by the tdfusion-mmseg and tdfusion-mmdet plugins: configs, offline building, in-graph normalisation.
 
-* :func:`import_openmmlab` installs the mmcv fallback (if needed) *before* importing mmseg / mmdet and registers
-  their modules.
+* :func:`import_openmmlab` installs the mmcv fallback (:mod:`tdfusion_mmcv_compat`, if needed) *before* importing
+  mmseg / mmdet and registers their modules; a missing or broken install raises
+  :class:`~tdfusion_openmmlab.readiness.OpenMMLabNotReadyError` with the install line.
 * :func:`resolve_config` turns a config given as a path, a name of a config shipped inside the pip wheel
   (``<package>/.mim/configs``), an :class:`mmengine.config.Config` or a plain dict into a model config.
 * :func:`sanitize_model_config` makes that config buildable offline and on one process: download-only weights
@@ -10,7 +11,10 @@
   (freezing randomly initialised layers would only hurt training).
 * :class:`NormalizedModel` wraps the OpenMMLab model with the data preprocessor's mean / std / channel order /
   padding applied *in the graph*, so the task loss stays differentiable with respect to the fused image. The
-  OpenMMLab data preprocessor itself is never called.
+  OpenMMLab data preprocessor itself is never called. With one input channel (the fused luminance, as the released
+  TDFusion networks take it) the image goes in as it is, in [0, 1], only padded.
+* :func:`load_weights` loads local checkpoints; a 3-channel first convolution is summed over its input channels
+  into a 1-channel one (:func:`tdfusion_openmmlab.luminance.rgb_to_luminance_weight`).
 """
 
 from __future__ import annotations
@@ -26,8 +30,10 @@ from typing import Any
 import torch
 import torch.nn as nn
 import torch.nn.functional as nnf
+from tdfusion_mmcv_compat import MmcvNotInstalledError, install
 
-from tdfusion_mmcv_compat import install
+from tdfusion_openmmlab.luminance import is_rgb_weight_for_luminance, rgb_to_luminance_weight
+from tdfusion_openmmlab.readiness import OpenMMLabNotReadyError, install_line
 
 #: normalisation types that need a process group; replaced by plain BatchNorm on one process
 SYNC_NORMS = {"SyncBN", "MMSyncBN", "NaiveSyncBN", "naiveSyncBN", "SyncBatchNorm"}
@@ -40,9 +46,12 @@ class OpenMMLabConfigError(ValueError):
 def import_openmmlab(package: str) -> Any:
     """Import ``mmseg`` or ``mmdet`` with mmcv's compiled ops available (real or fallback); register its modules.
 
-    Errors say which install route is missing or broken.
+    Errors (:class:`OpenMMLabNotReadyError`, an ``ImportError``) say which install route is missing or broken.
     """
-    install()
+    try:
+        install()
+    except MmcvNotInstalledError as exc:
+        raise OpenMMLabNotReadyError(f"mmcv is not installed (needed by {package}): {install_line(package)}") from exc
     try:
         module = importlib.import_module(package)
         utils = importlib.import_module(f"{package}.utils")
@@ -56,7 +65,9 @@ def import_openmmlab(package: str) -> Any:
             )
         elif "ftfy" in text or "regex" in text:
             hint = " mmseg's import also needs `pip install ftfy regex`."
-        raise ImportError(f"cannot import {package}: {text}.{hint}") from exc
+        else:
+            hint = f" Install it with: {install_line(package)}"
+        raise OpenMMLabNotReadyError(f"cannot import {package}: {text}.{hint}") from exc
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         utils.register_all_modules(init_default_scope=False)
@@ -305,10 +316,12 @@ def preprocessor_settings(model_cfg: Mapping[str, Any]) -> dict[str, Any]:
 class NormalizedModel(nn.Module):
     """An OpenMMLab model plus the input normalisation its data preprocessor would apply, done in the graph.
 
-    ``images`` are RGB in ``[0, 1]`` (what core's colour pipeline gives); :meth:`prepare` scales them to 0–255,
-    reorders to BGR when the model was trained on BGR, normalises with the config's mean / std and pads bottom /
-    right with zeros to a multiple of ``size_divisor`` (as the preprocessor pads after normalising). The model's
-    parameters are named ``model.<name>``; the normalisation constants are non-persistent buffers.
+    With ``in_channels=3``, ``images`` are RGB in ``[0, 1]`` (what core's colour pipeline gives); :meth:`prepare`
+    scales them to 0–255, reorders to BGR when the model was trained on BGR, normalises with the config's mean / std
+    and pads bottom / right with zeros to a multiple of ``size_divisor`` (as the preprocessor pads after
+    normalising). With ``in_channels=1`` (luminance), ``images`` are the fused Y in ``[0, 1]`` and go in unchanged
+    apart from the padding, as in the released TDFusion code (no ImageNet mean / std). The model's parameters are
+    named ``model.<name>``; the normalisation constants are non-persistent buffers.
     """
 
     def __init__(
@@ -318,9 +331,13 @@ class NormalizedModel(nn.Module):
         std: Iterable[float],
         rgb: bool = True,
         size_divisor: int = 1,
+        in_channels: int = 3,
     ) -> None:
         super().__init__()
+        if in_channels not in (1, 3):
+            raise ValueError(f"in_channels must be 1 (luminance) or 3 (RGB), not {in_channels}")
         self.model = model
+        self.in_channels = int(in_channels)
         self.register_buffer("mean", torch.tensor(list(mean), dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(list(std), dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
         self.rgb = bool(rgb)
@@ -332,20 +349,25 @@ class NormalizedModel(nn.Module):
         return (-height) % d, (-width) % d
 
     def prepare(self, images: torch.Tensor) -> torch.Tensor:
-        """Normalised, padded network input ``(B, 3, H', W')`` from RGB ``images`` in [0, 1] (differentiable)."""
-        if images.dim() != 4 or images.shape[1] != 3:
-            raise ValueError(f"expected RGB images (B, 3, H, W) in [0, 1], got shape {tuple(images.shape)}")
-        x = images * 255.0
-        if not self.rgb:
-            x = x.flip(1)
-        x = (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
+        """Network input ``(B, C, H', W')``: RGB normalised as the config says, or luminance as it is; padded."""
+        if images.dim() != 4 or images.shape[1] != self.in_channels:
+            kind = "RGB" if self.in_channels == 3 else "luminance"
+            raise ValueError(
+                f"expected {kind} images (B, {self.in_channels}, H, W) in [0, 1], got shape {tuple(images.shape)}"
+            )
+        x = images
+        if self.in_channels == 3:
+            x = x * 255.0
+            if not self.rgb:
+                x = x.flip(1)
+            x = (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
         pad_h, pad_w = self.padding(int(x.shape[-2]), int(x.shape[-1]))
         if pad_h or pad_w:
             x = nnf.pad(x, (0, pad_w, 0, pad_h), value=0.0)
         return x
 
     def extra_repr(self) -> str:
-        return f"rgb={self.rgb}, size_divisor={self.size_divisor}"
+        return f"in_channels={self.in_channels}, rgb={self.rgb}, size_divisor={self.size_divisor}"
 
 
 def sum_losses(losses: Mapping[str, Any]) -> torch.Tensor:
@@ -366,8 +388,9 @@ def sum_losses(losses: Mapping[str, Any]) -> torch.Tensor:
 def load_weights(network: NormalizedModel, path: Path) -> dict[str, list[str]]:
     """Load a local checkpoint into ``network``: a plain state dict, or an mmengine checkpoint (``state_dict``).
 
-    Keys may be the OpenMMLab model's own (``backbone.…``) or the wrapper's (``model.backbone.…``). Tensors whose
-    shape differs (typically a head trained for another class count) are skipped with a warning. Loaded with
+    Keys may be the OpenMMLab model's own (``backbone.…``) or the wrapper's (``model.backbone.…``). A first
+    convolution trained on RGB is summed over its colour channels for a luminance network (the same response to a
+    grey image). Other tensors whose shape differs (typically a head trained for another class count) are skipped with a warning. Loaded with
     ``weights_only=True``: no code from the file runs. Returns the skipped / missing / unexpected keys.
     """
     if not path.is_file():
@@ -391,6 +414,9 @@ def load_weights(network: NormalizedModel, path: Path) -> dict[str, list[str]]:
         if isinstance(value, torch.Tensor):
             cleaned[name] = value
     own = network.model.state_dict()
+    for key, value in list(cleaned.items()):
+        if key in own and is_rgb_weight_for_luminance(value, own[key]):
+            cleaned[key] = rgb_to_luminance_weight(value)
     mismatched = [k for k, v in cleaned.items() if k in own and own[k].shape != v.shape]
     for key in mismatched:
         cleaned.pop(key)
