@@ -4,7 +4,7 @@ A **cell** is one method at one seed:
 
 1. *images*: a trained method (TDFusion or an ablation of the paper's Table 3) is trained with
    :class:`~tdfusion_core.trainer.MetaTrainer` at that seed and fuses the training and the held-out split; a fixed
-   rule (per-pixel ``max`` / ``mean``), the ``oracle`` (synthetic scenes only: each region from the source that
+   rule (per-pixel ``max`` / ``mean``), the ``oracle`` (synthetic scenes only: each object from the source that
    shows it, the mean elsewhere) or a user's folder of fused images needs no training; a single source is used as is;
 2. *fusion metrics* (the paper's Table 1 set) of the held-out images against both sources;
 3. the *downstream protocol* (:func:`tdfusion_core.downstream.run_downstream`, the paper's Table 2): a fresh task
@@ -202,6 +202,11 @@ class _View(torch.utils.data.Dataset):
         fn = getattr(self.base, "only", None)
         return fn(self.indices[i]) if fn is not None else None
 
+    def best_source(self, i: int) -> torch.Tensor | None:
+        """Ground truth of which source shows each object best (synthetic scenes), else ``None``."""
+        fn = getattr(self.base, "best_source", None)
+        return fn(self.indices[i]) if fn is not None else None
+
 
 def _datasets(spec: ExperimentSpec) -> tuple[_View, _View]:
     from tdfusion_core.trainer import resolve_dataset
@@ -227,9 +232,11 @@ def _rule_image(rule: str, sources: torch.Tensor) -> torch.Tensor:
     return sources.max(dim=0, keepdim=True).values if rule == "max" else sources.mean(dim=0, keepdim=True)
 
 
-def oracle_image(sources: torch.Tensor, only: torch.Tensor) -> torch.Tensor:
-    """Each region from the source that shows it: infrared-only pixels (code 1) from source 0, visible-only (2)
-    from source 1, the mean of the sources elsewhere. ``sources`` ``(K, H, W)``, ``only`` ``(H, W)``."""
+def oracle_image(sources: torch.Tensor, best: torch.Tensor) -> torch.Tensor:
+    """Each object from the source that shows it (:meth:`SyntheticScenes.best_source`): pixels coded 1 from source
+    0 (infrared: warm objects), 2 from source 1 (visible: markings, cold objects), the mean of the sources
+    elsewhere. ``sources`` ``(K, H, W)``, ``best`` ``(H, W)``."""
+    only = best
     out = sources.mean(dim=0, keepdim=True).clone()
     out[0][only == 1] = sources[0][only == 1]
     out[0][only == 2] = sources[1][only == 2]
@@ -309,10 +316,10 @@ class _Cells:
                 if method.kind == "rule":
                     image = _rule_image(str(method.rule), s.sources)
                 else:
-                    only = data.only(i)
-                    if only is None:
+                    best = data.best_source(i)
+                    if best is None:
                         raise ValueError("the oracle needs synthetic scenes (ground truth of which source shows what)")
-                    image = oracle_image(s.sources, only)
+                    image = oracle_image(s.sources, best)
                 _write(folder, s.name, image)
         done.write_text("")
         return folder
@@ -473,6 +480,7 @@ def run_experiment(spec: ExperimentSpec, echo: Callable[[str], None] = print) ->
     spec.out.mkdir(parents=True, exist_ok=True)
     (spec.out / "spec.json").write_text(json.dumps(_jsonable(attrs.asdict(spec, recurse=False)), indent=2))
     cells: list[tuple[Method, int]] = [(m, s) for m in spec.methods for s in (spec.seeds[:1] if m.once else spec.seeds)]
+    cells.sort(key=lambda cell: cell[0].kind == "train")  # the cheap reference rows first (stable otherwise)
     results: list[dict[str, Any]] = []
     runner: _Cells | None = None
     spent: list[float] = []

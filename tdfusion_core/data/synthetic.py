@@ -134,11 +134,13 @@ def generate_scene(
     max_cold: int = 3,
     min_cold: int = 0,
     retroreflective: bool = False,
+    cold_scale: float = 1.0,
 ) -> Scene:
     """Draw one scene from ``rng`` (see the module docstring for what it contains).
 
     ``retroreflective``: markings and cold objects (cones, signs) reflect the headlights at night, so the visible
-    image shows them by night as by day (``SyntheticScenes(balanced=True)``); ``min_cold``: fewest cold objects.
+    image shows them by night as by day (``SyntheticScenes(balanced=True)``); ``min_cold``: fewest cold objects;
+    ``cold_scale``: size factor of cold objects.
     """
     H, W = int(size[0]), int(size[1])
     if H < 16 or W < 16:
@@ -217,7 +219,7 @@ def generate_scene(
             objects.append(_Object(cls, centre, bottom, hgt, hgt * rng.uniform(1.9, 2.5)))
     for _ in range(int(rng.integers(min_cold, max(max_cold, min_cold) + 1))):
         d = rng.uniform(0.2, 1.0)
-        hgt = H * 0.16 * d * rng.uniform(0.8, 1.3)
+        hgt = H * 0.16 * cold_scale * d * rng.uniform(0.8, 1.3)
         objects.append(
             _Object(COLD, W * rng.uniform(0.05, 0.95), horizon + d * (H - horizon), hgt, hgt * rng.uniform(0.6, 1.4))
         )
@@ -340,8 +342,9 @@ class SyntheticScenes(Dataset[Sample]):
         transform: ``Sample -> Sample`` applied to each item.
         max_people, max_vehicles, max_cold: most objects of each kind per scene.
         balanced: make fusion *necessary*: markings and cold objects are retroreflective
-            (the visible image shows them at night too, while warm objects at night stay infrared-only) and every
-            scene has at least one cold object, so each source alone misses classes the other shows.
+            (the visible image shows them at night too, while warm objects at night stay infrared-only), cold
+            objects are twice as large and every scene has at least two, so each source alone misses classes the
+            other shows.
     """
 
     def __init__(
@@ -403,6 +406,7 @@ class SyntheticScenes(Dataset[Sample]):
             self.max_cold,
             min_cold=2 if self.balanced else 0,
             retroreflective=self.balanced,
+            cold_scale=2.0 if self.balanced else 1.0,
         )
 
     def only(self, index: int) -> torch.Tensor:
@@ -410,6 +414,16 @@ class SyntheticScenes(Dataset[Sample]):
         only = self.scene(index).only
         assert only is not None
         return torch.from_numpy(only)
+
+    def best_source(self, index: int) -> torch.Tensor:
+        """``(H, W)`` uint8 map of the source that shows each object best: 1 (infrared) on warm objects, day and
+        night; 2 (visible) where only the visible image shows the class (markings, cold objects); 0 elsewhere.
+        The oracle fusion of :mod:`tdfusion_core.experiment` takes each pixel from that source."""
+        scene = self.scene(index)
+        assert scene.only is not None
+        best = scene.only.copy()
+        best[(scene.mask == PERSON) | (scene.mask == VEHICLE)] = INFRARED_ONLY
+        return torch.from_numpy(best)
 
     def name(self, index: int, scene: Scene | None = None) -> str:
         """File stem of item ``index``: zero-padded index and ``D`` / ``N`` for day / night (as MSRS names)."""
