@@ -131,6 +131,9 @@ class TrainConfig:
     generator_update: GeneratorUpdate = attrs.field(
         default=_from_profile("generator_update"), validator=_one_of(GeneratorUpdate)
     )
+    #: with ``maxnorm``: largest mean change of G's weights per meta step (``None``: the released step); a guard
+    #: against G collapsing (tdfusion_core.generator_stats.bounded_maxnorm_update, docs/experiments.md)
+    generator_max_change: float | None = attrs.field(default=None, validator=_positive)
     meta_mode: MetaMode = attrs.field(default="jvp", validator=_one_of(MetaMode))
 
     # fusion loss

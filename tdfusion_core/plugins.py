@@ -56,6 +56,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "tdfusion_core.commands.val",
     "tdfusion_core.commands.export",
     "tdfusion_core.commands.demo",
+    "tdfusion_core.commands.experiment",
     "tdfusion_core.commands.new_plugin",
     "tdfusion_core.tb_logger",
     "tdfusion_core.run_logger",

@@ -372,10 +372,22 @@ class MetaTrainer:
             self._bad_step("meta phase", "task loss, fusion loss or G gradient")
             return None
         self.bad_steps = 0
-        if cfg.generator_update == "maxnorm":
+        if cfg.generator_update == "maxnorm" and cfg.generator_max_change is not None:
+            from tdfusion_core.generator_stats import bounded_maxnorm_update
+
+            lr_g = self.opt_generator.param_groups[0]["lr"]
+            metrics["g/step_scale"] = bounded_maxnorm_update(
+                self.loss_generator, result.grad_g, lr_g, crop, cfg.generator_max_change
+            )
+        elif cfg.generator_update == "maxnorm":
             apply_maxnorm_update(self.loss_generator, result.grad_g, self.opt_generator.param_groups[0]["lr"])
         else:
             apply_optimizer_update(self.loss_generator, result.grad_g, self.opt_generator)
+        # G's entropy and mean weight per source in both source orders, and a warning when it saturates
+        from tdfusion_core.generator_stats import SaturationGuard, generator_stats
+
+        metrics.update(generator_stats(self.loss_generator, crop))
+        self.__dict__.setdefault("saturation_guard", SaturationGuard()).check(metrics, self.meta_step_count)
         self._emit("tdfusion_on_meta_step_end", trainer=self, step=self.meta_step_count, metrics=metrics)
         if not cfg.separate_fusion_phase:
             # ablation IV: F and T learn inside the meta loop, one step of their own optimizers on the meta-train

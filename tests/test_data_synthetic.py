@@ -16,9 +16,13 @@ from tdfusion_core.data.paired import PairedDataset
 from tdfusion_core.data.synthetic import (
     BOX_CLASSES,
     COLD,
+    INFRARED_ONLY,
     MARKING,
+    PERSON,
     SEG_CLASSES,
     SEG_TO_BOX,
+    VEHICLE,
+    VISIBLE_ONLY,
     SyntheticScenes,
     generate_scene,
 )
@@ -168,3 +172,40 @@ def test_synth_command_writes_a_layout_that_loads_and_checks_clean(tmp_path):
         assert (masks[i].sources - ref.sources).abs().max() <= 0.5 / 255 + 1e-3  # 8-bit files
     bad = CliRunner().invoke(build_cli(), ["data", "synth", "--out", str(out), "--size", "12"])
     assert bad.exit_code != 0 and "HxW" in bad.output
+
+
+def test_ground_truth_of_which_source_shows_what():
+    data = SyntheticScenes(12, size=(64, 96), seed=5)
+    for i in range(len(data)):
+        sc = data.scene(i)
+        warm = (sc.mask == PERSON) | (sc.mask == VEHICLE)
+        shown_by_visible_only = (sc.mask == MARKING) | (sc.mask == COLD)
+        assert np.array_equal(sc.only == INFRARED_ONLY, warm & sc.night)  # warm objects at night only
+        # default scenes: the visible image shows markings and cold objects by day only (nearly black at night)
+        assert np.array_equal(sc.only == VISIBLE_ONLY, shown_by_visible_only & (not sc.night))
+        assert torch.equal(data.only(i), torch.from_numpy(sc.only))
+        best = data.best_source(i).numpy()
+        assert np.array_equal(best == 1, warm) and bool((best[shown_by_visible_only & (not sc.night)] == 2).all())
+
+
+def test_balanced_scenes_make_each_source_miss_what_the_other_shows():
+    """Retroreflective markings and cold objects are visible at night; warm objects at night stay infrared-only."""
+    plain = SyntheticScenes(16, size=(96, 128), seed=6, night_fraction=1.0, noise=0.0)
+    data = SyntheticScenes(16, size=(96, 128), seed=6, night_fraction=1.0, balanced=True, noise=0.0)
+    contrasts, plain_contrasts, cold_pixels = [], [], []
+    for i in range(len(data)):
+        sc, ref = data.scene(i), plain.scene(i)
+        assert sc.night and (sc.mask == COLD).any()  # at least two cold objects in every balanced scene
+        cold_pixels.append(int((sc.mask == COLD).sum()))
+        assert bool((sc.only[(sc.mask == MARKING) | (sc.mask == COLD)] == VISIBLE_ONLY).all())
+        assert bool((sc.only[(sc.mask == PERSON) | (sc.mask == VEHICLE)] == INFRARED_ONLY).all())
+        for scene, out in ((sc, contrasts), (ref, plain_contrasts)):
+            marking = (scene.mask == MARKING) & (scene.instances == 0)
+            if marking.sum() >= 20:
+                road = _ring(marking, 2) & (scene.mask == 0)
+                vi = _luma(scene.visible)
+                out.append(vi[marking].mean() - vi[road].mean())
+            assert np.array_equal(scene.ir[marking], scene.ir_background[marking])  # still nothing in infrared
+    assert len(contrasts) >= 5 and np.median(contrasts) > 0.3  # headlights: markings stand out at night...
+    assert np.median(plain_contrasts) < 0.1  # ...where the plain scenes' night image barely shows them
+    assert np.median(cold_pixels) > 100

@@ -39,6 +39,8 @@ BOX_CLASSES = ("person", "vehicle", "cold object")
 #: mask class -> box class (objects only)
 SEG_TO_BOX = {1: 0, 2: 1, 4: 2}
 PERSON, VEHICLE, MARKING, COLD = 1, 2, 3, 4
+#: codes of :attr:`Scene.only`
+INFRARED_ONLY, VISIBLE_ONLY = 1, 2
 
 _PAINTS = np.array(
     [
@@ -68,6 +70,9 @@ class Scene:
         instance_classes: mask class of each object id (index ``id - 1``).
         night: whether the scene is lit at night.
         ir_background: ``(H, W)`` infrared of the empty scene (no objects, no noise); tests measure contrasts on it.
+        only: ``(H, W)`` uint8 ground truth of which source alone shows a pixel's class: ``INFRARED_ONLY`` (warm
+            objects at night), ``VISIBLE_ONLY`` (markings and cold objects where the visible image shows them: by
+            day, and at night too with ``retroreflective``), 0 elsewhere (both sources, or no object).
     """
 
     ir: np.ndarray
@@ -78,6 +83,7 @@ class Scene:
     instance_classes: list[int]
     night: bool
     ir_background: np.ndarray
+    only: np.ndarray | None = None
 
 
 @lru_cache(maxsize=8)
@@ -126,8 +132,16 @@ def generate_scene(
     max_people: int = 4,
     max_vehicles: int = 2,
     max_cold: int = 3,
+    min_cold: int = 0,
+    retroreflective: bool = False,
+    cold_scale: float = 1.0,
 ) -> Scene:
-    """Draw one scene from ``rng`` (see the module docstring for what it contains)."""
+    """Draw one scene from ``rng`` (see the module docstring for what it contains).
+
+    ``retroreflective``: markings and cold objects (cones, signs) reflect the headlights at night, so the visible
+    image shows them by night as by day (``SyntheticScenes(balanced=True)``); ``min_cold``: fewest cold objects;
+    ``cold_scale``: size factor of cold objects.
+    """
     H, W = int(size[0]), int(size[1])
     if H < 16 or W < 16:
         raise ValueError(f"synthetic scenes need at least 16x16 pixels, got {H}x{W}")
@@ -203,9 +217,9 @@ def generate_scene(
             row = min(int(bottom), H - 1)
             centre = float(xc[row, 0]) + float(hw[row, 0]) * rng.uniform(-0.7, 0.7)
             objects.append(_Object(cls, centre, bottom, hgt, hgt * rng.uniform(1.9, 2.5)))
-    for _ in range(int(rng.integers(0, max_cold + 1))):
+    for _ in range(int(rng.integers(min_cold, max(max_cold, min_cold) + 1))):
         d = rng.uniform(0.2, 1.0)
-        hgt = H * 0.16 * d * rng.uniform(0.8, 1.3)
+        hgt = H * 0.16 * cold_scale * d * rng.uniform(0.8, 1.3)
         objects.append(
             _Object(COLD, W * rng.uniform(0.05, 0.95), horizon + d * (H - horizon), hgt, hgt * rng.uniform(0.6, 1.4))
         )
@@ -284,6 +298,14 @@ def generate_scene(
     # ---- illumination and sensors
     illum = rng.uniform(0.07, 0.13) if night else rng.uniform(0.85, 1.1)
     vis = refl * illum
+    visible_only = (mask == MARKING) | (mask == COLD)
+    if night and retroreflective:  # headlights: retroreflective paint and cones shine at night
+        vis[visible_only] = refl[visible_only] * rng.uniform(0.6, 0.85)
+    only = np.zeros((H, W), np.uint8)
+    if night:
+        only[(mask == PERSON) | (mask == VEHICLE)] = INFRARED_ONLY
+    if not night or retroreflective:
+        only[visible_only] = VISIBLE_ONLY
     vis_sigma = noise * (2.0 if night else 1.0)
     vis = vis + rng.standard_normal(vis.shape).astype(np.float32) * vis_sigma
     ir_out = ir + rng.standard_normal(ir.shape).astype(np.float32) * noise
@@ -297,6 +319,7 @@ def generate_scene(
         instance_classes=instance_classes,
         night=night,
         ir_background=ir_background,
+        only=only,
     )
 
 
@@ -318,6 +341,10 @@ class SyntheticScenes(Dataset[Sample]):
         noise: sensor noise standard deviation (visible noise doubles at night).
         transform: ``Sample -> Sample`` applied to each item.
         max_people, max_vehicles, max_cold: most objects of each kind per scene.
+        balanced: make fusion *necessary*: markings and cold objects are retroreflective
+            (the visible image shows them at night too, while warm objects at night stay infrared-only), cold
+            objects are twice as large and every scene has at least two, so each source alone misses classes the
+            other shows.
     """
 
     def __init__(
@@ -333,6 +360,7 @@ class SyntheticScenes(Dataset[Sample]):
         max_people: int = 4,
         max_vehicles: int = 2,
         max_cold: int = 3,
+        balanced: bool = False,
     ) -> None:
         if n < 1:
             raise ValueError(f"n must be at least 1, got {n}")
@@ -349,6 +377,7 @@ class SyntheticScenes(Dataset[Sample]):
         self.noise = noise
         self.transform = transform
         self.max_people, self.max_vehicles, self.max_cold = max_people, max_vehicles, max_cold
+        self.balanced = balanced
         self.class_names: tuple[str, ...] | None = (
             BOX_CLASSES if target == "boxes" else SEG_CLASSES if target in ("mask", "both") else None
         )
@@ -367,7 +396,34 @@ class SyntheticScenes(Dataset[Sample]):
             raise IndexError(f"index {index} out of range for {self.n} synthetic scenes")
         rng = np.random.default_rng([self.seed & 0xFFFFFFFF, self.seed >> 32, _split_code(self.split), index])
         night = bool(rng.random() < self.night_fraction)
-        return generate_scene(rng, self.size, night, self.noise, self.max_people, self.max_vehicles, self.max_cold)
+        return generate_scene(
+            rng,
+            self.size,
+            night,
+            self.noise,
+            self.max_people,
+            self.max_vehicles,
+            self.max_cold,
+            min_cold=2 if self.balanced else 0,
+            retroreflective=self.balanced,
+            cold_scale=2.0 if self.balanced else 1.0,
+        )
+
+    def only(self, index: int) -> torch.Tensor:
+        """``(H, W)`` uint8 map of item ``index``: which source alone shows each pixel (:attr:`Scene.only`)."""
+        only = self.scene(index).only
+        assert only is not None
+        return torch.from_numpy(only)
+
+    def best_source(self, index: int) -> torch.Tensor:
+        """``(H, W)`` uint8 map of the source that shows each object best: 1 (infrared) on warm objects, day and
+        night; 2 (visible) where only the visible image shows the class (markings, cold objects); 0 elsewhere.
+        The oracle fusion of :mod:`tdfusion_core.experiment` takes each pixel from that source."""
+        scene = self.scene(index)
+        assert scene.only is not None
+        best = scene.only.copy()
+        best[(scene.mask == PERSON) | (scene.mask == VEHICLE)] = INFRARED_ONLY
+        return torch.from_numpy(best)
 
     def name(self, index: int, scene: Scene | None = None) -> str:
         """File stem of item ``index``: zero-padded index and ``D`` / ``N`` for day / night (as MSRS names)."""

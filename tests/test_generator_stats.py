@@ -1,0 +1,91 @@
+"""G's statistics (entropy, mean weight per source, both orders), the saturation warning, the bounded G step."""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import pytest
+import torch
+
+from tdfusion_core.generator_stats import (
+    SaturationGuard,
+    bounded_maxnorm_update,
+    generator_stats,
+    weight_stats,
+)
+from tdfusion_core.meta import apply_maxnorm_update
+from tdfusion_core.nets.lpn import LossGenerator
+from tests.torch_threads import one_torch_thread  # noqa: F401
+
+
+def test_weight_stats_of_known_weights():
+    uniform = torch.full((2, 2, 4, 4), 0.5)
+    s = weight_stats(uniform)
+    assert s["entropy"] == pytest.approx(1.0) and s["max_weight"] == 0.5 and s["weight/source0"] == 0.5
+    w = torch.zeros(1, 2, 2, 2)
+    w[:, 0], w[:, 1] = 0.9, 0.1
+    s = weight_stats(w)
+    assert s["entropy"] == pytest.approx(-(0.9 * math.log(0.9) + 0.1 * math.log(0.1)) / math.log(2), rel=1e-5)
+    assert s["max_weight"] == pytest.approx(0.9) and s["weight/source1"] == pytest.approx(0.1)
+
+
+class _First(torch.nn.Module):
+    def forward(self, x):
+        w = torch.full_like(x, 0.2)
+        w[:, 0] = 0.8
+        return w
+
+
+def test_generator_stats_in_both_orders_expose_a_position_preference():
+    s = generator_stats(_First(), torch.rand(1, 2, 5, 5))
+    assert s["g/weight/source0"] == pytest.approx(0.8) and s["g/swapped/weight/source0"] == pytest.approx(0.2)
+    assert s["g/order_gap"] == pytest.approx(0.6)
+
+
+def test_saturation_warns_once():
+    guard = SaturationGuard(0.98)
+    assert not guard.check({"g/max_weight": 0.9, "g/swapped/max_weight": 0.97})
+    with pytest.warns(RuntimeWarning, match="saturated at meta step 7: mean max-weight 0.990"):
+        assert guard.check({"g/max_weight": 0.9, "g/swapped/max_weight": 0.99}, step=7)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert guard.check({"g/max_weight": 0.995})  # still saturated, no second warning
+
+
+def _push_to_source0(g: LossGenerator, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Gradient of −mean(w_0): the direction that makes G weight source 0 everywhere."""
+    g.zero_grad()
+    (-g(x)[:, 0].mean()).backward()
+    return {n: p.grad.clone() for n, p in g.named_parameters() if p.grad is not None}
+
+
+def test_bounded_step_keeps_g_from_collapsing_where_the_released_step_saturates():
+    x = torch.rand(2, 2, 12, 12)
+    torch.manual_seed(0)
+    released = LossGenerator(2, dim=8, num_blocks=1, heads=2)
+    bounded = LossGenerator(2, dim=8, num_blocks=1, heads=2)
+    bounded.load_state_dict(released.state_dict())
+    start = float(bounded(x)[:, 0].mean().detach())
+    for _ in range(15):
+        apply_maxnorm_update(released, _push_to_source0(released, x), lr=0.05)
+        before = bounded(x).detach()
+        scale = bounded_maxnorm_update(bounded, _push_to_source0(bounded, x), 0.05, x, max_change=0.01)
+        assert 0 < scale <= 1
+        assert float((bounded(x) - before).abs().mean()) <= 0.0125  # the bound holds (linearised once)
+    assert weight_stats(released(x).detach())["max_weight"] > 0.98  # the same push saturates the released step
+    moved = float(bounded(x)[:, 0].mean().detach()) - start
+    assert 0.05 < moved <= 15 * 0.0125  # it still learns, at a bounded pace (two sources: |Δw_0| = mean |Δw|)
+
+
+def test_bounded_step_equals_the_released_step_below_the_bound():
+    x = torch.rand(1, 2, 8, 8)
+    torch.manual_seed(1)
+    a = LossGenerator(2, dim=8, num_blocks=1, heads=2)
+    b = LossGenerator(2, dim=8, num_blocks=1, heads=2)
+    b.load_state_dict(a.state_dict())
+    grads = _push_to_source0(a, x)
+    apply_maxnorm_update(a, grads, 1e-5)
+    assert bounded_maxnorm_update(b, grads, 1e-5, x, max_change=0.5) == 1.0
+    for (n, p), q in zip(a.named_parameters(), b.parameters()):
+        assert torch.equal(p, q), n
