@@ -20,13 +20,13 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from tdfusion_core.atomic import atomic_save
 from tdfusion_core.batches import resize_images
 from tdfusion_core.colour import task_input
 from tdfusion_core.metrics.fusion import compute_fusion_metrics
@@ -176,19 +176,8 @@ def best_checkpoint_path(out_dir: str | Path) -> Path:
 
 
 def save_best(trainer: Any, epoch: int) -> Path:
-    """Write the trainer's state to ``best.pt`` atomically (temp file, fsync, rename)."""
-    path = best_checkpoint_path(trainer.out_dir)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as fh:
-            torch.save(trainer.state_dict(), fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    """Write the trainer's state to ``best.pt`` atomically and durably (:func:`tdfusion_core.atomic.atomic_save`)."""
+    path = atomic_save(trainer.state_dict(), best_checkpoint_path(trainer.out_dir))
     log.info("best.pt: epoch %d", epoch)
     return path
 
