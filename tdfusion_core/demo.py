@@ -189,10 +189,20 @@ def _verdict(summary: dict[str, Any]) -> str:
         "behind": "the learned loss is **behind** fixed ½",
         "not distinguishable": "the learned loss and fixed ½ are **not distinguishable**",
     }[c["verdict"]]
-    return (
+    text = (
         f"At this budget {words} on held-out mIoU (the 95 % interval of the paired difference decides; "
         f"nothing more is claimed). {verdict_sentence(summary, TDFUSION)}."
     )
+    metric, rows = summary["primary"], summary["methods"]
+    singles = [rows[m][metric]["mean"] for m in ("Infrared only", "Visible only") if metric in rows.get(m, {})]
+    fusions = [rows[m][metric]["mean"] for m in (TDFUSION, FIXED) if metric in rows.get(m, {})]
+    if singles and fusions and max(fusions) < max(singles):
+        text += (
+            f" Both fusions are still below the best single source ({max(singles):.3f}): at this budget F itself "
+            "has not learned to fuse yet, so the comparison says little about the loss; raise the budget "
+            "(`--epochs`, or `tdfusion experiment --budget small`)."
+        )
+    return text
 
 
 def _region_weights(out: Path, seeds: list[int], test: SyntheticScenes) -> tuple[dict[str, Any], Any]:

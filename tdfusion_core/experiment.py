@@ -670,7 +670,8 @@ def to_markdown(summary: dict[str, Any]) -> str:
     for m, c in summary["comparisons"].items():
         lines.append(
             f"| {m} | {c['mean']:+.3f} | {_interval(c['low'], c['high'])} | "
-            f"{_interval(c['boot_low'], c['boot_high'])} | {_p(c['p_value'])} | {c['verdict']} |"
+            f"{_interval(c['boot_low'], c['boot_high'])} | {_p(c['p_value'])} | "
+            f"{c['verdict'] if c['n'] >= 2 else 'one seed: no interval'} |"
         )
     prefs = [m for m in methods if "infrared_pref" in summary["methods"][m]]
     if prefs:
