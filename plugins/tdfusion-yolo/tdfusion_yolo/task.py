@@ -290,30 +290,37 @@ class YoloTask(Task):
         return {name: float(v) / x.shape[0] for name, v in zip(("box", "cls", "dfl"), loss)}
 
     # ------------------------------------------------------------------ evaluation
-    @torch.no_grad()
     def predict(self, network: nn.Module, images: torch.Tensor) -> list[torch.Tensor]:
-        """Detections per image after ultralytics' NMS: ``(n, 6)`` rows ``x0, y0, x1, y1, conf, class`` in pixels."""
-        from ultralytics.utils.nms import non_max_suppression
+        """Detections per image after ultralytics' NMS: ``(n, 6)`` rows ``x0, y0, x1, y1, conf, class`` in pixels.
 
-        ensure_offline()
+        Runs ``network`` in eval mode and restores its previous mode (``evaluate`` gets that from the Task base class).
+        """
         was_training = network.training
         network.eval()
         try:
-            layers: Any = getattr(network, "model", None)
-            head: Any = layers[-1] if layers is not None else None
-            if head is not None and hasattr(head, "shape"):
-                head.shape = None  # rebuild anchors for this device / dtype / size
-            preds = network(self.prepare_images(network, images))
-            out = non_max_suppression(
-                preds,
-                self.conf,
-                self.iou,
-                multi_label=True,
-                max_det=self.max_det,
-                end2end=bool(getattr(network, "end2end", False)),
-            )
+            return self._detect(network, images)
         finally:
             network.train(was_training)
+
+    @torch.no_grad()
+    def _detect(self, network: nn.Module, images: torch.Tensor) -> list[torch.Tensor]:
+        """:meth:`predict` for a network already in eval mode."""
+        from ultralytics.utils.nms import non_max_suppression
+
+        ensure_offline()
+        layers: Any = getattr(network, "model", None)
+        head: Any = layers[-1] if layers is not None else None
+        if head is not None and hasattr(head, "shape"):
+            head.shape = None  # rebuild anchors for this device / dtype / size
+        preds = network(self.prepare_images(network, images))
+        out = non_max_suppression(
+            preds,
+            self.conf,
+            self.iou,
+            multi_label=True,
+            max_det=self.max_det,
+            end2end=bool(getattr(network, "end2end", False)),
+        )
         return [o[:, :6] for o in out]
 
     def evaluate(self, network: nn.Module, batches: Iterable[tuple[torch.Tensor, Any]]) -> dict[str, float]:
@@ -328,7 +335,7 @@ class YoloTask(Task):
         metrics = DetMetrics(names=self._names(nc))
         seen = 0
         for images, targets in batches:
-            detections = self.predict(network, images)
+            detections = self._detect(network, images)  # eval mode: the base class wraps evaluate
             for det, gt in zip(detections, as_box_list(targets, images.shape[0])):
                 det, gt = det.float().cpu(), gt.float().cpu()
                 gt_cls, gt_boxes = gt[:, 0], gt[:, 1:5]
