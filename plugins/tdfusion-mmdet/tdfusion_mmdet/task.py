@@ -134,19 +134,14 @@ class MMDetTask(OpenMMLabTask):
         Detections are the detector's own ``predict`` output (its test_cfg: score threshold, NMS, at most
         ``max_per_img``), scored with :class:`tdfusion_core.metrics.detection.DetectionMAP` (at most 100 per image).
         """
-        was_training = network.training
-        network.eval()
         num_classes = self.num_classes or _model_num_classes(network.model)  # type: ignore[arg-type]
         metric = DetectionMAP(num_classes=int(num_classes))
-        try:
-            for images, targets in batches:
-                rows = [
-                    torch.cat([labels[:, None].to(boxes.dtype), boxes, scores[:, None].to(boxes.dtype)], 1)
-                    for boxes, scores, labels in network(images)
-                ]
-                metric.update(rows, [torch.as_tensor(t).reshape(-1, 5) for t in targets])
-        finally:
-            network.train(was_training)
+        for images, targets in batches:  # eval mode: the Task base class wraps evaluate
+            rows = [
+                torch.cat([labels[:, None].to(boxes.dtype), boxes, scores[:, None].to(boxes.dtype)], 1)
+                for boxes, scores, labels in network(images)
+            ]
+            metric.update(rows, [torch.as_tensor(t).reshape(-1, 5) for t in targets])
         return metric.compute()
 
 

@@ -143,6 +143,25 @@ def test_evaluate_of_perfect_and_empty_predictions() -> None:
     assert task.evaluate(FixedDetections([]), [(images, gts)])["mAP50"] == 0.0
 
 
+@pytest.mark.parametrize("start_training", [True, False])
+def test_evaluate_runs_in_eval_mode_and_restores_the_mode(start_training: bool) -> None:
+    """The Task base class wraps evaluate (MMDetTask no longer switches modes itself)."""
+    from tdfusion_mmdet.task import MMDetTask
+
+    seen: list[bool] = []
+
+    class ModeRecorder(FixedDetections):
+        def forward(self, images: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+            seen.append(self.training)
+            return super().forward(images)
+
+    net = ModeRecorder([[10, 10, 50, 40, 0.9, 0]]).train(start_training)
+    gts = [torch.tensor([[0, 10.0, 10.0, 50.0, 40.0]])]
+    metrics = MMDetTask(num_classes=1).evaluate(net, [(torch.rand(1, 3, 80, 100), gts)] * 2)
+    assert metrics["mAP50:95"] == pytest.approx(1.0)
+    assert seen == [False, False] and net.training is start_training
+
+
 def test_evaluate_matches_a_hand_computed_value() -> None:
     """Two people, one found with IoU 0.625 and no false positive: recall 1/2 at precision 1.
 

@@ -201,19 +201,14 @@ class MMSegTask(OpenMMLabTask):
     def evaluate(self, network: nn.Module, batches: Iterable[tuple[torch.Tensor, Any]]) -> dict[str, float]:
         """mIoU, mAcc, aAcc and per-class ``IoU.<c>`` / ``Acc.<c>`` over all batches (255 ignored), at the masks'
         resolution."""
-        was_training = network.training
-        network.eval()
         num_classes = self.num_classes or self.model_num_classes(network.model)  # type: ignore[arg-type]
         cm = ConfusionMatrix(int(num_classes), self.ignore_index)
-        try:
-            for images, targets in batches:
-                logits = network(images)
-                masks = targets if isinstance(targets, (list, tuple)) else list(torch.as_tensor(targets))
-                for i, mask in enumerate(masks):
-                    mask = torch.as_tensor(mask, device=logits.device)
-                    cm.update(upsample(logits[i : i + 1], mask.shape[-2:]).argmax(1), mask[None])
-        finally:
-            network.train(was_training)
+        for images, targets in batches:  # eval mode: the Task base class wraps evaluate
+            logits = network(images)
+            masks = targets if isinstance(targets, (list, tuple)) else list(torch.as_tensor(targets))
+            for i, mask in enumerate(masks):
+                mask = torch.as_tensor(mask, device=logits.device)
+                cm.update(upsample(logits[i : i + 1], mask.shape[-2:]).argmax(1), mask[None])
         return cm.compute()
 
 

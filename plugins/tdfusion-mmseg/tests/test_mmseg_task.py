@@ -222,6 +222,23 @@ def test_functional_t_prime_equals_loading_the_stepped_parameters(seg_task: Any,
     )  # the step changed the loss: the parameters were used
 
 
+@pytest.mark.parametrize("start_training", [True, False])
+def test_evaluate_runs_in_eval_mode_and_restores_the_mode(seg_task: Any, batch: Any, start_training: bool) -> None:
+    """The Task base class wraps evaluate (MMSegTask no longer switches modes itself)."""
+    images, masks = batch
+    seen: list[bool] = []
+
+    class ModeRecorder(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            seen.append(self.training)
+            return nnf.one_hot(masks.clamp(max=NUM_CLASSES - 1), NUM_CLASSES).permute(0, 3, 1, 2).float()
+
+    net = ModeRecorder().train(start_training)
+    metrics = seg_task.evaluate(net, [(images, masks)] * 2)
+    assert 0.0 <= metrics["mIoU"] <= 1.0
+    assert seen == [False, False] and net.training is start_training
+
+
 def test_evaluate_returns_per_class_metrics_and_restores_mode(seg_task: Any, batch: Any) -> None:
     images, masks = batch
     net = seg_task.network.train()

@@ -32,6 +32,7 @@ import torch.nn as nn
 import torch.nn.functional as nnf
 from tdfusion_mmcv_compat import MmcvNotInstalledError, install
 
+from tdfusion_core.torch_files import read_torch_file
 from tdfusion_openmmlab.luminance import is_rgb_weight_for_luminance, rgb_to_luminance_weight
 from tdfusion_openmmlab.readiness import OpenMMLabNotReadyError, install_line
 
@@ -390,18 +391,12 @@ def load_weights(network: NormalizedModel, path: Path) -> dict[str, list[str]]:
 
     Keys may be the OpenMMLab model's own (``backbone.…``) or the wrapper's (``model.backbone.…``). A first
     convolution trained on RGB is summed over its colour channels for a luminance network (the same response to a
-    grey image). Other tensors whose shape differs (typically a head trained for another class count) are skipped with a warning. Loaded with
-    ``weights_only=True``: no code from the file runs. Returns the skipped / missing / unexpected keys.
+    grey image). Other tensors whose shape differs (typically a head trained for another class count) are skipped with a
+    warning. Read with :func:`tdfusion_core.torch_files.read_torch_file` (``weights_only=True``: no code from the file
+    runs; a file that needs more is refused with how to convert one you trust). Returns the skipped / missing /
+    unexpected keys.
     """
-    if not path.is_file():
-        raise FileNotFoundError(f"task checkpoint not found: {path}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise ValueError(
-            f"cannot load {path} with weights_only=True ({type(exc).__name__}: {exc}). Save only its state dict: "
-            "torch.save(torch.load(path, weights_only=False)['state_dict'], 'weights.pth')"
-        ) from exc
+    state = read_torch_file(path, what="task checkpoint")  # one-line errors; never runs code from the file
     for key in ("state_dict", "model"):
         if isinstance(state, Mapping) and key in state and isinstance(state[key], Mapping):
             state = state[key]

@@ -74,3 +74,34 @@ def test_in_channels_is_set_only_where_the_constructor_takes_it() -> None:
     assert set_config_in_channels(cfg, Forwarding) and cfg["in_channels"] == 1
     cfg = {"type": "Y"}
     assert not set_config_in_channels(cfg, HardCoded) and "in_channels" not in cfg
+
+
+class _WritesMarker:
+    """Unpickling it would create ``path``: the stand-in for a malicious checkpoint."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self) -> tuple[object, tuple[str, str]]:
+        return open, (self.path, "w")
+
+
+def test_a_checkpoint_that_would_run_code_is_refused_with_safe_advice(tmp_path) -> None:
+    import pytest
+    from tdfusion_openmmlab.glue import load_weights
+
+    from tdfusion_core.torch_files import CheckpointError
+
+    marker = tmp_path / "pwned"
+    path = tmp_path / "evil.pth"
+    torch.save({"state_dict": {"w": torch.zeros(1)}, "meta": _WritesMarker(str(marker))}, path)
+    with pytest.raises(CheckpointError) as info:
+        load_weights(None, path)  # type: ignore[arg-type]  # refused before the network is touched
+    message = str(info.value)
+    assert not marker.exists()
+    assert "evil.pth" in message and "refused" in message and "\n" not in message
+    assert "weights_only=False" not in message and "safe_globals" in message
+    empty = tmp_path / "empty.pth"
+    empty.touch()
+    with pytest.raises(CheckpointError, match="empty"):
+        load_weights(None, empty)  # type: ignore[arg-type]

@@ -37,6 +37,7 @@ import torch.nn as nn
 import torch.nn.functional as nnf
 
 from tdfusion_core.task import Task
+from tdfusion_core.torch_files import CheckpointError, read_torch_file, unsafe_pickle_message
 from tdfusion_yolo import ensure_offline, ensure_ready
 from tdfusion_yolo.targets import as_box_list, to_ultralytics_batch
 
@@ -187,36 +188,41 @@ class YoloTask(Task):
     def load_checkpoint(self, network: Any, path: Path) -> None:
         """Load weights from a local file: a state dict (strict), or an ultralytics ``.pt`` checkpoint.
 
-        Ultralytics checkpoints are pickles of whole models; they are read with ultralytics' allow-listed
-        ``weights_only`` loader (no arbitrary code runs) and transferred tensor by tensor where names and shapes
-        match (so ``nc`` may differ). Set ``trust_checkpoint=True`` in the task config to allow a full unpickle of a
-        checkpoint you trust that the allow-list rejects. Nothing is ever downloaded: the path must exist.
+        The file is read with :func:`tdfusion_core.torch_files.read_torch_file` (``weights_only=True``, one-line
+        errors for empty, truncated and foreign files). Ultralytics checkpoints are pickles of whole models, which that
+        refuses; they are then read with ultralytics' allow-listed ``weights_only`` loader (no arbitrary code runs)
+        and transferred tensor by tensor where names and shapes match (so ``nc`` may differ). A file neither accepts
+        is refused with core's message (how to convert a file one trusts). ``trust_checkpoint=True`` in the task
+        config allows a full unpickle, for a checkpoint you made yourself only. Nothing is ever downloaded.
         """
         path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"task checkpoint not found: {path}")
+        refused: CheckpointError | None = None
         try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception:
-            state = None  # not a plain tensor file: an ultralytics pickle
+            state = read_torch_file(path, what="task checkpoint")
+        except CheckpointError as exc:  # objects beyond tensors (an ultralytics pickle), or a bad file
+            state, refused = None, exc
         if isinstance(state, Mapping) and "state_dict" in state:
             state = state["state_dict"]
         if isinstance(state, Mapping) and state and all(isinstance(v, torch.Tensor) for v in state.values()):
             network.load_state_dict(state)
             return
-        self._load_ultralytics_checkpoint(network, path)
+        self._load_ultralytics_checkpoint(network, path, refused)
 
-    def _load_ultralytics_checkpoint(self, network: Any, path: Path) -> None:
+    def _load_ultralytics_checkpoint(self, network: Any, path: Path, refused: CheckpointError | None) -> None:
         ensure_offline()
-        from ultralytics.nn.tasks import torch_safe_load
+        from ultralytics.nn.tasks import _SafeLoad, torch_safe_load
 
         safe_only = not bool(self.config.get("trust_checkpoint", False))
+        if safe_only and not _SafeLoad.SUPPORTED:  # ultralytics would silently fall back to a full unpickle
+            raise refused or CheckpointError(unsafe_pickle_message(path, "an ultralytics model"))
         try:
             ckpt, _ = torch_safe_load(str(path), safe_only=safe_only)
         except Exception as exc:
-            raise ValueError(
-                f"cannot read task checkpoint {path} as a state dict or an ultralytics checkpoint: {exc}"
-                + ("" if not safe_only else " (if you trust the file, pass trust_checkpoint=True)")
+            if refused is not None:  # core's one-line reason (unsafe / empty / truncated / foreign) says it best
+                raise CheckpointError(str(refused)) from exc
+            raise CheckpointError(
+                f"cannot read task checkpoint {path} as a state dict or an ultralytics checkpoint: "
+                f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
             ) from exc
         source = ckpt.get("ema") or ckpt.get("model") if isinstance(ckpt, Mapping) else ckpt
         if not isinstance(source, nn.Module):
@@ -290,30 +296,37 @@ class YoloTask(Task):
         return {name: float(v) / x.shape[0] for name, v in zip(("box", "cls", "dfl"), loss)}
 
     # ------------------------------------------------------------------ evaluation
-    @torch.no_grad()
     def predict(self, network: nn.Module, images: torch.Tensor) -> list[torch.Tensor]:
-        """Detections per image after ultralytics' NMS: ``(n, 6)`` rows ``x0, y0, x1, y1, conf, class`` in pixels."""
-        from ultralytics.utils.nms import non_max_suppression
+        """Detections per image after ultralytics' NMS: ``(n, 6)`` rows ``x0, y0, x1, y1, conf, class`` in pixels.
 
-        ensure_offline()
+        Runs ``network`` in eval mode and restores its previous mode (``evaluate`` gets that from the Task base class).
+        """
         was_training = network.training
         network.eval()
         try:
-            layers: Any = getattr(network, "model", None)
-            head: Any = layers[-1] if layers is not None else None
-            if head is not None and hasattr(head, "shape"):
-                head.shape = None  # rebuild anchors for this device / dtype / size
-            preds = network(self.prepare_images(network, images))
-            out = non_max_suppression(
-                preds,
-                self.conf,
-                self.iou,
-                multi_label=True,
-                max_det=self.max_det,
-                end2end=bool(getattr(network, "end2end", False)),
-            )
+            return self._detect(network, images)
         finally:
             network.train(was_training)
+
+    @torch.no_grad()
+    def _detect(self, network: nn.Module, images: torch.Tensor) -> list[torch.Tensor]:
+        """:meth:`predict` for a network already in eval mode."""
+        from ultralytics.utils.nms import non_max_suppression
+
+        ensure_offline()
+        layers: Any = getattr(network, "model", None)
+        head: Any = layers[-1] if layers is not None else None
+        if head is not None and hasattr(head, "shape"):
+            head.shape = None  # rebuild anchors for this device / dtype / size
+        preds = network(self.prepare_images(network, images))
+        out = non_max_suppression(
+            preds,
+            self.conf,
+            self.iou,
+            multi_label=True,
+            max_det=self.max_det,
+            end2end=bool(getattr(network, "end2end", False)),
+        )
         return [o[:, :6] for o in out]
 
     def evaluate(self, network: nn.Module, batches: Iterable[tuple[torch.Tensor, Any]]) -> dict[str, float]:
@@ -328,7 +341,7 @@ class YoloTask(Task):
         metrics = DetMetrics(names=self._names(nc))
         seen = 0
         for images, targets in batches:
-            detections = self.predict(network, images)
+            detections = self._detect(network, images)  # eval mode: the base class wraps evaluate
             for det, gt in zip(detections, as_box_list(targets, images.shape[0])):
                 det, gt = det.float().cpu(), gt.float().cpu()
                 gt_cls, gt_boxes = gt[:, 0], gt[:, 1:5]

@@ -145,3 +145,33 @@ def test_missing_ultralytics_is_reported_with_the_install_line(monkeypatch: pyte
     assert tdfusion_plugin_ready() == expected
     with pytest.raises(PluginNotReadyError, match="ultralytics not installed"):
         YoloTask(num_classes=1)
+
+
+class _WritesMarker:
+    """Unpickling it would create ``path``: the stand-in for a malicious checkpoint."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return open, (self.path, "w")
+
+
+def test_a_checkpoint_that_would_run_code_is_refused_with_safe_advice(tmp_path):
+    """Neither core's reader nor ultralytics' allow-listed loader runs it; the error says how to convert safely."""
+    from tdfusion_core.torch_files import CheckpointError
+
+    marker = tmp_path / "pwned"
+    path = tmp_path / "evil.pt"
+    torch.save({"model": _WritesMarker(str(marker)), "train_args": {}}, path)
+    with pytest.raises(CheckpointError) as info:
+        YoloTask(num_classes=1).load_checkpoint(None, path)  # refused before the network is touched
+    message = str(info.value)
+    assert not marker.exists()
+    assert "evil.pt" in message and "refused" in message and "\n" not in message
+    assert "weights_only=False" not in message and "safe_globals" in message
+    truncated = tmp_path / "truncated.pt"
+    torch.save({"w": torch.zeros(1000)}, truncated)
+    truncated.write_bytes(truncated.read_bytes()[:300])
+    with pytest.raises(CheckpointError, match="truncated or corrupted"):
+        YoloTask(num_classes=1).load_checkpoint(None, truncated)

@@ -112,3 +112,23 @@ def test_real_network_on_llvip_val_restores_training_mode(base_task):
     assert m["mAP50"] >= m["mAP75"] and m["mAP50"] >= m["mAP50:95"]
     detections = base_task.predict(net, images)
     assert len(detections) == 2 and all(d.shape[1] == 6 for d in detections)
+
+
+@pytest.mark.parametrize("start_training", [True, False])
+def test_evaluate_and_predict_run_in_eval_mode_and_restore_the_mode(start_training):
+    """The Task base class wraps evaluate (the plugin no longer switches modes itself); predict switches on its own."""
+    seen: list[bool] = []
+
+    class ModeRecorder(FixedDetector):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            seen.append(self.training)
+            return super().forward(x)
+
+    task = YoloTask(input_kind="rgb", num_classes=1)
+    det = ModeRecorder([[(10, 10, 40, 50, 0.9, 0)]], 1).train(start_training)
+    images = torch.zeros(1, 3, 64, 96)
+    m = task.evaluate(det, [(images, [torch.tensor([GT[0]])])])
+    assert m["mAP50"] == pytest.approx(PERFECT, abs=1e-6)
+    assert seen == [False] and det.training is start_training
+    task.predict(det, images)
+    assert seen == [False, False] and det.training is start_training
