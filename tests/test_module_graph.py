@@ -45,6 +45,7 @@ LAYERS: list[tuple[str, int]] = [
     ("tdfusion_core.run_files", 2),
     ("tdfusion_core.run_logger", 2),
     ("tdfusion_core.validation", 2),
+    ("tdfusion_core.generator_stats", 2),
     ("tdfusion_core.distributed", 2),
     ("tdfusion_core.checkpoints", 2),
     ("tdfusion_core.batches", 2),

@@ -20,7 +20,7 @@ import click
 import torch
 
 from tdfusion_core.bench.machine import cpu_seconds, load_average, machine_info
-from tdfusion_core.commands.options import size_callback
+from tdfusion_core.commands.options import key_value_options, size_callback
 from tdfusion_core.config import TrainConfig
 from tdfusion_core.data.sample import Sample
 from tdfusion_core.devices import pick_device
@@ -297,21 +297,8 @@ def meta_command(
         task_size=task_size,
         num_classes=num_classes,
         threads=threads,
-        task_options=parse_sets(task_sets, "--set"),
-        train_options=parse_sets(train_sets, "--train-set"),
+        task_options=key_value_options(task_sets, "--set"),
+        train_options=key_value_options(train_sets, "--train-set"),
         keep_memory=not default_allocator,
     )
     click.echo(json.dumps(results) if as_json else format_meta_results(results))
-
-
-def parse_sets(items: Sequence[str], option: str) -> dict[str, Any]:
-    """``["a=1", "b=text"]`` -> ``{"a": 1, "b": "text"}`` (values read as YAML scalars)."""
-    import yaml
-
-    values: dict[str, Any] = {}
-    for item in items:
-        key, sep, text = item.partition("=")
-        if not sep or not key.strip():
-            raise click.BadParameter(f"expected KEY=VALUE, got {item!r}", param_hint=option)
-        values[key.strip()] = yaml.safe_load(text) if text else ""
-    return values

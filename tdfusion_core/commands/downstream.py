@@ -9,19 +9,7 @@ from typing import Any
 import click
 
 from tdfusion_core import hookimpl
-from tdfusion_core.commands.options import size_callback
-
-
-def _options(pairs: tuple[str, ...], hint: str) -> dict[str, Any]:
-    import yaml
-
-    out: dict[str, Any] = {}
-    for pair in pairs:
-        if "=" not in pair:
-            raise click.BadParameter(f"expected KEY=VALUE, got {pair!r}", param_hint=hint)
-        key, value = pair.split("=", 1)
-        out[key.strip().replace("-", "_")] = yaml.safe_load(value)
-    return out
+from tdfusion_core.commands.options import key_value_options, size_callback
 
 
 @click.command(name="downstream")
@@ -104,7 +92,7 @@ def downstream_command(
     if not methods:
         raise click.UsageError("give at least one --fused DIR or --source")
     try:
-        options = _options(data_opts, "--data-option")
+        options = key_value_options(data_opts, "--data-option")
         train_set = resolve_dataset(data, split=split, **options)
         val_set = resolve_dataset(data, split=val_split, **options) if val_split else None
         if epochs is not None:
@@ -120,7 +108,7 @@ def downstream_command(
             size=size,
             seed=seed,
             device=device,
-            task_options=_options(task_opts, "--task-option"),
+            task_options=key_value_options(task_opts, "--task-option"),
             dataset_name=Path(data).name or data,
             progress=None if quiet else lambda msg: click.echo(msg, err=True),
         )

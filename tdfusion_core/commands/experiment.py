@@ -9,22 +9,11 @@ from typing import Any
 import click
 
 from tdfusion_core import hookimpl
+from tdfusion_core.commands.options import key_value_options
 
 DEFAULT_METHODS = "tdfusion,I,ir,vis,mean,oracle"
 #: without ground truth of which source shows what, there is no oracle
 DEFAULT_METHODS_REAL = "tdfusion,I,ir,vis,mean"
-
-
-def _pairs(pairs: tuple[str, ...], hint: str) -> dict[str, Any]:
-    import yaml
-
-    out: dict[str, Any] = {}
-    for pair in pairs:
-        if "=" not in pair:
-            raise click.BadParameter(f"expected KEY=VALUE, got {pair!r}", param_hint=hint)
-        key, value = pair.split("=", 1)
-        out[key.strip().replace("-", "_")] = yaml.safe_load(value)
-    return out
 
 
 def parse_seeds(value: str) -> list[int]:
@@ -122,7 +111,7 @@ def experiment_command(
         chosen = [builtin_method(k.strip()) for k in methods.split(",") if k.strip()]
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--methods") from None
-    for name, folder in _pairs(fused, "--fused").items():
+    for name, folder in key_value_options(fused, "--fused", dotted=False).items():
         chosen.append(Method(name, "folder", folder=str(folder)))
     b = BUDGETS[budget]
     changes: dict[str, Any] = {
@@ -137,15 +126,15 @@ def experiment_command(
         if v is not None
     }
     b = attrs.evolve(b, **changes)
-    data_options = _pairs(data_option, "--data-option")
-    task_options = _pairs(task_option, "--task-option")
+    data_options = key_value_options(data_option, "--data-option")
+    task_options = key_value_options(task_option, "--task-option")
     if data == "synthetic":
         data_options.setdefault("balanced", True)
         if task == "tiny-seg":
             task_options.setdefault("input_kind", "luminance")
             task_options.setdefault("width", 16)
             task_options.setdefault("lr", 3e-3)  # the downstream segmenter converges within a small budget
-    train_options = _pairs(settings, "--set")
+    train_options = key_value_options(settings, "--set")
     if data == "synthetic" and task == "tiny-seg":
         train_options.setdefault("lr_fusion", 1e-3)
         train_options.setdefault("lr_task", 1e-3)

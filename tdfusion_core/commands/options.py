@@ -7,6 +7,7 @@ from typing import Any
 
 import click
 
+from tdfusion_core.config_io import ConfigError, apply_override
 from tdfusion_core.sizes import optional_size
 
 
@@ -20,3 +21,26 @@ def size_callback(minimum: int = 1) -> Callable[[click.Context, click.Parameter,
             raise click.BadParameter(str(exc)) from None
 
     return callback
+
+
+def key_value_options(pairs: tuple[str, ...] | list[str], hint: str, *, dotted: bool = True) -> dict[str, Any]:
+    """Repeatable ``KEY=VALUE`` options as a dict: the one reading of ``--set``, ``--task-option``, ``--data-option``.
+
+    With ``dotted`` (the default) each value is read as YAML 1.2 (``1e-4`` is a number, ``[1, 2]`` a list) and
+    ``KEY.SUB=VALUE`` sets one entry of a mapping, as ``tdfusion train --set`` does
+    (:func:`tdfusion_core.config_io.apply_override`); without it, keys are taken whole and values kept as text
+    (``--fused NAME=FOLDER``). A malformed pair is a usage error naming the option.
+    """
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        try:
+            if dotted:
+                apply_override(out, pair, source=hint)
+                continue
+            key, sep, text = pair.partition("=")
+            if not sep or not key.strip():
+                raise ConfigError(f"{hint}: expected KEY=VALUE, got {pair!r}")
+            out[key.strip()] = text
+        except ConfigError as exc:
+            raise click.BadParameter(str(exc), param_hint=hint) from None
+    return out
