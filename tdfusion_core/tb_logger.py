@@ -5,6 +5,10 @@ weight G gives each source, throughput (steps per second) and, with ``log_images
 (``images/weights``: sources | fused | weight maps of a few training samples, titled columns, 0-1 colour bar).
 ``tensorboard`` is a dependency of tdfusion-core; without it, or for a trainer with no run directory, nothing is
 logged. A logger shows how any plugin can follow a run through the event hooks.
+
+Each step axis has its own event stream: epochs (and images) in ``tensorboard/``, meta steps in
+``tensorboard/meta_steps``, fusion steps in ``tensorboard/fusion_steps``. A resumed run purges, on each axis, what
+was logged after its checkpoint (TensorBoard's ``purge_step``), so a killed and resumed run shows every step once.
 """
 
 from __future__ import annotations
@@ -17,12 +21,12 @@ from typing import Any
 from tdfusion_core import hookimpl
 
 log = logging.getLogger(__name__)
-_WRITERS: dict[int, Any] = {}
+_WRITERS: dict[int, dict[str, Any]] = {}
 _CLOCKS: dict[int, float] = {}
 
 
-def _writer(trainer: Any) -> Any:
-    return _WRITERS.get(id(trainer))
+def _writer(trainer: Any, axis: str = "epoch") -> Any:
+    return _WRITERS.get(id(trainer), {}).get(axis)
 
 
 @hookimpl
@@ -34,7 +38,18 @@ def tdfusion_on_run_start(trainer: Any, config: Any) -> None:
     except ImportError:
         log.info("tensorboard is not installed: no TensorBoard logs (pip install tensorboard)")
         return
-    _WRITERS[id(trainer)] = SummaryWriter(log_dir=str(trainer.out_dir / "tensorboard"))
+    root = trainer.out_dir / "tensorboard"
+    resumed = trainer.epoch > 0 or trainer.meta_step_count > 0 or trainer.fusion_step_count > 0
+    # on resume, drop what a killed run logged after its checkpoint: steps from the first one not yet taken
+    axes = {
+        "epoch": (root, trainer.epoch + 1),
+        "meta": (root / "meta_steps", trainer.meta_step_count + 1),
+        "fusion": (root / "fusion_steps", trainer.fusion_step_count + 1),
+    }
+    _WRITERS[id(trainer)] = {
+        axis: SummaryWriter(log_dir=str(folder), purge_step=first if resumed else None)
+        for axis, (folder, first) in axes.items()
+    }
 
 
 @hookimpl
@@ -44,7 +59,7 @@ def tdfusion_on_epoch_start(trainer: Any, epoch: int) -> None:
 
 @hookimpl
 def tdfusion_on_meta_step_end(trainer: Any, step: int, metrics: Mapping[str, float]) -> None:
-    writer = _writer(trainer)
+    writer = _writer(trainer, "meta")
     if writer is not None:
         for key, value in metrics.items():
             writer.add_scalar(f"meta_step/{key}", value, step)
@@ -52,7 +67,7 @@ def tdfusion_on_meta_step_end(trainer: Any, step: int, metrics: Mapping[str, flo
 
 @hookimpl
 def tdfusion_on_fusion_step_end(trainer: Any, step: int, metrics: Mapping[str, float]) -> None:
-    writer = _writer(trainer)
+    writer = _writer(trainer, "fusion")
     if writer is not None:
         for key, value in metrics.items():
             writer.add_scalar(f"fusion_step/{key}", value, step)
@@ -71,12 +86,12 @@ def tdfusion_on_epoch_end(trainer: Any, epoch: int, metrics: Mapping[str, float]
         writer.add_scalar("epoch/steps_per_second", steps / seconds, epoch + 1)
     if trainer.config.log_images and hasattr(trainer, "epoch_figure"):
         writer.add_image("images/weights", trainer.epoch_figure(), epoch + 1, dataformats="HWC")
-    writer.flush()
+    for each in _WRITERS[id(trainer)].values():
+        each.flush()
 
 
 @hookimpl
 def tdfusion_on_run_end(trainer: Any, status: str) -> None:
-    writer = _WRITERS.pop(id(trainer), None)
     _CLOCKS.pop(id(trainer), None)
-    if writer is not None:
+    for writer in _WRITERS.pop(id(trainer), {}).values():
         writer.close()
