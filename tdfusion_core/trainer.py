@@ -93,10 +93,6 @@ def _takes_option(factory: Any, name: str) -> bool:
         return False
 
 
-def _atomic_save(obj: Any, path: Path) -> None:
-    save_training_state(obj, path)
-
-
 class MetaTrainer:
     """Trains F (fusion), G (loss generator) and T (task) with Algorithm 1.
 
@@ -625,7 +621,7 @@ class MetaTrainer:
                 assert_finite_state(state, "the training state")
             except NonFiniteStateError as exc:
                 raise TrainingDivergedError(f"{exc}; not saved, the last good checkpoint is {path}") from exc
-            _atomic_save(state, path)
+            save_training_state(state, path)
             self._emit("tdfusion_on_checkpoint_saved", trainer=self, path=str(path), epoch=self.epoch)
         barrier(self.dist)
         return path
