@@ -47,6 +47,18 @@ def weight_stats(weights: torch.Tensor) -> dict[str, float]:
 
 
 @torch.no_grad()
+def weights_both_orders(generator: nn.Module, sources: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """G's weights ``(B, K, H, W)`` for the sources as given and for the sources reversed (mapped back to the given
+    order, so ``swapped[:, k]`` is source k's weight either way); G runs in eval mode and its mode is restored."""
+    was = generator.training
+    generator.eval()
+    try:
+        return generator(sources).float(), generator(sources.flip(1)).float().flip(1)
+    finally:
+        generator.train(was)
+
+
+@torch.no_grad()
 def generator_stats(generator: nn.Module, sources: torch.Tensor, prefix: str = "g/") -> dict[str, float]:
     """Statistics of ``generator`` on ``sources`` in the given and the reversed source order.
 
@@ -54,13 +66,7 @@ def generator_stats(generator: nn.Module, sources: torch.Tensor, prefix: str = "
     ``order_gap`` = mean over pixels and sources of ``|w_k(given) − w_k(reversed)|`` (0 for an order-equivariant G).
     G is evaluated in eval mode and its mode restored.
     """
-    was = generator.training
-    generator.eval()
-    try:
-        given = generator(sources).float()
-        swapped = generator(sources.flip(1)).float().flip(1)
-    finally:
-        generator.train(was)
+    given, swapped = weights_both_orders(generator, sources)
     out = {f"{prefix}{k}": v for k, v in weight_stats(given).items()}
     out.update({f"{prefix}swapped/{k}": v for k, v in weight_stats(swapped).items()})
     out[f"{prefix}order_gap"] = float((given - swapped).abs().mean())
@@ -114,13 +120,7 @@ def preference_scores(
     A G that learned the modalities scores the same in both orders; a score that flips with the order is a
     preference for an input position. ``None`` where a region has no pixels.
     """
-    was = generator.training
-    generator.eval()
-    try:
-        given = generator(sources).float()
-        swapped = generator(sources.flip(1)).float().flip(1)
-    finally:
-        generator.train(was)
+    given, swapped = weights_both_orders(generator, sources)
     ir_px, vis_px = only == 1, only == 2
     out: dict[str, float | None] = {}
     for prefix, w in (("", given), ("swapped_", swapped)):
