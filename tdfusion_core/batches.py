@@ -94,6 +94,15 @@ class Batcher:
         samples = {j: dataset[int(indices[j])] for j in sorted({j for j, _ in items})}
         return self.build(samples, draws, items)
 
+    def meta_pair(
+        self, dataset: Any, train: Sequence[int], test: Sequence[int], gen: torch.Generator
+    ) -> tuple[torch.Tensor, TaskInput, TaskInput]:
+        """One meta step's batches: meta-train crops and task batch, then the meta-test task batch (its crops are
+        drawn, keeping the generator's stream, and not used: the outer loss sees the task batch only)."""
+        crop, train_batch = self.share(dataset, train, gen)
+        _, test_batch = self.share(dataset, test, gen)
+        return crop, train_batch, test_batch
+
     def build(
         self, samples: dict[int, Sample], draws: torch.Tensor, items: Sequence[tuple[int, bool]]
     ) -> tuple[torch.Tensor, TaskInput]:

@@ -209,7 +209,7 @@ class _View(torch.utils.data.Dataset):
 
 
 def _datasets(spec: ExperimentSpec) -> tuple[_View, _View]:
-    from tdfusion_core.trainer import resolve_dataset
+    from tdfusion_core.registry import resolve_dataset
 
     b = spec.budget
     if spec.data == "synthetic":

@@ -86,7 +86,7 @@ def test_fusion_step_of_ablation_is_the_papers_loss(settings, loss):
 def test_fixed_weights_are_one_half_everywhere_and_g_is_untouched():
     trainer = small_trainer(epochs=1, fixed_weights=True)
     crop, _ = _batch()
-    assert torch.equal(trainer._weights(crop.float()), torch.full_like(crop.float(), 0.5))
+    assert torch.equal(trainer.fusion_step.weights(crop.float()), torch.full_like(crop.float(), 0.5))
     g0 = _params(trainer.loss_generator)
     trainer.fit()
     assert trainer.meta_step_count == 0 and _close(_params(trainer.loss_generator), g0)

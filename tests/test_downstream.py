@@ -14,7 +14,7 @@ from PIL import Image
 
 from tdfusion_core.cli import build_cli
 from tdfusion_core.downstream import DownstreamError, DownstreamMethod, run_downstream, source_index
-from tdfusion_core.trainer import resolve_dataset
+from tdfusion_core.registry import resolve_dataset
 
 
 @pytest.fixture(autouse=True)

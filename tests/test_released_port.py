@@ -172,6 +172,9 @@ class _Recorder:
         self.results.append(result)
         return result
 
+    def __getattr__(self, name: str) -> Any:  # the modules (task, ...) of the step it stands in for
+        return getattr(self.inner, name)
+
 
 def _batches(step: int, classes: int = 3) -> tuple[torch.Tensor, TaskInput, TaskInput]:
     g = torch.Generator().manual_seed(100 + step)
@@ -228,8 +231,8 @@ def _adam_state(opt: torch.optim.Optimizer, net: nn.Module) -> dict[str, dict[st
 
 
 def _run_both(trainer: MetaTrainer, port: Any) -> list[dict[str, Any]]:
-    recorder = _Recorder(trainer.meta_step_fn)
-    trainer.meta_step_fn = recorder  # type: ignore[assignment]
+    recorder = _Recorder(trainer.meta_phase_step.meta_step)
+    trainer.meta_phase_step.meta_step = recorder  # type: ignore[assignment]
     t0 = copy.deepcopy(trainer.task.network.state_dict())
     out = []
     for step in range(STEPS):
@@ -357,11 +360,11 @@ class _BufferedGenerator(TinyGenerator):
 def test_g_buffers_survive_the_meta_step_and_g_is_in_eval_mode_in_the_fusion_phase():
     trainer = _trainer(meta_mode="jvp")
     trainer.loss_generator = _BufferedGenerator().double()
-    trainer.meta_step_fn.loss_generator = trainer.loss_generator
+    trainer.meta_phase_step.meta_step.loss_generator = trainer.loss_generator
     trainer.opt_generator = torch.optim.Adam(trainer.loss_generator.parameters(), lr=LR_G)
     before = copy.deepcopy(dict(trainer.loss_generator.named_buffers()))
     crop, mtr, mts = _batches(0)
-    trainer.meta_step_fn.compute(crop, mtr, mts, LR_F, trainer.task_update_rule())
+    trainer.meta_phase_step.meta_step.compute(crop, mtr, mts, LR_F, trainer.meta_phase_step.task_rule())
     assert all(torch.equal(b, before[n]) for n, b in trainer.loss_generator.named_buffers())
     config = TrainConfig(task_options={"width": 4}, fusion_steps=1, progress=False, log_images=False)
     trainer = MetaTrainer(config, train_set=BlobScenes(2), fusion_net=TinyFusion(), loss_generator=_BufferedGenerator())
@@ -382,12 +385,12 @@ class _DropoutFusion(TinyFusion):
 
 def test_jvp_mode_refuses_a_fusion_network_with_active_dropout():
     trainer = _trainer(meta_mode="jvp")
-    trainer.meta_step_fn.fusion_net = _DropoutFusion().double()
+    trainer.meta_phase_step.meta_step.fusion_net = _DropoutFusion().double()
     crop, mtr, mts = _batches(0)
     with pytest.raises(ValueError, match="meta_mode: double-backward"):
-        trainer.meta_step_fn.compute(crop, mtr, mts, LR_F, trainer.task_update_rule())
-    trainer.meta_step_fn.fusion_net.eval()  # dropout off: accepted
-    assert trainer.meta_step_fn.compute(crop, mtr, mts, LR_F, trainer.task_update_rule()).finite
-    trainer.meta_step_fn.fusion_net.train()
-    trainer.meta_step_fn.mode = "double-backward"  # one pass differentiated twice: exact, accepted
-    assert trainer.meta_step_fn.compute(crop, mtr, mts, LR_F, trainer.task_update_rule()).finite
+        trainer.meta_phase_step.meta_step.compute(crop, mtr, mts, LR_F, trainer.meta_phase_step.task_rule())
+    trainer.meta_phase_step.meta_step.fusion_net.eval()  # dropout off: accepted
+    assert trainer.meta_phase_step.meta_step.compute(crop, mtr, mts, LR_F, trainer.meta_phase_step.task_rule()).finite
+    trainer.meta_phase_step.meta_step.fusion_net.train()
+    trainer.meta_phase_step.meta_step.mode = "double-backward"  # one pass differentiated twice: exact, accepted
+    assert trainer.meta_phase_step.meta_step.compute(crop, mtr, mts, LR_F, trainer.meta_phase_step.task_rule()).finite

@@ -76,8 +76,7 @@ def downstream_command(
     from tdfusion_core.commands.eval import _split_named
     from tdfusion_core.downstream import DownstreamError, DownstreamMethod, run_downstream, source_index
     from tdfusion_core.evaluate import to_csv, to_json, to_markdown
-    from tdfusion_core.registry import RegistryError
-    from tdfusion_core.trainer import resolve_dataset
+    from tdfusion_core.registry import RegistryError, resolve_dataset
 
     methods: list[DownstreamMethod] = []
     for value in fused:

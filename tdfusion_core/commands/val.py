@@ -27,7 +27,8 @@ def evaluate_run(
     import torch
 
     from tdfusion_core.config import TrainConfig
-    from tdfusion_core.trainer import MetaTrainer, resolve_dataset
+    from tdfusion_core.registry import resolve_dataset
+    from tdfusion_core.trainer import MetaTrainer
     from tdfusion_core.validation import Validator
 
     saved = run / "config.yaml"

@@ -10,7 +10,8 @@ from click.testing import CliRunner
 from yolo_testutils import shared_path
 
 from tdfusion_core.config import TrainConfig
-from tdfusion_core.trainer import MetaTrainer, resolve_dataset
+from tdfusion_core.registry import resolve_dataset
+from tdfusion_core.trainer import MetaTrainer
 
 #: small sizes so a meta step pair takes seconds on a busy CPU (task size: multiples of YOLO's stride 32)
 TINY = {"crop_size": (48, 48), "task_size": (64, 96), "batch_size": 1, "progress": False, "log_images": False}
