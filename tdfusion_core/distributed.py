@@ -1,50 +1,10 @@
 """Multi-process training on ``torch.distributed``: process group, sharded batches, the synchronised meta step.
 
-Launch any training run with ``torchrun`` and the :class:`~tdfusion_core.trainer.MetaTrainer` picks the environment
-up by itself (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``, ``MASTER_PORT``)::
-
-    torchrun --nproc_per_node=4 $(which tdfusion) train --task tiny-seg --data synthetic --device cuda
-    torchrun --nnodes=2 --node_rank=0 --master_addr=10.0.0.1 --nproc_per_node=8 $(which tdfusion) train ...
-
-(torchrun runs a script: the ``tdfusion`` console script is one, unchanged.) The backend is NCCL for CUDA devices and gloo on CPU (``dist_backend`` overrides it);
-with ``device: cuda`` each process takes ``cuda:LOCAL_RANK``. Multi-node runs need a run directory on storage that
-every node sees (checkpoints are written by rank 0 and read by every rank on ``--resume``).
-
-**What one step means with N processes.** ``batch_size`` is the *global* batch: the number of samples one
-optimisation step sees in total, whatever the number of processes. With the Switch every sample also appears with its
-sources in reverse order, so one step has ``items = batch_size × (2 if switch else 1)`` items, and each process takes
-a contiguous, equal slice of ``items / N`` of them (:class:`ShardedBatches`; ``items`` must be a multiple of ``N``:
-the default ``batch_size: 1`` with the Switch runs on 1 or 2 processes, ``batch_size: 2`` on up to 4, ...). All
-processes draw the same per-epoch meta-train / meta-test split, the same global batches and the same crop windows
-(:class:`MetaBatchSampler`), so the union of the N shards is exactly the batch one process would see, and the
-losses are means over the batch: averaging the per-process gradients of equal shards gives the gradient of the
-union. Hence F's, T's and G's updates equal those of one process (up to rounding), and a checkpoint can be resumed
-with any number of processes.
-
-* **Fusion phase** (Eqs. 8-9): F and T are wrapped in :class:`~torch.nn.parallel.DistributedDataParallel` (T through
-  its loss module, so task plugins still see their own network object); G is frozen and not wrapped.
-* **Meta phase**: DDP cannot differentiate through the inner update, so :class:`DistributedMetaStep` all-reduces
-  explicitly. With ``meta_sync: union`` (default) it averages, in turn, F's inner gradient (so θF' is the union's),
-  T's gradient for T' (so θT' is the union's), ``v = ∂Lt/∂θF'`` on the meta-test shards, and finally each
-  process's exact meta-gradient of G on its meta-train shard along that common ``v``: the result is the exact
-  meta-gradient of the union (4 all-reduces per step, of F's, T's, F's and G's size). ``meta_sync: per-shard``
-  instead lets every process run Algorithm 1's inner step on its own shard and averages only G's meta-gradients
-  (1 all-reduce of G's size): cheaper, but it is the mean of per-shard meta-gradients, not the union's. With the
-  default T' rule (``task_step: adam``, one real step of T's optimizer) T's inner gradient is averaged in both modes,
-  so T's optimizer state advances identically in every process.
-* Non-finite guards agree across processes (a step is skipped everywhere if it is non-finite anywhere); logged
-  losses are averaged over processes (the union's means).
-* Rank 0 alone writes the run directory (config, checkpoints, TensorBoard, images, ``model.pt``), shows progress
-  bars, logs, and fires the ``tdfusion_on_*`` event hooks; the others wait at a barrier after each checkpoint.
-
-**BatchNorm caveat.** A BatchNorm layer in training mode normalises with the statistics of the batch it sees, which
-for a process is its shard: the per-shard statistics differ from the union's, so a task network with BatchNorm
-(``tiny-seg``, most detectors) gives updates close to, but not equal to, one process's. ``sync_batchnorm: true``
-converts T's BatchNorm layers to :class:`~torch.nn.SyncBatchNorm` (CUDA/NCCL only), which restores the union's
-statistics. Losses that are not plain means over the batch (e.g. cross-entropy with ignored pixels unevenly spread
-over the shards, or a detection loss normalised by the number of boxes) also make the shards' mean differ slightly
-from the union's. Crop windows are the union's when all images are at least ``crop_size`` large or all have the
-same size.
+Launch any training run with ``torchrun`` and the :class:`~tdfusion_core.trainer.MetaTrainer` joins the process group
+itself. ``batch_size`` is the global batch, split in equal shards (:class:`ShardedBatches`) that every process draws
+alike (:class:`MetaBatchSampler`); the fusion phase runs F and T under DistributedDataParallel and the meta phase
+all-reduces explicitly (:class:`DistributedMetaStep`, ``meta_sync: union`` or ``per-shard``). What one step means
+with N processes, the BatchNorm caveat and multi-node runs: ``docs/training.md``, section "Multi-process training".
 """
 
 from __future__ import annotations
@@ -352,11 +312,11 @@ class MetaBatchSampler:
 class DistributedMetaStep(MetaStep):
     """:class:`~tdfusion_core.meta.MetaStep` over N processes, each holding one shard of the meta batches.
 
-    ``sync="union"`` gives the exact meta-gradient of the union of the shards (see the module docstring): each
-    process computes its share of every first-order quantity (F's inner gradient, T's gradient, ``v``), these are
-    averaged, and the processes' exact meta-gradients of G along the common ``v`` are averaged. All three modes
-    (``jvp``, ``double-backward``, ``finite-difference``) are supported. ``sync="per-shard"`` averages G's
-    meta-gradient only (each process's inner step uses its own shard; T's inner gradient is still averaged when the
+    ``sync="union"`` gives the exact meta-gradient of the union of the shards (docs/training.md, "Multi-process
+    training"): each process computes its share of every first-order quantity (F's inner gradient, T's gradient,
+    ``v``), these are averaged, and the processes' exact meta-gradients of G along the common ``v`` are averaged.
+    All three modes (``jvp``, ``double-backward``, ``finite-difference``) are supported. ``sync="per-shard"``
+    averages G's meta-gradient only (each process's inner step uses its own shard; T's inner gradient is still averaged when the
     T' rule steps T's real optimizer, so that its state stays the same everywhere). With one process both equal
     :class:`~tdfusion_core.meta.MetaStep`. The losses in the result are averaged over processes and ``finite`` is
     the same everywhere.

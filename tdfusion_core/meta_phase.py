@@ -2,11 +2,10 @@
 
 One step on a meta-train batch (crops ``x_mtr`` and its task batch) and a meta-test batch ``x_mts``::
 
-    η   = inner_lr, or F's current (scheduled) learning rate as in the released code
-    T'  = the T' rule over T's optimizer (``task_step``: adam | adam-readonly | sgd; :func:`~tdfusion_core.meta.task_step_rule`)
-    g_G = ∂Lt(T'(F'(x_mts)))/∂θG                        (Eqs. 4-7: :meth:`~tdfusion_core.meta.MetaStep.compute`)
-    θG ← update(θG, g_G)                                 (``generator_update``: the released max-normalised step
-                                                          θG −= lr·g_G/max|g_G|, or G's optimizer)
+    η   = inner_lr, or F's current (scheduled) learning rate, as the released code
+    T'  = task_step's rule over T's optimizer            (adam | adam-readonly | sgd: meta.task_step_rule)
+    g_G = ∂Lt(T'(F'(x_mts)))/∂θG                          (Eqs. 4-7: meta.MetaStep.compute, with η and T')
+    θG ← θG − lr·g_G / max|g_G|                           (generator_update "maxnorm", released; or G's optimizer)
 
 This step is the maths only: a non-finite loss or meta-gradient leaves G untouched and says so
 (:class:`MetaPhaseOutcome`); counting bad steps, events, G's statistics and the ablation that trains F and T inside

@@ -1,27 +1,10 @@
 """Several downstream tasks at once: one composite :class:`~tdfusion_core.task.Task` with weighted losses.
 
-A run names its tasks in the configuration (the single ``task`` field keeps working when ``tasks`` is not set)::
-
-    tasks:
-      - {name: tiny-seg, weight: 1.0, options: {width: 16}}          # masks
-      - {name: yolo, key: det, weight: 0.5, options: {num_classes: 3}}  # boxes
-    data: synthetic
-    data_options: {target: both}      # each sample's target is {"mask": ..., "boxes": ...}
-
-:class:`MultiTask` holds the sub-tasks under their keys (``key``, default the task name); its network is a
-:class:`~torch.nn.ModuleDict` of the sub-networks (so T, T', the optimizer and checkpoints cover them all) and its
-loss is ``Σ_i w_i · L_i``, so the meta-gradient of G is driven by the weighted sum of the task losses. Targets are
-split per sub-task: when a sample's target is a mapping, sub-task ``i`` takes the entry named by its ``target``
-option, else the entry named after its :attr:`~tdfusion_core.task.Task.target_kind` (``"mask"``, ``"boxes"``),
-else the entry under its key; a non-mapping target goes to every sub-task unchanged. After splitting, targets are a
-:class:`TaskTargets` keyed by sub-task. :meth:`MultiTask.evaluate` runs every sub-task's evaluation on the same
-fused images and prefixes their metrics with the key (``"tiny-seg/mIoU"``, ``"det/mAP50"``); the batches are held
-in memory once for that.
-
-Input kinds: if every sub-task wants the same input (``rgb`` or ``luminance``) it is passed through; with a mix,
-the composite asks for RGB and the luminance sub-tasks get the Y channel of that RGB (equal to the fused Y except
-where rebuilding colour clips to [0, 1]). All sub-tasks share the run's task size. The last weighted loss terms are
-kept in :attr:`MultiTask.last_losses` (detached) so the trainer can log each task's loss.
+A run names its tasks in the configuration (``tasks: [{name, key, weight, options}, ...]``; the single ``task``
+field keeps working when ``tasks`` is not set). :class:`MultiTask`'s network is a ``ModuleDict`` of the sub-networks
+and its loss ``Σ_i w_i · L_i``; targets are split per sub-task, metrics prefixed with the sub-task's key, and mixed
+input kinds served from one RGB image. The rules (which target entry a sub-task takes, input kinds, per-task
+losses): ``docs/training.md``, section "Several tasks at once".
 """
 
 from __future__ import annotations

@@ -69,9 +69,10 @@ class MetaTrainer:
     A Task or dataset *instance* is recorded in :attr:`config` (so in ``config.yaml`` and ``model.pt``) by its class
     path and root (:mod:`tdfusion_core.provenance`).
 
-    Under ``torchrun`` the process group is joined here (see the module docstring); :attr:`dist` tells the rank
-    and the number of processes, :attr:`is_main_process` whether this process writes files and logs. Every process
-    must build its trainer with the same configuration, modules and dataset (modules are broadcast from rank 0).
+    Under ``torchrun`` the process group is joined here (docs/training.md, "Multi-process training"); :attr:`dist`
+    tells the rank and the number of processes, :attr:`is_main_process` whether this process writes files and logs.
+    Every process must build its trainer with the same configuration, modules and dataset (modules are broadcast
+    from rank 0).
     """
 
     def __init__(
