@@ -23,7 +23,6 @@ refused unless ``overwrite=True``.
 
 from __future__ import annotations
 
-import contextlib
 import sys
 import time
 from collections.abc import Iterator
@@ -48,6 +47,7 @@ from tdfusion_core.io import (
     to_uint8,
     write_image,
 )
+from tdfusion_core.precision import autocast, autocast_dtype
 
 SOURCE_NAMES = ("ir", "vis")
 
@@ -231,31 +231,6 @@ def _minmax(y: torch.Tensor) -> torch.Tensor:
     return torch.where(span > 0, (y - lo) / span.clamp_min(1e-12), y.clamp(0, 1))
 
 
-AMP_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def amp_dtype_for(device: str | torch.device, name: str = "auto") -> torch.dtype:
-    """The autocast dtype: ``"bfloat16"``, ``"float16"``, or ``"auto"`` (float16 on CUDA, bfloat16 elsewhere).
-
-    ``auto`` prefers float16 on GPUs because its 10-bit mantissa keeps the ReFusion output within 2/255 of float32
-    (max |diff| about 0.002 with the published weights), where bfloat16's 7 bits give about 0.01-0.016; the
-    network's activations stay far below float16's range. On the CPU float16 kernels are slow, so ``auto`` is
-    bfloat16 there.
-    """
-    if name == "auto":
-        return torch.float16 if pick_device(device).type == "cuda" else torch.bfloat16
-    if name not in AMP_DTYPES:
-        raise ValueError(f"amp dtype must be auto, bfloat16 or float16, not {name!r}")
-    return AMP_DTYPES[name]
-
-
-def autocast(device: torch.device, enabled: bool, dtype: str = "auto") -> contextlib.AbstractContextManager[Any]:
-    """An autocast context for ``device`` with :func:`amp_dtype_for`'s dtype, or a no-op when not ``enabled``."""
-    if not enabled:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=amp_dtype_for(device, dtype))
-
-
 def _resolve_model(checkpoint: Any) -> tuple[nn.Module, nn.Module | None]:
     from tdfusion_core.checkpoints import ModelCheckpoint, load_model_checkpoint
 
@@ -434,19 +409,17 @@ class Fuser:
         checkpoint: a checkpoint path, a loaded :class:`~tdfusion_core.checkpoints.ModelCheckpoint`, or a fusion
             ``nn.Module`` (see :func:`fuse_images`).
         device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"auto"`` ...
-        amp, amp_dtype: autocast (see :func:`fuse_images`).
         normalize: min-max stretch the fused luminance, as the reference and ``tdfusion fuse`` do.
         tile_size, tile_overlap, max_pixels: tiling of large images (see :func:`run_tiled`).
-        precision, fast: the fusion network's compute type and ReFusion's fast exact pass (see :func:`fuse_images`);
-            with ``bf16``/``fp16`` the first call's max difference to float32 is kept in ``fusion_net.error_vs_fp32``.
+        precision, fast: the networks' compute type (:mod:`tdfusion_core.precision`) and ReFusion's fast exact pass
+            (see :func:`fuse_images`); with ``bf16``/``fp16`` the first call's max difference to float32 is kept in
+            ``fusion_net.error_vs_fp32``.
     """
 
     def __init__(
         self,
         checkpoint: Any,
         device: str | torch.device = "cpu",
-        amp: bool = False,
-        amp_dtype: str = "auto",
         normalize: bool = True,
         tile_size: int | None = DEFAULT_TILE,
         tile_overlap: int = DEFAULT_OVERLAP,
@@ -455,7 +428,7 @@ class Fuser:
         fast: bool = True,
     ) -> None:
         self.device = pick_device(device, "--device")
-        amp_dtype_for(self.device, amp_dtype)  # an unknown dtype name fails before any work
+        self.precision, self.autocast_dtype = precision, autocast_dtype(precision)  # a wrong name fails first
         fusion_net, loss_generator = _resolve_model(checkpoint)
         self.fusion_net = fusion_net.to(self.device).eval()
         if fast or precision != "fp32":
@@ -466,7 +439,7 @@ class Fuser:
             self.fusion_net = fast_inference(self.fusion_net, precision, measure_error=True)
         self.loss_generator = loss_generator.to(self.device).eval() if loss_generator is not None else None
         self.multiple = max(int(getattr(self.fusion_net, "size_multiple", 1)), 1)
-        self.amp, self.amp_dtype, self.normalize = amp, amp_dtype, normalize
+        self.normalize = normalize
         self.tile_size, self.tile_overlap, self.max_pixels = tile_size, tile_overlap, max_pixels
 
     def __call__(self, ir: Any, vis: Any, resize: bool = False, weights: bool = False) -> FusedImage:
@@ -498,13 +471,12 @@ class Fuser:
             )
         x = torch.stack([p.y for p in batch]).to(self.device)
         tiling = (self.tile_size, self.tile_overlap, self.max_pixels)
-        with torch.inference_mode(), autocast(self.device, self.amp, self.amp_dtype):
-            fused = run_tiled(self.fusion_net, x, self.multiple, *tiling)
-            maps = (
-                run_tiled(self.loss_generator, x, self.multiple, *tiling)
-                if weights and self.loss_generator is not None
-                else None
-            )
+        with torch.inference_mode():
+            fused = run_tiled(self.fusion_net, x, self.multiple, *tiling)  # F computes in self.precision already
+            maps = None
+            if weights and self.loss_generator is not None:
+                with autocast(self.device, self.autocast_dtype):
+                    maps = run_tiled(self.loss_generator, x, self.multiple, *tiling).float()
         if fused.shape[1] != 1:
             raise FusionInputError(
                 f"the fusion network returned {fused.shape[1]} channels for input {tuple(x.shape)}; expected (B, 1, H, W)"
@@ -590,13 +562,11 @@ def fuse_images(
     checkpoint: Any,
     device: str | torch.device = "cpu",
     batch_size: int = 1,
-    amp: bool = False,
     save_weights: bool = False,
     overwrite: bool = False,
     resize: bool = False,
     progress: bool = True,
     normalize: bool = True,
-    amp_dtype: str = "auto",
     precision: str = "fp32",
     fast: bool = True,
     tile_size: int | None = DEFAULT_TILE,
@@ -617,7 +587,6 @@ def fuse_images(
         device: where the networks run (``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"auto"`` ...); one this machine
             lacks is refused naming those it has.
         batch_size: pairs per forward pass; only pairs of equal size share a batch.
-        amp: run the networks under autocast (outputs are cast back to float32).
         save_weights: also write the loss generator's weight maps (the checkpoint must hold a loss generator).
         overwrite: allow a non-empty output folder; files of the same name are replaced.
         resize: resample a visible image whose size differs from its infrared partner onto the infrared grid,
@@ -625,10 +594,9 @@ def fuse_images(
         progress: show a tqdm progress bar on stderr.
         normalize: min-max stretch each fused image to [0, 1] before writing, as the reference's ``test.py``;
             ``False`` writes the network output as it is.
-        amp_dtype: autocast dtype with ``amp``: ``"auto"`` (float16 on CUDA, bfloat16 elsewhere; see
-            :func:`amp_dtype_for`), ``"bfloat16"`` or ``"float16"``.
-        precision: ``"fp32"``, ``"bf16"`` or ``"fp16"``: the type the fusion network computes in; with the last two
-            the summary reports the first pair's max difference to float32 (``precision_error``).
+        precision: ``"fp32"``, ``"bf16"`` or ``"fp16"`` (:mod:`tdfusion_core.precision`): the type the networks
+            compute in; with the last two the summary reports the first pair's max difference to float32
+            (``precision_error``).
         fast: run ReFusion through its fast exact pass (:mod:`tdfusion_core.nets.refusion_fast`, within 1e-5 of
             the eager network in float32) and keep freed memory for reuse (:func:`tdfusion_core.speed.keep_freed_memory`,
             process-wide); ``False`` runs the network module as it is.
@@ -680,8 +648,6 @@ def fuse_images(
     fuser = Fuser(
         checkpoint,
         device=device,
-        amp=amp,
-        amp_dtype=amp_dtype,
         normalize=normalize,
         tile_size=tile_size,
         tile_overlap=tile_overlap,

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any
 
 import attrs
 import torch
@@ -30,6 +29,7 @@ import torch.nn as nn
 from tdfusion_core.colour import task_input
 from tdfusion_core.losses import FusionLoss, fixed_weights
 from tdfusion_core.meta import TaskInput
+from tdfusion_core.precision import autocast
 from tdfusion_core.task import Task, functional_task_loss
 
 #: ``values -> (all finite?, floats)``; the multi-process version agrees across processes and averages
@@ -106,13 +106,9 @@ class FusionPhaseStep:
             return loss
         return functional_task_loss(self.task, images, batch.targets, network=self.task.network)
 
-    def _autocast(self, device: torch.device) -> Any:
-        dtype = self.autocast_dtype
-        return torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None)
-
     def update(self, crop: torch.Tensor, batch: TaskInput) -> FusionStepOutcome:
         """Eq. 8 then Eq. 9 on one batch; nothing changes if a loss or gradient is not finite."""
-        amp = self._autocast(crop.device)
+        amp = autocast(crop.device, self.autocast_dtype)
         # Eq. 8: F (or G in the discriminative ablation) on the fusion loss, G's weights held constant
         self.opt_fusion.zero_grad(set_to_none=True)
         with amp:

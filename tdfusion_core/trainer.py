@@ -41,6 +41,7 @@ from tdfusion_core.generator_stats import SaturationGuard, generator_stats
 from tdfusion_core.losses import FusionLoss
 from tdfusion_core.meta import TaskInput
 from tdfusion_core.plugins import get_plugin_manager
+from tdfusion_core.precision import autocast_dtype, training_precision
 from tdfusion_core.provenance import check_rebuildable, record_instances
 from tdfusion_core.run_files import RunLock, save_training_state
 from tdfusion_core.seeding import epoch_generator, seed_everything
@@ -117,7 +118,7 @@ class MetaTrainer:
         optimizers = builders.build_optimizers(config, self.fusion_net, self.task, self.loss_generator)
         self.opt_fusion, self.opt_task, self.opt_generator = optimizers.fusion, optimizers.task, optimizers.generator
         self.schedulers = optimizers.schedulers
-        autocast = torch.bfloat16 if config.amp else None
+        autocast = autocast_dtype(training_precision(config.amp))  # amp: bf16 autocast
         nets = (self.fusion_net, self.loss_generator, self.task, self.fusion_loss, optimizers, self.dist)
         #: the whole meta step (T' rule, G's meta-gradient, G's update: tdfusion_core.meta_phase)
         self.meta_phase_step = builders.build_meta_phase(config, *nets, autocast)

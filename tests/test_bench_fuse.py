@@ -59,20 +59,21 @@ def test_configuration_text(text, expected):
     assert FuseConfig.parse(expected.label()) == expected
 
 
-@pytest.mark.parametrize(("amp_dtype", "tolerance"), [("bfloat16", 0.05), ("float16", 2 / 255)])
-def test_fast_paths_stay_close_to_fp32_eager(amp_dtype, tolerance):
+@pytest.mark.parametrize(
+    ("precision", "dtype", "tolerance"), [("bf16", "bfloat16", 0.05), ("fp16", "float16", 2 / 255)]
+)
+def test_fast_paths_stay_close_to_fp32_eager(precision, dtype, tolerance):
     result = bench_fuse(
         size=(16, 24),
         fast=False,
-        amp=True,
-        amp_dtype=amp_dtype,
+        precision=precision,
         channels_last=True,
         batch_size=2,
         iters=1,
         warmup=1,
         checkpoint=shared_path("weights", "ReFusion_IVIF.pth"),
     )
-    assert result["dtype"] == amp_dtype and result["channels_last"] and result["batch_size"] == 2
+    assert result["dtype"] == dtype and result["channels_last"] and result["batch_size"] == 2
     assert 0 < result["max_abs_diff"] < tolerance
 
 

@@ -26,12 +26,10 @@ from torch import nn
 
 from tdfusion_core.bench.machine import cpu_seconds, device_name, machine_info
 from tdfusion_core.devices import pick_device
-from tdfusion_core.fusion import amp_dtype_for
 from tdfusion_core.nets.refusion_fast import PRECISIONS, FastFusion
+from tdfusion_core.precision import autocast, autocast_dtype
 from tdfusion_core.sizes import parse_size  # noqa: F401  (re-exported: ``bench.fuse.parse_size`` was public)
 from tdfusion_core.speed import keep_freed_memory
-
-_AMP_NAMES = {"bfloat16": "bf16", "float16": "fp16"}
 
 
 @attrs.frozen
@@ -111,10 +109,10 @@ def _runner(net: nn.Module, x: torch.Tensor, config: FuseConfig, dev: torch.devi
         inp = x.contiguous(memory_format=torch.channels_last)
     if config.compile:
         model = torch.compile(model)
-    dtype = PRECISIONS[config.precision]
+    dtype = autocast_dtype(config.precision)
 
     def call() -> torch.Tensor:
-        with torch.inference_mode(), torch.autocast(dev.type, dtype=dtype, enabled=dtype != torch.float32):
+        with torch.inference_mode(), autocast(dev, dtype):
             out: torch.Tensor = model(inp)
         return out.float()
 
@@ -148,7 +146,6 @@ def _time_calls(runners: list[Any], dev: torch.device, iters: int, warmup: int) 
 def bench_fuse(
     size: tuple[int, int] = (480, 640),
     device: str | torch.device = "cpu",
-    amp: bool = False,
     compile: bool = False,
     channels_last: bool = False,
     batch_size: int = 1,
@@ -157,10 +154,9 @@ def bench_fuse(
     arch: str = "refusion",
     checkpoint: str | Path | None = None,
     seed: int = 0,
-    amp_dtype: str = "auto",
     threads: int | None = None,
     fast: bool = True,
-    precision: str | None = None,
+    precision: str = "fp32",
     strip_rows: int | None = None,
     compare: str | FuseConfig | None = None,
     keep_memory: bool = True,
@@ -170,7 +166,6 @@ def bench_fuse(
     Args:
         size: ``(height, width)`` of each image.
         device: ``"cpu"``, ``"cuda"``, ...
-        amp: the older spelling of ``precision``: autocast in ``amp_dtype`` (``"auto"``: fp16 on CUDA, bf16 else).
         compile: ``torch.compile`` (compilation happens in the first call, reported as ``first_call_s``).
         channels_last: the eager module and its input in channels-last memory format.
         batch_size: images per forward pass.
@@ -181,7 +176,7 @@ def bench_fuse(
         seed: seed of the random weights and input.
         threads: CPU threads for torch during the benchmark; ``None`` keeps the current setting.
         fast: ReFusion's fast exact pass (other architectures always run as modules).
-        precision: ``"fp32"``, ``"bf16"`` or ``"fp16"`` (default fp32, or what ``amp`` says).
+        precision: ``"fp32"``, ``"bf16"`` or ``"fp16"`` (:mod:`tdfusion_core.precision`).
         strip_rows: the fast pass by strips of that many rows.
         compare: a second configuration (:class:`FuseConfig` or its text form, e.g. ``"eager"``) timed
             interleaved with this one; its figures go under ``"compare"`` with ``speedup`` = its time / this time.
@@ -196,9 +191,7 @@ def bench_fuse(
     if iters < 1 or batch_size < 1:
         raise ValueError("iters and batch_size must be at least 1")
     dev = pick_device(device)
-    amp_dtype_for(dev, amp_dtype)  # validate the name before building anything
-    if precision is None:
-        precision = _AMP_NAMES[str(amp_dtype_for(dev, amp_dtype)).replace("torch.", "")] if amp else "fp32"
+    autocast_dtype(precision)  # validate the name before building anything
     config = FuseConfig(fast, precision, compile, channels_last, strip_rows)
     other = FuseConfig.parse(compare) if isinstance(compare, str) else compare
     if keep_memory:

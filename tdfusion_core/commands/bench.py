@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 from tdfusion_core import hookimpl
-from tdfusion_core.commands.options import size_callback
+from tdfusion_core.commands.options import precision_options, size_callback
 
 
 @click.group(name="bench")
@@ -20,14 +20,6 @@ def bench_group() -> None:
 @bench_group.command(name="fuse")
 @click.option("--size", default="480x640", show_default=True, callback=size_callback(), help="Image size HEIGHTxWIDTH.")
 @click.option("--device", default="auto", show_default=True, help="auto (CUDA, then MPS, else CPU), cpu, cuda:1 ...")
-@click.option("--amp", is_flag=True, help="Autocast (see --amp-dtype).")
-@click.option(
-    "--amp-dtype",
-    type=click.Choice(["auto", "bfloat16", "float16"]),
-    default="auto",
-    show_default=True,
-    help="Autocast dtype: auto is float16 on CUDA, bfloat16 on the CPU.",
-)
 @click.option("--compile", "use_compile", is_flag=True, help="torch.compile the network.")
 @click.option("--channels-last", is_flag=True, help="Channels-last memory format.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=1, show_default=True)
@@ -42,9 +34,7 @@ def bench_group() -> None:
 )
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads for torch (default: torch's).")
 @click.option("--eager", is_flag=True, help="Time the network module as it is instead of ReFusion's fast pass.")
-@click.option(
-    "--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default=None, help="Compute type (default fp32)."
-)
+@precision_options("Compute type.")
 @click.option("--strip-rows", type=click.IntRange(min=1), default=None, help="Fast pass by strips of N rows.")
 @click.option(
     "--compare",
@@ -62,8 +52,6 @@ def bench_group() -> None:
 def bench_fuse_command(
     size: tuple[int, int],
     device: str,
-    amp: bool,
-    amp_dtype: str,
     use_compile: bool,
     channels_last: bool,
     batch_size: int,
@@ -73,7 +61,7 @@ def bench_fuse_command(
     checkpoint: Path | None,
     threads: int | None,
     eager: bool,
-    precision: str | None,
+    precision: str,
     strip_rows: int | None,
     compare: str | None,
     default_allocator: bool,
@@ -90,8 +78,6 @@ def bench_fuse_command(
     result = bench_fuse(
         size=size,
         device=device,
-        amp=amp,
-        amp_dtype=amp_dtype,
         compile=use_compile,
         channels_last=channels_last,
         batch_size=batch_size,

@@ -9,6 +9,7 @@ from typing import Any
 import click
 
 from tdfusion_core import hookimpl
+from tdfusion_core.commands.options import precision_options
 
 
 @click.command(name="fuse")
@@ -45,22 +46,9 @@ from tdfusion_core import hookimpl
     show_default=True,
     help="Pairs per forward pass (only pairs of equal size share a batch).",
 )
-@click.option("--amp", is_flag=True, help="Run the networks under autocast (see --amp-dtype).")
-@click.option(
-    "--amp-dtype",
-    type=click.Choice(["auto", "bfloat16", "float16"]),
-    default="auto",
-    show_default=True,
-    help="Autocast dtype: auto is float16 on CUDA (closer to float32), bfloat16 on the CPU (fast only on CPUs "
-    "with native bfloat16 support).",
-)
-@click.option(
-    "--precision",
-    type=click.Choice(["fp32", "bf16", "fp16"]),
-    default="fp32",
-    show_default=True,
-    help="Type the fusion network computes in; bf16/fp16 report their max difference to fp32 (fast on GPUs, "
-    "slow on CPUs without native support).",
+@precision_options(
+    "Type the fusion network (and the loss generator for --save-weights) computes in; bf16/fp16 report their max "
+    "difference to fp32 (fast on GPUs, slow on CPUs without native support)."
 )
 @click.option("--eager", is_flag=True, help="Run the network module as it is instead of ReFusion's fast exact pass.")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads for torch (default: torch's).")
@@ -102,8 +90,6 @@ def fuse_command(
     checkpoint: Path,
     device: str,
     batch_size: int,
-    amp: bool,
-    amp_dtype: str,
     precision: str,
     eager: bool,
     threads: int | None,
@@ -141,8 +127,6 @@ def fuse_command(
             checkpoint,
             device=device,
             batch_size=batch_size,
-            amp=amp,
-            amp_dtype=amp_dtype,
             save_weights=save_weights,
             overwrite=overwrite,
             resize=resize,

@@ -44,3 +44,21 @@ def key_value_options(pairs: tuple[str, ...] | list[str], hint: str, *, dotted: 
         except ConfigError as exc:
             raise click.BadParameter(str(exc), param_hint=hint) from None
     return out
+
+
+def precision_options(help_text: str, default: str | None = "fp32") -> Callable[[Any], Any]:
+    """``--precision fp32|bf16|fp16`` (:mod:`tdfusion_core.precision`), with the options it replaced (``--amp``,
+    ``--amp-dtype``) kept hidden so that using one stops with a one-line error naming ``--precision``."""
+    from tdfusion_core.precision import PRECISION_NAMES, REPLACED_OPTIONS
+
+    def replaced(ctx: click.Context, param: click.Parameter, value: Any) -> None:
+        if value:
+            raise click.UsageError(REPLACED_OPTIONS[param.opts[0]], ctx=ctx)
+
+    def decorate(command: Any) -> Any:
+        command = click.option("--amp-dtype", hidden=True, expose_value=False, callback=replaced)(command)
+        command = click.option("--amp", is_flag=True, hidden=True, expose_value=False, callback=replaced)(command)
+        choice = click.Choice(list(PRECISION_NAMES))
+        return click.option("--precision", type=choice, default=default, show_default=True, help=help_text)(command)
+
+    return decorate

@@ -31,9 +31,10 @@ from torch import nn
 
 from tdfusion_core.nets.blocks import TransformerBlock, check_sources
 from tdfusion_core.nets.refusion import AdaptiveFusion, FusionNet
+from tdfusion_core.precision import PRECISION_NAMES, precision_dtype
 
 #: ``--precision`` names and the dtype each computes in.
-PRECISIONS: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+PRECISIONS: dict[str, torch.dtype] = {name: precision_dtype(name) for name in PRECISION_NAMES}
 
 _EPS_NORMALIZE = 1e-12  # F.normalize's default eps
 
