@@ -1,11 +1,12 @@
 """MetaTrainer: Algorithm 1 of TDFusion with checkpoints, resume, guards and events.
 
-Each epoch runs the **meta phase** (G learns: :class:`~tdfusion_core.meta.MetaStep` on disjoint meta-train and
-meta-test batches, Eqs. 4-7) and the **fusion phase** (F and T learn, Eqs. 8-9:
+Each epoch runs the **meta phase** (G learns: :class:`~tdfusion_core.meta_phase.MetaPhaseStep`, one call per meta
+step for the T' rule, the meta-gradient of Eqs. 4-7 and G's update) and the **fusion phase** (F and T learn, Eqs. 8-9:
 :class:`~tdfusion_core.fusion_phase.FusionPhaseStep`); batches come from :class:`~tdfusion_core.batches.Batcher`.
-The trainer keeps the orchestration: schedules, non-finite guards, event hooks, checkpoints and resume, several
-processes and several tasks. The whole story (ablations, batches, checkpoints, ``torchrun``, K sources) is in ``docs/architecture.md``,
-section "The training loop".
+The trainer keeps the orchestration: schedules, non-finite guards, event hooks, counters and checkpoints. What it is
+built from is in :mod:`~tdfusion_core.builders`, its state in :mod:`~tdfusion_core.train_state`, what its networks
+produce in :mod:`~tdfusion_core.inspection`. The whole story (ablations, batches, checkpoints, ``torchrun``, K
+sources) is in ``docs/architecture.md``, section "The training loop", and ``docs/training.md``.
 """
 
 from __future__ import annotations
