@@ -20,7 +20,14 @@ import click
 import torch
 
 from tdfusion_core.bench.machine import cpu_seconds, load_average, machine_info
-from tdfusion_core.commands.options import key_value_options, size_callback
+from tdfusion_core.commands.options import (
+    default_allocator_option,
+    device_option,
+    json_option,
+    key_value_options,
+    size_callback,
+    threads_option,
+)
 from tdfusion_core.config import TrainConfig
 from tdfusion_core.data.sample import Sample
 from tdfusion_core.devices import pick_device
@@ -222,7 +229,7 @@ def format_meta_results(results: dict[str, Any]) -> str:
 
 @click.command(name="meta")
 @click.option("--task", default="tiny-seg", show_default=True, help="Registered task (e.g. segformer, yolo).")
-@click.option("--device", default="auto", show_default=True, help="auto (CUDA, then MPS, else CPU), cpu, cuda:1 ...")
+@device_option(help="auto (CUDA, then MPS, else CPU), cpu, cuda:1 ...")
 @click.option(
     "--mode",
     "modes",
@@ -246,7 +253,7 @@ def format_meta_results(results: dict[str, Any]) -> str:
     help="Task input HEIGHTxWIDTH (default 240x320 masks, 192x256 boxes).",
 )
 @click.option("--num-classes", type=click.IntRange(min=1), default=9, show_default=True)
-@click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads for torch (default: torch's).")
+@threads_option()
 @click.option(
     "--set",
     "task_sets",
@@ -261,12 +268,8 @@ def format_meta_results(results: dict[str, Any]) -> str:
     metavar="KEY=VALUE",
     help="Training-config field, repeatable (e.g. --train-set task_step=sgd).",
 )
-@click.option(
-    "--default-allocator",
-    is_flag=True,
-    help="Leave glibc malloc as it is (default: keep freed memory, see tdfusion_core.speed).",
-)
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@default_allocator_option()
+@json_option()
 def meta_command(
     task: str,
     device: str,
