@@ -17,10 +17,10 @@ from tdfusion_core.data.sample import Sample
 from tdfusion_core.data.synthetic import BOX_CLASSES, SyntheticScenes
 from tdfusion_core.meta import MetaStep, adam_task_step
 from tdfusion_core.multitask import MultiTask, TaskTargets
-from tdfusion_core.plugins import register_plugin, unregister_plugin
 from tdfusion_core.task import Task
 from tdfusion_core.tasks.tiny_seg import TinySegTask
 from tdfusion_core.trainer import MetaTrainer
+from tests.conftest import plugin_registered
 from tests.torch_threads import one_torch_thread  # noqa: F401
 from tests.trainer_utils import SmallFusion, SmallGenerator, small_settings
 
@@ -76,9 +76,8 @@ class _CountPlugin:
 
 @pytest.fixture
 def count_plugin():
-    register_plugin(_CountPlugin(), name="tiny-count-test")
-    yield
-    unregister_plugin("tiny-count-test")
+    with plugin_registered(_CountPlugin(), "tiny-count-test"):
+        yield
 
 
 def _composite(weights: dict[str, float], count: type[Task] = TinyCountTask) -> MultiTask:

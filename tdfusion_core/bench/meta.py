@@ -19,7 +19,7 @@ from typing import Any
 import click
 import torch
 
-from tdfusion_core.bench.machine import cpu_seconds, load_average, machine_info
+from tdfusion_core.bench.machine import cpu_seconds, load_average, machine_info, torch_threads
 from tdfusion_core.commands.options import (
     default_allocator_option,
     device_option,
@@ -155,10 +155,7 @@ def bench_meta(
     dev = pick_device(device)
     if keep_memory:
         keep_freed_memory()
-    previous_threads = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
-    try:
+    with torch_threads(threads):
         options = {"num_classes": num_classes, **(task_options or {})}
         task_obj = get_task(task, **options)
         size = task_size or DEFAULT_TASK_SIZES.get(task_obj.target_kind) or task_obj.default_input_size or (240, 320)
@@ -199,8 +196,6 @@ def bench_meta(
             trainers[mode] = MetaTrainer(config, task=get_task(task, **options), train_set=data)
         results["modes"] = _bench_modes(trainers, dev, iters, warmup)
         results["machine"]["load_average_end"] = load_average()
-    finally:
-        torch.set_num_threads(previous_threads)
     if "jvp" in results["modes"] and "double-backward" in results["modes"]:
         results["jvp_speedup_over_double_backward"] = round(
             results["modes"]["double-backward"]["meta_pair_ms"] / results["modes"]["jvp"]["meta_pair_ms"], 2

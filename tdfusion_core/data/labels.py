@@ -198,6 +198,21 @@ def pixel_to_yolo_boxes(boxes: torch.Tensor, height: int, width: int) -> torch.T
     return out
 
 
+def _box_numbers(
+    path: Path, where: str, fields: list[str], text: str, layout: str, class_at: int, num_classes: int | None
+) -> list[float] | Problem:
+    """The five numbers of one box (its class at index ``class_at``), or the problem that rejects it: fields that
+    are not numbers, another count than five (``layout`` says which five), or a bad class."""
+    try:
+        values = [float(v) for v in fields]
+    except ValueError:
+        return Problem(path, "bad-label", f"{where}: not numbers: {text!r}")
+    if len(values) != 5:
+        return Problem(path, "bad-label", f"{where}: {len(values)} fields, expected {layout}")
+    bad_class = _check_class(path, where, values[class_at], num_classes)
+    return values if bad_class is None else bad_class
+
+
 def read_yolo(
     path: Path, image_size: tuple[int, int], num_classes: int | None, allow_empty: bool = False
 ) -> tuple[torch.Tensor | None, list[Problem]]:
@@ -214,18 +229,9 @@ def read_yolo(
         if not line.strip():
             continue
         where = f"line {lineno}"
-        fields = line.split()
-        try:
-            values = [float(v) for v in fields]
-        except ValueError:
-            problems.append(Problem(path, "bad-label", f"{where}: not numbers: {line.strip()!r}"))
-            continue
-        if len(values) != 5:
-            problems.append(Problem(path, "bad-label", f"{where}: {len(values)} fields, expected 5 (class cx cy w h)"))
-            continue
-        bad_class = _check_class(path, where, values[0], num_classes)
-        if bad_class is not None:
-            problems.append(bad_class)
+        values = _box_numbers(path, where, line.split(), line.strip(), "5 (class cx cy w h)", 0, num_classes)
+        if isinstance(values, Problem):
+            problems.append(values)
             continue
         _, cx, cy, w, h = values
         if not all(math.isfinite(v) for v in values):
@@ -298,17 +304,9 @@ def read_annotation_boxes(
     labels: list[str] = []
     for k, group in enumerate(box_text.split(), 1):
         where = f"line {lineno}, box {k}"
-        try:
-            values = [float(v) for v in group.split(",")]
-        except ValueError:
-            problems.append(Problem(path, "bad-label", f"{where}: not numbers: {group!r}"))
-            continue
-        if len(values) != 5:
-            problems.append(Problem(path, "bad-label", f"{where}: {len(values)} fields, expected x0,y0,x1,y1,cls"))
-            continue
-        bad_class = _check_class(path, where, values[4], num_classes)
-        if bad_class is not None:
-            problems.append(bad_class)
+        values = _box_numbers(path, where, group.split(","), group, "x0,y0,x1,y1,cls", 4, num_classes)
+        if isinstance(values, Problem):
+            problems.append(values)
             continue
         rows.append([values[4], *values[:4]])
         labels.append(where)
