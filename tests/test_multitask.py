@@ -35,6 +35,7 @@ class CountNet(nn.Module):
         return self.head(torch.relu(self.conv(x)).mean(dim=(2, 3)))
 
 
+# A test task of its own (boxes as labels), alike in shape only to the other test tasks (e.g. dist_worker's).
 class TinyCountTask(Task):
     """Counts the objects of each box class on the fused luminance: a detection-like task (boxes as labels)."""
 

@@ -283,6 +283,7 @@ def meta_command(
     as_json: bool,
 ) -> None:
     """Time the meta step pair (inner + outer), the fusion step and peak memory at the released code's sizes."""
+    # Each option passed on by name: alike in shape only to the other commands' calls of their functions.
     results = bench_meta(
         task=task,
         device=device,

@@ -318,6 +318,7 @@ def scaling_command(
 ) -> None:
     """Scaling efficiency of multi-process training: meta and fusion steps with 1, 2, ... processes."""
     try:
+        # Each option passed on by name: alike in shape only to the other commands' calls of their functions.
         result = bench_scaling(
             nprocs=nprocs,
             scaling=scaling,

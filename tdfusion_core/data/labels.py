@@ -259,6 +259,28 @@ def _clip(boxes: torch.Tensor, height: float, width: float) -> torch.Tensor:
     return out
 
 
+def _rescaled(
+    path: Path,
+    rows: list[list[float]],
+    labels: list[str],
+    annotation_size: tuple[float, float],
+    image_size: tuple[int, int],
+    problems: list[Problem],
+    tolerance: float,
+) -> tuple[torch.Tensor, list[Problem]]:
+    """Pixel boxes ``rows`` of ``annotation_size`` checked (:func:`check_pixel_boxes`; its problems join
+    ``problems``), then scaled to ``image_size`` and clipped to it; no boxes if any is bad."""
+    boxes = torch.tensor(rows, dtype=torch.float64).reshape(-1, 5)
+    (ah, aw), (height, width) = annotation_size, image_size
+    bad = check_pixel_boxes(path, boxes, ah, aw, labels, tolerance=tolerance)
+    problems += bad
+    if bad:
+        return empty_boxes(), problems
+    boxes[:, 1::2] *= width / aw
+    boxes[:, 2::2] *= height / ah
+    return _clip(boxes.float(), height, width), problems
+
+
 def parse_annotation_list(path: Path) -> tuple[dict[str, tuple[int, str]], list[Problem]]:
     """Read the released code's list file: ``{stem: (line number, box text)}``; duplicates are problems."""
     try:
@@ -297,7 +319,6 @@ def read_annotation_boxes(
     The coordinates are pixels of ``annotation_size`` ``(H, W)`` (default ``image_size``): x scales by the width
     ratio and y by the height ratio.
     """
-    height, width = image_size
     ah, aw = annotation_size if annotation_size is not None else image_size
     problems: list[Problem] = []
     rows: list[list[float]] = []
@@ -312,14 +333,7 @@ def read_annotation_boxes(
         labels.append(where)
     if not rows and not problems and not allow_empty:
         problems.append(Problem(path, "empty-label", f"line {lineno}: no boxes"))
-    boxes = torch.tensor(rows, dtype=torch.float64).reshape(-1, 5)
-    bad = check_pixel_boxes(path, boxes, ah, aw, labels)
-    problems += bad
-    if bad:
-        return empty_boxes(), problems
-    boxes[:, 1::2] *= width / aw
-    boxes[:, 2::2] *= height / ah
-    return _clip(boxes.float(), height, width), problems
+    return _rescaled(path, rows, labels, (ah, aw), image_size, problems, tolerance=0.5)
 
 
 def read_voc(
@@ -367,11 +381,4 @@ def read_voc(
         labels.append(where)
     if not rows and not problems and not allow_empty:
         problems.append(Problem(path, "empty-label", "annotation has no objects"))
-    boxes = torch.tensor(rows, dtype=torch.float64).reshape(-1, 5)
-    bad = check_pixel_boxes(path, boxes, ah, aw, labels, tolerance=1.0)
-    problems += bad
-    if bad:
-        return empty_boxes(), problems
-    boxes[:, 1::2] *= width / aw
-    boxes[:, 2::2] *= height / ah
-    return _clip(boxes.float(), height, width), problems
+    return _rescaled(path, rows, labels, (ah, aw), image_size, problems, tolerance=1.0)
