@@ -59,8 +59,6 @@ def shared_path(root: Path, *parts: str) -> Path:
     return path
 
 
-# The plugins' tests run from installed wheels without the core repository's tests/ (whose trainer_utils has
-# similar small nets), so these stay here.
 class TinyFusion(nn.Module):
     """A two-layer fusion net: (B, K, H, W) sources -> (B, 1, H, W) fused luminance in [0, 1]."""
 
@@ -72,6 +70,8 @@ class TinyFusion(nn.Module):
         return torch.sigmoid(self.body(x))
 
 
+# The plugins' tests run from installed wheels without the core repository's tests/ (whose trainer_utils has
+# similar small nets), so TinyFusion and this class stay here.
 class TinyGenerator(nn.Module):
     """A loss generator: per-pixel softmax weights over the K sources."""
 
