@@ -17,6 +17,7 @@ __version__ = "0.1.0"
 #: Marker for hook implementations in plugins: ``@hookimpl def tdfusion_register_tasks(): ...``
 hookimpl = pluggy.HookimplMarker("tdfusion")
 
+# name -> defining module (a table, alike in shape only to other name tables such as hookspecs.REGISTRATION_HOOKS)
 _LAZY: dict[str, str] = {
     # training
     "MetaTrainer": "tdfusion_core.trainer",

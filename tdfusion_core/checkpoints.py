@@ -123,12 +123,12 @@ def _check_plain(value: Any, where: str, allow_tensors: bool) -> None:
     )
 
 
-def _plain(value: Any) -> Any:
+def plain_containers(value: Any) -> Any:
     """Tuples to lists and mappings to dicts, recursively (what the file will hand back)."""
     if isinstance(value, Mapping):
-        return {k: _plain(v) for k, v in value.items()}
+        return {k: plain_containers(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
+        return [plain_containers(v) for v in value]
     return value
 
 
@@ -166,7 +166,7 @@ def _section(kind: str, module: nn.Module, arch: str, config: Mapping[str, Any],
     # Build the declared architecture now, so a wrong name or configuration fails at save time, not at load time.
     reference = registry.lookup(kind, arch)(num_sources=num_sources, **dict(config))
     _check_fit(reference, state, f"{kind} {arch!r} {dict(config)}", "the module being saved")
-    return {"arch": arch, "config": _plain(dict(config)), "state_dict": state}
+    return {"arch": arch, "config": plain_containers(dict(config)), "state_dict": state}
 
 
 def save_model_checkpoint(

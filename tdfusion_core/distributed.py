@@ -341,6 +341,7 @@ class DistributedMetaStep(MetaStep):
             return average_tensors(grads, self.ctx)
         return self._reduce(grads)
 
+    # Overrides MetaStep._result (meta.py), so the signature is the base's by necessity.
     def _result(
         self,
         grad_g: Params,

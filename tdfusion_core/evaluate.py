@@ -28,7 +28,7 @@ import csv
 import io
 import json
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -257,26 +257,31 @@ def to_markdown(results: Sequence[DatasetResult], digits: int = 4) -> str:
 
 def to_csv(results: Sequence[DatasetResult]) -> str:
     """CSV with columns ``dataset, method, images, <metric>...`` (full precision), one row per dataset and method."""
-    buf = io.StringIO()
-    metrics = _all_metrics(results)
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["dataset", "method", "images", *metrics])
-    for r in results:
-        for method, values in r.means.items():
-            writer.writerow([r.name, method, len(r.images), *(repr(values.get(m, math.nan)) for m in metrics)])
-    return buf.getvalue()
+    rows = ((r, method, len(r.images), values) for r in results for method, values in r.means.items())
+    return _csv(results, "images", rows)
 
 
 def to_per_image_csv(results: Sequence[DatasetResult]) -> str:
     """CSV with columns ``dataset, method, image, <metric>...``, one row per image and method."""
+    rows = (
+        (r, method, image, values)
+        for r in results
+        for method, per in r.per_image.items()
+        for image, values in per.items()
+    )
+    return _csv(results, "image", rows)
+
+
+def _csv(
+    results: Sequence[DatasetResult], third: str, rows: Iterable[tuple[DatasetResult, str, Any, Mapping[str, float]]]
+) -> str:
+    """CSV of ``dataset, method, <third>, <metric>...`` rows; each metric at full precision (``repr``), NaN if absent."""
     buf = io.StringIO()
     metrics = _all_metrics(results)
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["dataset", "method", "image", *metrics])
-    for r in results:
-        for method, rows in r.per_image.items():
-            for image, values in rows.items():
-                writer.writerow([r.name, method, image, *(repr(values.get(m, math.nan)) for m in metrics)])
+    writer.writerow(["dataset", "method", third, *metrics])
+    for r, method, key, values in rows:
+        writer.writerow([r.name, method, key, *(repr(values.get(m, math.nan)) for m in metrics)])
     return buf.getvalue()
 
 

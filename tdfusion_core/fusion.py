@@ -202,17 +202,29 @@ def _resample(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(image[None], size=size, mode="bilinear", align_corners=False, antialias=True)[0]
 
 
-def _read_pair(name: str, ir_path: Path, vis_path: Path, resize: bool) -> _Pair:
-    ir_y, ir_c = read_image(ir_path)
-    vis_y, vis_c = read_image(vis_path)
+def _join(
+    name: str,
+    ir: tuple[torch.Tensor, torch.Tensor],
+    vis: tuple[torch.Tensor, torch.Tensor],
+    resize: bool,
+    what: tuple[Any, Any],
+    hint: str = "",
+) -> _Pair:
+    """A pair on ``ir``'s grid from each source's ``(luminance, chroma)``: ``resize`` resamples ``vis`` onto it,
+    else a size mismatch raises, naming the sources as ``what`` and ending with ``hint``."""
+    (ir_y, ir_c), (vis_y, vis_c) = ir, vis
     size = (int(ir_y.shape[-2]), int(ir_y.shape[-1]))
     if tuple(vis_y.shape[-2:]) != size:
         if not resize:
             raise ImageSizeMismatchError(
-                f"{ir_path} is {size[1]}x{size[0]} but {vis_path} is {vis_y.shape[-1]}x{vis_y.shape[-2]}"
+                f"{what[0]} is {size[1]}x{size[0]} but {what[1]} is {vis_y.shape[-1]}x{vis_y.shape[-2]}{hint}"
             )
         vis_y, vis_c = _resample(vis_y, size).clamp(0, 1), _resample(vis_c, size).clamp(0, 1)
     return _Pair(name, torch.cat([ir_y, vis_y], 0), torch.stack([ir_c, vis_c], 0))
+
+
+def _read_pair(name: str, ir_path: Path, vis_path: Path, resize: bool) -> _Pair:
+    return _join(name, read_image(ir_path), read_image(vis_path), resize, (ir_path, vis_path))
 
 
 def _pad(x: torch.Tensor, multiple: int) -> torch.Tensor:
@@ -445,16 +457,8 @@ class Fuser:
     def __call__(self, ir: Any, vis: Any, resize: bool = False, weights: bool = False) -> FusedImage:
         """Fuse one pair (``resize``: resample ``vis`` onto ``ir``'s grid when their sizes differ; ``weights``:
         also return the loss generator's weight maps)."""
-        ir_y, ir_c = _as_luma_chroma(ir, "ir")
-        vis_y, vis_c = _as_luma_chroma(vis, "vis")
-        size = (int(ir_y.shape[-2]), int(ir_y.shape[-1]))
-        if tuple(vis_y.shape[-2:]) != size:
-            if not resize:
-                raise ImageSizeMismatchError(
-                    f"ir is {size[1]}x{size[0]} but vis is {vis_y.shape[-1]}x{vis_y.shape[-2]}; pass resize=True"
-                )
-            vis_y, vis_c = _resample(vis_y, size).clamp(0, 1), _resample(vis_c, size).clamp(0, 1)
-        pair = _Pair("pair", torch.cat([ir_y, vis_y], 0), torch.stack([ir_c, vis_c], 0))
+        ir_pair, vis_pair = _as_luma_chroma(ir, "ir"), _as_luma_chroma(vis, "vis")
+        pair = _join("pair", ir_pair, vis_pair, resize, ("ir", "vis"), "; pass resize=True")
         result, error = self.fuse_batch([pair], weights)[0]
         if result is None:
             raise FusionInputError(error or "fusion failed")

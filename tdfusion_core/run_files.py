@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from tdfusion_core.atomic import atomic_save, previous_path, remove_stale_temps
-from tdfusion_core.checkpoints import CheckpointError, read_torch_file
+from tdfusion_core.checkpoints import CheckpointError, plain_containers, read_torch_file
 
 log = logging.getLogger(__name__)
 
@@ -93,21 +93,13 @@ def check_resume_config(saved: Mapping[str, Any], current: Mapping[str, Any], ch
     differing = [
         f"{key}: {saved.get(key)!r} in the run, {current.get(key)!r} now"
         for key in ARCHITECTURE_KEYS
-        if key in saved and _normal(saved.get(key)) != _normal(current.get(key))
+        if key in saved and plain_containers(saved.get(key)) != plain_containers(current.get(key))
     ]
     if differing:
         raise ResumeError(
             f"--resume: the settings differ from those {checkpoint} was trained with in keys that change the "
             f"networks ({'; '.join(differing)}); drop these overrides to resume, or start a new run (--out)"
         )
-
-
-def _normal(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return {k: _normal(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_normal(v) for v in value]
-    return value
 
 
 class RunLock:

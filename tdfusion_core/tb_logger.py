@@ -57,20 +57,22 @@ def tdfusion_on_epoch_start(trainer: Any, epoch: int) -> None:
     _CLOCKS[id(trainer)] = time.perf_counter()
 
 
-@hookimpl
-def tdfusion_on_meta_step_end(trainer: Any, step: int, metrics: Mapping[str, float]) -> None:
-    writer = _writer(trainer, "meta")
+def _log_step(trainer: Any, phase: str, step: int, metrics: Mapping[str, float]) -> None:
+    """One step's metrics as ``<phase>_step/<key>`` scalars in that phase's event stream."""
+    writer = _writer(trainer, phase)
     if writer is not None:
         for key, value in metrics.items():
-            writer.add_scalar(f"meta_step/{key}", value, step)
+            writer.add_scalar(f"{phase}_step/{key}", value, step)
+
+
+@hookimpl
+def tdfusion_on_meta_step_end(trainer: Any, step: int, metrics: Mapping[str, float]) -> None:
+    _log_step(trainer, "meta", step, metrics)
 
 
 @hookimpl
 def tdfusion_on_fusion_step_end(trainer: Any, step: int, metrics: Mapping[str, float]) -> None:
-    writer = _writer(trainer, "fusion")
-    if writer is not None:
-        for key, value in metrics.items():
-            writer.add_scalar(f"fusion_step/{key}", value, step)
+    _log_step(trainer, "fusion", step, metrics)
 
 
 @hookimpl

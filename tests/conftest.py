@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
@@ -18,6 +20,7 @@ if "TDFUSION_LOAD_PLUGINS" not in os.environ:
     os.environ["TDFUSION_LOAD_PLUGINS"] = ",".join(
         ep.name for ep in importlib.metadata.entry_points(group="tdfusion") if ep.name != "brokenplugin"
     )
+_P = TypeVar("_P")
 SHARED = Path(os.environ.get("TDFUSION_SHARED", REPO.parent / "shared"))
 
 
@@ -48,3 +51,38 @@ def fresh_plugins(monkeypatch: pytest.MonkeyPatch) -> Iterator[pytest.MonkeyPatc
     yield monkeypatch
     monkeypatch.undo()
     reset_plugin_manager()
+
+
+def write_small_checkpoint(path: Path) -> Path:
+    """Save a tdfusion checkpoint at ``path`` with a small random ReFusion and LPN (``dim=8``, one block, two
+    heads; fast on the CPU), drawn after ``torch.manual_seed(0)``; returns ``path``."""
+    import torch
+
+    from tdfusion_core.checkpoints import save_model_checkpoint
+    from tdfusion_core.nets.lpn import LossGenerator
+    from tdfusion_core.nets.refusion import FusionNet
+
+    small = {"dim": 8, "num_blocks": 1, "heads": 2}
+    torch.manual_seed(0)
+    save_model_checkpoint(
+        path,
+        fusion_net=FusionNet(**small),
+        fusion_arch="refusion",
+        fusion_config=small,
+        loss_generator=LossGenerator(**small),
+        lossgen_arch="lpn",
+        lossgen_config=small,
+    )
+    return path
+
+
+@contextlib.contextmanager
+def plugin_registered(plugin: _P, name: str) -> Iterator[_P]:
+    """``plugin`` registered under ``name`` within the block, and unregistered after it however the block ends."""
+    from tdfusion_core.plugins import register_plugin, unregister_plugin
+
+    register_plugin(plugin, name=name)
+    try:
+        yield plugin
+    finally:
+        unregister_plugin(name)

@@ -20,7 +20,7 @@ from tdfusion_core.config import TrainConfig
 from tdfusion_core.data.sample import Sample
 from tdfusion_core.task import Task
 from tdfusion_core.trainer import MetaTrainer
-from tests.trainer_utils import BlobScenes, SmallFusion, SmallGenerator
+from tests.trainer_utils import BlobScenes, SmallFusion, SmallGenerator, small_settings
 
 
 def free_port() -> int:
@@ -98,19 +98,13 @@ def float64_trainer(
     out_dir: str | Path | None = None, resume: bool = False, nan_item: int | None = None, **overrides: Any
 ) -> MetaTrainer:
     """Float64 MetaTrainer on small modules without BatchNorm, global batch 2 with the Switch (4 items)."""
-    settings: dict[str, Any] = dict(
+    settings = small_settings(
+        task_options={},  # T is the PlainSegTask given below, not a registered task
         epochs=1,
-        meta_steps=2,
         fusion_steps=2,
         batch_size=2,
-        crop_size=16,
-        task_size=(24, 32),
-        lr_fusion=1e-2,
-        lr_task=1e-2,
-        lr_generator=1e-2,
         seed=0,
         deterministic=False,  # CPU kernels here are deterministic; the flag costs a 20 s import per process
-        progress=False,
         log_images=False,
     )
     settings.update(overrides)

@@ -39,6 +39,7 @@ def test_yolo_real_msrs_det_labels_match_numpy():
     assert boxes.dtype == torch.float32 and boxes.shape[1] == 5
 
 
+# The YOLO and annotation-list cases below are separate tables on purpose: each reads as its format's own spec.
 @pytest.mark.parametrize(
     ("line", "kind"),
     [

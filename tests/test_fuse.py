@@ -15,16 +15,13 @@ from PIL import Image
 from torch import nn
 
 from tdfusion_core import fuse_images
-from tdfusion_core.checkpoints import load_model_checkpoint, save_model_checkpoint
+from tdfusion_core.checkpoints import load_model_checkpoint
 from tdfusion_core.cli import build_cli
 from tdfusion_core.fusion import FusionInputError, ImageSizeMismatchError, colormap
-from tdfusion_core.nets.lpn import LossGenerator
-from tdfusion_core.nets.refusion import FusionNet
-from tests.conftest import shared_path
+from tests.conftest import shared_path, write_small_checkpoint
 from tests.torch_threads import one_torch_thread  # noqa: F401
 
 WEIGHTS = ("weights", "ReFusion_IVIF.pth")
-SMALL = {"dim": 8, "num_blocks": 1, "heads": 2}
 
 
 def luma(rgb: np.ndarray) -> np.ndarray:
@@ -80,18 +77,7 @@ def write_colour(path: Path, size: tuple[int, int], seed: int) -> None:
 @pytest.fixture
 def small_checkpoint(tmp_path_factory) -> Path:
     """A tdfusion checkpoint with a small random fusion network and loss generator (fast on the CPU)."""
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("ckpt") / "small.pt"
-    save_model_checkpoint(
-        path,
-        fusion_net=FusionNet(**SMALL),
-        fusion_arch="refusion",
-        fusion_config=SMALL,
-        loss_generator=LossGenerator(**SMALL),
-        lossgen_arch="lpn",
-        lossgen_config=SMALL,
-    )
-    return path
+    return write_small_checkpoint(tmp_path_factory.mktemp("ckpt") / "small.pt")
 
 
 # ------------------------------------------------------------------------------------- real data, published weights

@@ -13,30 +13,15 @@ from PIL import Image
 from torch import nn
 
 import tdfusion_core
-from tdfusion_core.checkpoints import save_model_checkpoint
 from tdfusion_core.cli import build_cli
 from tdfusion_core.fusion import FusionInputError, run_tiled
-from tdfusion_core.nets.lpn import LossGenerator
-from tdfusion_core.nets.refusion import FusionNet
+from tests.conftest import write_small_checkpoint
 from tests.torch_threads import one_torch_thread  # noqa: F401
-
-SMALL = {"dim": 8, "num_blocks": 1, "heads": 2}
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("ckpt") / "small.pt"
-    save_model_checkpoint(
-        path,
-        fusion_net=FusionNet(**SMALL),
-        fusion_arch="refusion",
-        fusion_config=SMALL,
-        loss_generator=LossGenerator(**SMALL),
-        lossgen_arch="lpn",
-        lossgen_config=SMALL,
-    )
-    return path
+    return write_small_checkpoint(tmp_path_factory.mktemp("ckpt") / "small.pt")
 
 
 def _pair(folder: Path, name: str = "a", size=(37, 29), seed=0) -> tuple[Path, Path]:

@@ -60,12 +60,18 @@ def _push_to_source0(g: LossGenerator, x: torch.Tensor) -> dict[str, torch.Tenso
     return {n: p.grad.clone() for n, p in g.named_parameters() if p.grad is not None}
 
 
+def _twin_generators(seed: int) -> tuple[LossGenerator, LossGenerator]:
+    """Two small LPNs with equal weights (the first drawn after ``torch.manual_seed(seed)``, the second copies it)."""
+    torch.manual_seed(seed)
+    first = LossGenerator(2, dim=8, num_blocks=1, heads=2)
+    second = LossGenerator(2, dim=8, num_blocks=1, heads=2)
+    second.load_state_dict(first.state_dict())
+    return first, second
+
+
 def test_bounded_step_keeps_g_from_collapsing_where_the_released_step_saturates():
     x = torch.rand(2, 2, 12, 12)
-    torch.manual_seed(0)
-    released = LossGenerator(2, dim=8, num_blocks=1, heads=2)
-    bounded = LossGenerator(2, dim=8, num_blocks=1, heads=2)
-    bounded.load_state_dict(released.state_dict())
+    released, bounded = _twin_generators(seed=0)
     start = float(bounded(x)[:, 0].mean().detach())
     for _ in range(15):
         apply_maxnorm_update(released, _push_to_source0(released, x), lr=0.05)
@@ -80,10 +86,7 @@ def test_bounded_step_keeps_g_from_collapsing_where_the_released_step_saturates(
 
 def test_bounded_step_equals_the_released_step_below_the_bound():
     x = torch.rand(1, 2, 8, 8)
-    torch.manual_seed(1)
-    a = LossGenerator(2, dim=8, num_blocks=1, heads=2)
-    b = LossGenerator(2, dim=8, num_blocks=1, heads=2)
-    b.load_state_dict(a.state_dict())
+    a, b = _twin_generators(seed=1)
     grads = _push_to_source0(a, x)
     apply_maxnorm_update(a, grads, 1e-5)
     assert bounded_maxnorm_update(b, grads, 1e-5, x, max_change=0.5) == 1.0

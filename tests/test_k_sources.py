@@ -17,6 +17,7 @@ from tdfusion_core.meta import MetaStep, TaskInput, detached_params, sgd_task_st
 from tdfusion_core.trainer import MetaTrainer
 from tests.test_meta import _outer_objective
 from tests.torch_threads import one_torch_thread  # noqa: F401
+from tests.trainer_utils import small_settings
 
 SMALL = {"dim": 4, "num_blocks": 1, "heads": 1}
 
@@ -63,20 +64,12 @@ def test_registered_nets_take_three_sources():
 
 
 def _three_source_trainer(out_dir=None, dtype=torch.float32, **overrides) -> MetaTrainer:
-    settings = dict(
-        task="tiny-seg",
-        task_options={"width": 4},
+    settings = small_settings(
         fusion_options=SMALL,
         loss_generator_options=SMALL,
         epochs=1,
-        meta_steps=2,
         fusion_steps=2,
-        crop_size=16,
         task_size=(32, 48),
-        lr_fusion=1e-2,
-        lr_task=1e-2,
-        lr_generator=1e-2,
-        progress=False,
         log_images=out_dir is not None,
     )
     settings.update(overrides)

@@ -17,12 +17,12 @@ from tdfusion_core.data.sample import Sample
 from tdfusion_core.data.synthetic import BOX_CLASSES, SyntheticScenes
 from tdfusion_core.meta import MetaStep, adam_task_step
 from tdfusion_core.multitask import MultiTask, TaskTargets
-from tdfusion_core.plugins import register_plugin, unregister_plugin
 from tdfusion_core.task import Task
 from tdfusion_core.tasks.tiny_seg import TinySegTask
 from tdfusion_core.trainer import MetaTrainer
+from tests.conftest import plugin_registered
 from tests.torch_threads import one_torch_thread  # noqa: F401
-from tests.trainer_utils import SmallFusion, SmallGenerator
+from tests.trainer_utils import SmallFusion, SmallGenerator, small_settings
 
 
 class CountNet(nn.Module):
@@ -35,6 +35,7 @@ class CountNet(nn.Module):
         return self.head(torch.relu(self.conv(x)).mean(dim=(2, 3)))
 
 
+# A test task of its own (boxes as labels), alike in shape only to the other test tasks (e.g. dist_worker's).
 class TinyCountTask(Task):
     """Counts the objects of each box class on the fused luminance: a detection-like task (boxes as labels)."""
 
@@ -76,9 +77,8 @@ class _CountPlugin:
 
 @pytest.fixture
 def count_plugin():
-    register_plugin(_CountPlugin(), name="tiny-count-test")
-    yield
-    unregister_plugin("tiny-count-test")
+    with plugin_registered(_CountPlugin(), "tiny-count-test"):
+        yield
 
 
 def _composite(weights: dict[str, float], count: type[Task] = TinyCountTask) -> MultiTask:
@@ -186,20 +186,16 @@ def test_meta_gradient_of_one_weighted_task_is_that_tasks_meta_gradient(key):
 
 def test_training_with_two_tasks(count_plugin, tmp_path):
     config = TrainConfig(
-        tasks=[
-            {"name": "tiny-seg", "options": {"width": 4}},
-            {"name": "tiny-count", "key": "count", "weight": 0.5, "options": {"num_classes": len(BOX_CLASSES)}},
-        ],
-        epochs=2,
-        meta_steps=1,
-        fusion_steps=2,
-        crop_size=16,
-        task_size=(32, 48),
-        lr_fusion=1e-2,
-        lr_task=1e-2,
-        lr_generator=1e-2,
-        progress=False,
-        log_images=False,
+        **small_settings(
+            tasks=[
+                {"name": "tiny-seg", "options": {"width": 4}},
+                {"name": "tiny-count", "key": "count", "weight": 0.5, "options": {"num_classes": len(BOX_CLASSES)}},
+            ],
+            meta_steps=1,
+            fusion_steps=2,
+            task_size=(32, 48),
+            log_images=False,
+        )
     )
     torch.manual_seed(0)
     trainer = MetaTrainer(

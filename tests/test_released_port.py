@@ -37,6 +37,7 @@ LR_F, LR_T, LR_G = 0.3, 0.05, 0.01
 STEPS = 3
 
 
+# The port's own small F and G (not tests/trainer_utils'): the port stays independent of the code it checks.
 class TinyFusion(nn.Module):
     """Two convolutions and a sigmoid output, like ReFusion's last layer."""
 

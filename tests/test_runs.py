@@ -19,25 +19,11 @@ from tdfusion_core.trainer import MetaTrainer
 from tdfusion_core.validation import Validator, resolve_val_set
 from tdfusion_core.visual import colormap, weight_grid
 from tests.conftest import REPO, shared_path
-from tests.trainer_utils import BlobScenes, SmallFusion, SmallGenerator
+from tests.trainer_utils import BlobScenes, SmallFusion, SmallGenerator, small_settings
 
 
 def _config(**changes):
-    settings = dict(
-        task="tiny-seg",
-        task_options={"width": 4},
-        epochs=3,
-        meta_steps=1,
-        fusion_steps=2,
-        crop_size=16,
-        task_size=(24, 32),
-        lr_fusion=1e-2,
-        lr_task=1e-2,
-        lr_generator=1e-2,
-        deterministic=True,
-        progress=False,
-        device="cpu",
-    )
+    settings = small_settings(epochs=3, meta_steps=1, fusion_steps=2, deterministic=True, device="cpu")
     settings.update(changes)
     return TrainConfig(**settings)
 

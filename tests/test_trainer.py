@@ -7,8 +7,8 @@ import torch
 
 from tdfusion_core import hookimpl
 from tdfusion_core.config import TrainConfig
-from tdfusion_core.plugins import register_plugin, unregister_plugin
 from tdfusion_core.trainer import TrainingDivergedError
+from tests.conftest import plugin_registered
 from tests.trainer_utils import BlobScenes, small_trainer
 
 
@@ -78,12 +78,8 @@ def test_kill_and_resume_is_bit_identical(tmp_path):
     reference = small_trainer(tmp_path / "a", epochs=3)
     reference.fit()
 
-    register_plugin(_StopAt(2), name="stop-at-2")
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            small_trainer(tmp_path / "b", epochs=3).fit()
-    finally:
-        unregister_plugin("stop-at-2")
+    with plugin_registered(_StopAt(2), "stop-at-2"), pytest.raises(KeyboardInterrupt):
+        small_trainer(tmp_path / "b", epochs=3).fit()
     assert (tmp_path / "b" / "checkpoints" / "last.pt").is_file()
     resumed = small_trainer(tmp_path / "b", epochs=3, resume=True)
     assert resumed.epoch == 2

@@ -8,8 +8,8 @@ import warnings
 import pytest
 
 from tdfusion_core import hookimpl
-from tdfusion_core.plugins import register_plugin, unregister_plugin
 from tdfusion_core.trainer import TrainingDivergedError
+from tests.conftest import plugin_registered
 from tests.test_trainer import _NaNScenes
 from tests.trainer_utils import small_trainer
 
@@ -57,10 +57,8 @@ class Recorder:
 
 @pytest.fixture
 def recorder():
-    rec = Recorder()
-    register_plugin(rec, name="event-recorder")
-    yield rec
-    unregister_plugin("event-recorder")
+    with plugin_registered(Recorder(), "event-recorder") as rec:
+        yield rec
 
 
 def test_hooks_fire_in_order_with_counts_and_payloads(tmp_path, recorder):
@@ -118,12 +116,8 @@ class _Stop:
 
 
 def test_an_interrupted_run_ends_with_status_stopped(recorder):
-    register_plugin(_Stop(), name="stop")
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            small_trainer(epochs=1, meta_steps=1, fusion_steps=2, task_step="sgd").fit()
-    finally:
-        unregister_plugin("stop")
+    with plugin_registered(_Stop(), "stop"), pytest.raises(KeyboardInterrupt):
+        small_trainer(epochs=1, meta_steps=1, fusion_steps=2, task_step="sgd").fit()
     assert recorder.names()[-1] == "run_end"
     assert recorder.payloads("run_end") == [{"status": "stopped"}]
     assert "epoch_end" not in recorder.names()

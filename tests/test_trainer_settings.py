@@ -13,7 +13,7 @@ import torch.nn as nn
 from tdfusion_core import hookimpl
 from tdfusion_core.distributed import DistContext, convert_sync_batchnorm
 from tdfusion_core.meta import MetaStep, sgd_task_step
-from tdfusion_core.plugins import register_plugin, unregister_plugin
+from tests.conftest import plugin_registered
 from tests.dist_worker import float64_trainer
 from tests.trainer_utils import small_trainer
 
@@ -95,10 +95,8 @@ class _GRecorder:
 
 @pytest.fixture
 def g_recorder():
-    rec = _GRecorder()
-    register_plugin(rec, name="g-recorder")
-    yield rec
-    unregister_plugin("g-recorder")
+    with plugin_registered(_GRecorder(), "g-recorder") as rec:
+        yield rec
 
 
 def test_lr_schedule_steps_every_lr_step_size_epochs_by_lr_gamma(g_recorder):

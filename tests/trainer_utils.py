@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn as nn
 
@@ -56,8 +58,11 @@ class BlobScenes(torch.utils.data.Dataset):
         return Sample(torch.stack([ir, vi]), chroma, mask, f"s{i}")
 
 
-def small_trainer(out_dir=None, resume: bool = False, n: int = 8, **overrides) -> MetaTrainer:
-    settings = dict(
+def small_settings(**changes: Any) -> dict[str, Any]:
+    """``TrainConfig`` fields of a small CPU run, the base of every small trainer in the tests: tiny-seg 4 channels
+    wide, 2 epochs of 2 meta and 3 fusion steps on 16-pixel crops and 24x32 task inputs, every step size 1e-2, no
+    progress bar; ``changes`` replace or add fields."""
+    settings: dict[str, Any] = dict(
         task="tiny-seg",
         task_options={"width": 4},
         epochs=2,
@@ -68,11 +73,14 @@ def small_trainer(out_dir=None, resume: bool = False, n: int = 8, **overrides) -
         lr_fusion=1e-2,
         lr_task=1e-2,
         lr_generator=1e-2,
-        seed=0,
-        deterministic=True,
         progress=False,
-        log_images=out_dir is not None,
     )
+    settings.update(changes)
+    return settings
+
+
+def small_trainer(out_dir=None, resume: bool = False, n: int = 8, **overrides) -> MetaTrainer:
+    settings = small_settings(seed=0, deterministic=True, log_images=out_dir is not None)
     settings.update(overrides)
     config = TrainConfig(**settings)
     torch.manual_seed(config.seed)

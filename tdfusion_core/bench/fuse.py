@@ -24,7 +24,7 @@ import attrs
 import torch
 from torch import nn
 
-from tdfusion_core.bench.machine import cpu_seconds, device_name, machine_info
+from tdfusion_core.bench.machine import cpu_seconds, device_name, machine_info, torch_threads
 from tdfusion_core.devices import pick_device
 from tdfusion_core.nets.refusion_fast import PRECISIONS, FastFusion
 from tdfusion_core.precision import autocast, autocast_dtype
@@ -196,13 +196,8 @@ def bench_fuse(
     other = FuseConfig.parse(compare) if isinstance(compare, str) else compare
     if keep_memory:
         keep_freed_memory()
-    previous_threads = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
-    try:
+    with torch_threads(threads):
         result = _bench(size, dev, config, other, batch_size, iters, warmup, arch, checkpoint, seed)
-    finally:
-        torch.set_num_threads(previous_threads)
     result["keep_freed_memory"] = keep_memory
     return result
 

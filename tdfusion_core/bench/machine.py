@@ -6,14 +6,28 @@ start and end of a run says how busy the machine was.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import resource
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int | None) -> Iterator[None]:
+    """Within the block torch uses ``threads`` CPU threads (``None``: as it was); the count is restored after."""
+    previous = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def cpu_name() -> str:

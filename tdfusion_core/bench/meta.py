@@ -19,8 +19,15 @@ from typing import Any
 import click
 import torch
 
-from tdfusion_core.bench.machine import cpu_seconds, load_average, machine_info
-from tdfusion_core.commands.options import key_value_options, size_callback
+from tdfusion_core.bench.machine import cpu_seconds, load_average, machine_info, torch_threads
+from tdfusion_core.commands.options import (
+    default_allocator_option,
+    device_option,
+    json_option,
+    key_value_options,
+    size_callback,
+    threads_option,
+)
 from tdfusion_core.config import TrainConfig
 from tdfusion_core.data.sample import Sample
 from tdfusion_core.devices import pick_device
@@ -148,10 +155,7 @@ def bench_meta(
     dev = pick_device(device)
     if keep_memory:
         keep_freed_memory()
-    previous_threads = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
-    try:
+    with torch_threads(threads):
         options = {"num_classes": num_classes, **(task_options or {})}
         task_obj = get_task(task, **options)
         size = task_size or DEFAULT_TASK_SIZES.get(task_obj.target_kind) or task_obj.default_input_size or (240, 320)
@@ -192,8 +196,6 @@ def bench_meta(
             trainers[mode] = MetaTrainer(config, task=get_task(task, **options), train_set=data)
         results["modes"] = _bench_modes(trainers, dev, iters, warmup)
         results["machine"]["load_average_end"] = load_average()
-    finally:
-        torch.set_num_threads(previous_threads)
     if "jvp" in results["modes"] and "double-backward" in results["modes"]:
         results["jvp_speedup_over_double_backward"] = round(
             results["modes"]["double-backward"]["meta_pair_ms"] / results["modes"]["jvp"]["meta_pair_ms"], 2
@@ -222,7 +224,7 @@ def format_meta_results(results: dict[str, Any]) -> str:
 
 @click.command(name="meta")
 @click.option("--task", default="tiny-seg", show_default=True, help="Registered task (e.g. segformer, yolo).")
-@click.option("--device", default="auto", show_default=True, help="auto (CUDA, then MPS, else CPU), cpu, cuda:1 ...")
+@device_option(help="auto (CUDA, then MPS, else CPU), cpu, cuda:1 ...")
 @click.option(
     "--mode",
     "modes",
@@ -246,7 +248,7 @@ def format_meta_results(results: dict[str, Any]) -> str:
     help="Task input HEIGHTxWIDTH (default 240x320 masks, 192x256 boxes).",
 )
 @click.option("--num-classes", type=click.IntRange(min=1), default=9, show_default=True)
-@click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads for torch (default: torch's).")
+@threads_option()
 @click.option(
     "--set",
     "task_sets",
@@ -261,12 +263,8 @@ def format_meta_results(results: dict[str, Any]) -> str:
     metavar="KEY=VALUE",
     help="Training-config field, repeatable (e.g. --train-set task_step=sgd).",
 )
-@click.option(
-    "--default-allocator",
-    is_flag=True,
-    help="Leave glibc malloc as it is (default: keep freed memory, see tdfusion_core.speed).",
-)
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@default_allocator_option()
+@json_option()
 def meta_command(
     task: str,
     device: str,
@@ -285,6 +283,7 @@ def meta_command(
     as_json: bool,
 ) -> None:
     """Time the meta step pair (inner + outer), the fusion step and peak memory at the released code's sizes."""
+    # Each option passed on by name: alike in shape only to the other commands' calls of their functions.
     results = bench_meta(
         task=task,
         device=device,

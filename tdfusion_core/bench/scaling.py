@@ -34,7 +34,7 @@ from typing import Any
 
 import click
 
-from tdfusion_core.commands.options import size_callback
+from tdfusion_core.commands.options import batch_size_option, device_option, json_option, size_callback, threads_option
 
 
 def _sync(device: Any) -> None:
@@ -286,14 +286,8 @@ def _counts(_ctx: click.Context, _param: click.Parameter, value: str) -> list[in
 @click.command(name="scaling")
 @click.option("--nprocs", default="1,2", show_default=True, callback=_counts, help="Process counts to compare.")
 @click.option("--scaling", type=click.Choice(["strong", "weak"]), default="strong", show_default=True)
-@click.option(
-    "--batch-size",
-    type=click.IntRange(min=1),
-    default=2,
-    show_default=True,
-    help="Global batch (weak scaling: times the process count).",
-)
-@click.option("--device", default="cpu", show_default=True, help="cpu (gloo) or cuda (NCCL, one GPU per process).")
+@batch_size_option(2, help="Global batch (weak scaling: times the process count).")
+@device_option("cpu", help="cpu (gloo) or cuda (NCCL, one GPU per process).")
 @click.option("--task", default="tiny-seg", show_default=True, help="Registered task.")
 @click.option("--arch", default="refusion", show_default=True, help="Registered fusion architecture.")
 @click.option("--mode", type=click.Choice(["jvp", "double-backward", "finite-difference"]), default="jvp")
@@ -303,8 +297,8 @@ def _counts(_ctx: click.Context, _param: click.Parameter, value: str) -> list[in
 @click.option("--task-size", default="96x128", show_default=True, callback=size_callback(), help="Task input size.")
 @click.option("--steps", type=click.IntRange(min=1), default=4, show_default=True, help="Timed steps per phase.")
 @click.option("--warmup", type=click.IntRange(min=0), default=1, show_default=True, help="Untimed steps first.")
-@click.option("--threads", type=click.IntRange(min=1), default=None, help="Torch threads per process (CPU; default 1).")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@threads_option("Torch threads per process (CPU; default 1).")
+@json_option()
 def scaling_command(
     nprocs: list[int],
     scaling: str,
@@ -324,6 +318,7 @@ def scaling_command(
 ) -> None:
     """Scaling efficiency of multi-process training: meta and fusion steps with 1, 2, ... processes."""
     try:
+        # Each option passed on by name: alike in shape only to the other commands' calls of their functions.
         result = bench_scaling(
             nprocs=nprocs,
             scaling=scaling,

@@ -26,6 +26,8 @@ from typing import Any
 
 import click
 
+from tdfusion_core.commands.options import device_option, folder_option
+
 #: figure name -> (target, unit, "<=" means lower is better)
 TARGETS: dict[str, tuple[float, str]] = {
     "fuse 480x640 fp32": (6.0, "ms"),
@@ -192,17 +194,10 @@ def format_markdown(result: dict[str, Any]) -> str:
 
 
 @click.command(name="suite")
-@click.option("--device", default="cuda", show_default=True, help="cuda (the GPU suite) or cpu.")
+@device_option("cuda", help="cuda (the GPU suite) or cpu.")
 @click.option("--quick", is_flag=True, help="Tiny sizes and one iteration each (checks that the suite runs).")
 @click.option("--task", "tasks", multiple=True, help="Task(s) for the meta figures (default: segformer and yolo).")
-@click.option(
-    "--out",
-    "out_dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=Path("bench-suite"),
-    show_default=True,
-    help="Folder for suite.json and suite.md.",
-)
+@folder_option("--out", "out_dir", default=Path("bench-suite"), help="Folder for suite.json and suite.md.")
 def suite_command(device: str, quick: bool, tasks: tuple[str, ...], out_dir: Path) -> None:
     """Every performance figure with its target, in one run: fusion, meta pair, fusion step, memory, NCCL."""
     run_suite(device=device, quick=quick, tasks=tasks or ("segformer", "yolo"), out_dir=out_dir, log=click.echo)

@@ -9,7 +9,15 @@ from typing import Any
 import click
 
 from tdfusion_core import hookimpl
-from tdfusion_core.commands.options import precision_options, size_callback
+from tdfusion_core.commands.options import (
+    batch_size_option,
+    default_allocator_option,
+    device_option,
+    json_option,
+    precision_options,
+    size_callback,
+    threads_option,
+)
 
 
 @click.group(name="bench")
@@ -19,10 +27,10 @@ def bench_group() -> None:
 
 @bench_group.command(name="fuse")
 @click.option("--size", default="480x640", show_default=True, callback=size_callback(), help="Image size HEIGHTxWIDTH.")
-@click.option("--device", default="auto", show_default=True, help="auto (CUDA, then MPS, else CPU), cpu, cuda:1 ...")
+@device_option(help="auto (CUDA, then MPS, else CPU), cpu, cuda:1 ...")
 @click.option("--compile", "use_compile", is_flag=True, help="torch.compile the network.")
 @click.option("--channels-last", is_flag=True, help="Channels-last memory format.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=1, show_default=True)
+@batch_size_option(1)
 @click.option("--iters", type=click.IntRange(min=1), default=10, show_default=True, help="Timed forward passes.")
 @click.option("--warmup", type=click.IntRange(min=1), default=2, show_default=True, help="Untimed passes first.")
 @click.option("--arch", default="refusion", show_default=True, help="Registered fusion architecture (random weights).")
@@ -32,7 +40,7 @@ def bench_group() -> None:
     default=None,
     help="Load the network from a checkpoint instead of random weights.",
 )
-@click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads for torch (default: torch's).")
+@threads_option()
 @click.option("--eager", is_flag=True, help="Time the network module as it is instead of ReFusion's fast pass.")
 @precision_options("Compute type.")
 @click.option("--strip-rows", type=click.IntRange(min=1), default=None, help="Fast pass by strips of N rows.")
@@ -43,12 +51,8 @@ def bench_group() -> None:
     help="Also time CONFIG interleaved with this one, e.g. 'eager' or 'fast,bf16' (words: fast, eager, fp32, bf16, "
     "fp16, compile, channels-last, strips=N), and print the speed-up.",
 )
-@click.option(
-    "--default-allocator",
-    is_flag=True,
-    help="Leave glibc malloc as it is (default: keep freed memory, as tdfusion fuse does; see tdfusion_core.speed).",
-)
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@default_allocator_option()
+@json_option()
 def bench_fuse_command(
     size: tuple[int, int],
     device: str,

@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 from tdfusion_core import hookimpl
-from tdfusion_core.commands.options import size_callback
+from tdfusion_core.commands.options import folder_option, json_option, size_callback
 
 
 def _parse_sources(_ctx: click.Context, _param: click.Parameter, value: str) -> tuple[str, ...]:
@@ -25,7 +25,7 @@ def data_group() -> None:
 
 
 @data_group.command(name="synth")
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True, help="Output folder.")
+@folder_option("--out", required=True, help="Output folder.")
 @click.option("--n", "n", type=click.IntRange(min=1), default=64, show_default=True, help="Number of scenes.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the scenes.")
 @click.option("--size", default="96x128", show_default=True, callback=size_callback(minimum=16), help="Scene size HxW.")
@@ -55,7 +55,7 @@ def synth_command(
     "--sources", default="ir,vi", show_default=True, callback=_parse_sources, help="Source folders, comma-separated."
 )
 @click.option("--allow-empty", is_flag=True, help="Accept label files without boxes (images with no objects).")
-@click.option("--json", "as_json", is_flag=True, help="Print the problems as JSON.")
+@json_option("Print the problems as JSON.")
 def check_command(
     path: Path, num_classes: int | None, sources: tuple[str, ...], allow_empty: bool, as_json: bool
 ) -> None:

@@ -9,20 +9,19 @@ from typing import Any
 import click
 
 from tdfusion_core import hookimpl
+from tdfusion_core.commands.options import device_option, folder_option
 
 
 @click.command(name="demo")
-@click.option(
+@folder_option(
     "--out",
-    type=click.Path(file_okay=False, path_type=Path),
     default=Path("runs/demo"),
-    show_default=True,
     help="Folder for report.md, figures, results.json and every cell of the experiment.",
 )
 @click.option("--quick", is_flag=True, help="A one-minute version (tiny images and budget), as used in the tests.")
 @click.option("--epochs", type=click.IntRange(min=1), help="Override the number of training epochs.")
 @click.option("--seeds", type=click.IntRange(min=1), help="Seeds of TDFusion and fixed ½ (default 3; --quick: 2).")
-@click.option("--device", default="cpu", show_default=True)
+@device_option("cpu", help=None)
 @click.option("--overwrite", is_flag=True, help="Replace an existing demo in --out.")
 def demo_command(out: Path, quick: bool, epochs: int | None, seeds: int | None, device: str, overwrite: bool) -> None:
     """A small seeded experiment: TDFusion vs fixed weights ½ on synthetic scenes, single sources and the oracle.

@@ -9,7 +9,13 @@ from typing import Any
 import click
 
 from tdfusion_core import hookimpl
-from tdfusion_core.commands.options import key_value_options, size_callback
+from tdfusion_core.commands.options import (
+    batch_size_option,
+    device_option,
+    folder_option,
+    key_value_options,
+    size_callback,
+)
 
 
 @click.command(name="downstream")
@@ -33,19 +39,19 @@ from tdfusion_core.commands.options import key_value_options, size_callback
     metavar="ir|vis|K",
     help="Also train on one source alone (a single-modality baseline); repeatable.",
 )
-@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True)
+@folder_option("--out", "out_dir", required=True)
 @click.option("--steps", type=click.IntRange(min=1), default=200, show_default=True, help="Optimizer steps per method.")
 @click.option(
     "--epochs", type=click.IntRange(min=1), help="Budget in passes over the training set (overrides --steps)."
 )
-@click.option("--batch-size", type=click.IntRange(min=1), default=2, show_default=True)
+@batch_size_option(2)
 @click.option(
     "--size",
     callback=size_callback(),
     help="HxW the task sees (default: the dataset's task size, else the task's, else native).",
 )
 @click.option("--seed", type=int, default=0, show_default=True, help="Same initial weights and order for all methods.")
-@click.option("--device", default="auto", show_default=True, help="auto (CUDA, then MPS, else CPU), cpu, cuda ...")
+@device_option()
 @click.option("--task-option", "task_opts", multiple=True, metavar="KEY=VALUE", help="Task configuration (YAML value).")
 @click.option("--data-option", "data_opts", multiple=True, metavar="KEY=VALUE", help="Dataset options (YAML value).")
 @click.option("--quiet", is_flag=True)

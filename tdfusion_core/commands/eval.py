@@ -8,6 +8,7 @@ from typing import Any
 import click
 
 from tdfusion_core import hookimpl
+from tdfusion_core.commands.options import device_option, folder_option
 
 
 def _split_named(value: str, option: str) -> tuple[str, Path]:
@@ -39,12 +40,8 @@ def _parse_metrics(value: str) -> list[str]:
 
 
 @click.command(name="eval")
-@click.option(
-    "--ir", "ir_dir", type=click.Path(file_okay=False, path_type=Path), required=True, help="Infrared images."
-)
-@click.option(
-    "--vis", "vis_dir", type=click.Path(file_okay=False, path_type=Path), required=True, help="Visible images."
-)
+@folder_option("--ir", "ir_dir", required=True, help="Infrared images.")
+@folder_option("--vis", "vis_dir", required=True, help="Visible images.")
 @click.option(
     "--fused",
     "fused",
@@ -59,9 +56,7 @@ def _parse_metrics(value: str) -> list[str]:
     metavar="[NAME=]PATH",
     help="Fuse the source folders with this checkpoint first (into OUT/fused/NAME/), then evaluate; repeatable.",
 )
-@click.option(
-    "--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True, help="Output folder."
-)
+@folder_option("--out", "out_dir", required=True, help="Output folder.")
 @click.option(
     "--metrics",
     "metrics",
@@ -72,12 +67,7 @@ def _parse_metrics(value: str) -> list[str]:
 )
 @click.option("--per-image", is_flag=True, help="Also write per_image.csv with every image's values.")
 @click.option("--plot", is_flag=True, help="Also write metrics.png, a bar chart per metric (needs matplotlib).")
-@click.option(
-    "--device",
-    default="auto",
-    show_default=True,
-    help="Device for the metrics and F: auto (CUDA, MPS, CPU), cpu, cuda.",
-)
+@device_option(help="Device for the metrics and F: auto (CUDA, MPS, CPU), cpu, cuda.")
 @click.option("--dataset", help="Dataset name in the tables (default: the folder above --ir).")
 @click.option("--quiet", is_flag=True, help="No per-image progress lines.")
 def eval_command(

@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 from tdfusion_core import hookimpl
-from tdfusion_core.commands.options import key_value_options
+from tdfusion_core.commands.options import device_option, folder_option, key_value_options
 
 DEFAULT_METHODS = "tdfusion,I,ir,vis,mean,oracle"
 #: without ground truth of which source shows what, there is no oracle
@@ -30,7 +30,7 @@ def parse_seeds(value: str) -> list[int]:
 
 
 @click.command(name="experiment")
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True, help="Results folder.")
+@folder_option("--out", required=True, help="Results folder.")
 @click.option(
     "--methods",
     help="Comma-separated built-in methods: tdfusion, equivariant, I..V (Table 3 ablations), ir, vis, max, mean, "
@@ -69,7 +69,7 @@ def parse_seeds(value: str) -> list[int]:
     show_default=True,
     help="Comma-separated fusion metrics of the held-out images, or 'none'.",
 )
-@click.option("--device", default="cpu", show_default=True)
+@device_option("cpu", help=None)
 def experiment_command(
     out: Path,
     methods: str | None,

@@ -9,27 +9,15 @@ from typing import Any
 import click
 
 from tdfusion_core import hookimpl
-from tdfusion_core.commands.options import precision_options
+from tdfusion_core.commands.options import folder_option, json_option, precision_options
 
 
 @click.command(name="fuse")
-@click.option(
-    "--ir", "ir_dir", type=click.Path(file_okay=False, path_type=Path), required=True, help="Folder of infrared images."
+@folder_option("--ir", "ir_dir", required=True, help="Folder of infrared images.")
+@folder_option(
+    "--vis", "vis_dir", required=True, help="Folder of visible images, paired with --ir by file name (stem)."
 )
-@click.option(
-    "--vis",
-    "vis_dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    required=True,
-    help="Folder of visible images, paired with --ir by file name (stem).",
-)
-@click.option(
-    "--out",
-    "out_dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    required=True,
-    help="Output folder; Gray/, RGB/ and Weights/ are written inside it.",
-)
+@folder_option("--out", "out_dir", required=True, help="Output folder; Gray/, RGB/ and Weights/ are written inside it.")
 @click.option(
     "--checkpoint",
     type=click.Path(dir_okay=False, path_type=Path),
@@ -81,7 +69,7 @@ from tdfusion_core.commands.options import precision_options
     show_default=True,
     help="Largest image (width x height) fused in one pass; larger ones are tiled.",
 )
-@click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
+@json_option("Print the summary as one JSON object.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def fuse_command(
     ir_dir: Path,

@@ -8,18 +8,12 @@ from typing import Any
 import click
 
 from tdfusion_core import hookimpl
+from tdfusion_core.commands.options import folder_option
 
 
 @click.command(name="new-plugin")
 @click.argument("name")
-@click.option(
-    "--out",
-    "out_dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=Path("."),
-    show_default=True,
-    help="Folder in which tdfusion-NAME/ is created.",
-)
+@folder_option("--out", "out_dir", default=Path("."), help="Folder in which tdfusion-NAME/ is created.")
 @click.option("--task-name", help="Name the task is registered under (default: NAME).")
 @click.option("--force", is_flag=True, help="Overwrite the template's files in an existing folder.")
 def new_plugin_command(name: str, out_dir: Path, task_name: str | None, force: bool) -> None:

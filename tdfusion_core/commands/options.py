@@ -3,12 +3,61 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import click
 
 from tdfusion_core.config_io import ConfigError, apply_override
 from tdfusion_core.sizes import optional_size
+
+#: what an option decorator does to a command function
+Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
+
+
+def folder_option(
+    *decls: str, help: str | None = None, required: bool = False, default: Path | None = None, exists: bool = False
+) -> Decorator:
+    """A folder-path option (``--out``, ``--ir`` ...) read as a :class:`~pathlib.Path`; ``exists``: it must exist."""
+    return click.option(
+        *decls,
+        type=click.Path(file_okay=False, exists=exists, path_type=Path),
+        required=required,
+        default=default,
+        show_default=default is not None,
+        help=help,
+    )
+
+
+def device_option(
+    default: str | None = "auto", help: str | None = "auto (CUDA, then MPS, else CPU), cpu, cuda ..."
+) -> Decorator:
+    """``--device``: a device name for :func:`tdfusion_core.devices.pick_device` (``auto`` picks one)."""
+    return click.option("--device", default=default, show_default=default is not None, help=help)
+
+
+def batch_size_option(default: int, help: str | None = None) -> Decorator:
+    """``--batch-size``: a positive count."""
+    return click.option("--batch-size", type=click.IntRange(min=1), default=default, show_default=True, help=help)
+
+
+def threads_option(help: str = "CPU threads for torch (default: torch's).") -> Decorator:
+    """``--threads``: torch's CPU threads for the run (``None``: torch's own choice)."""
+    return click.option("--threads", type=click.IntRange(min=1), default=None, help=help)
+
+
+def json_option(help: str = "Print one JSON object.") -> Decorator:
+    """``--json`` (parameter ``as_json``): print the result as JSON instead of text."""
+    return click.option("--json", "as_json", is_flag=True, help=help)
+
+
+def default_allocator_option() -> Decorator:
+    """``--default-allocator``: opt out of :func:`tdfusion_core.speed.keep_freed_memory` (the benchmarks' default)."""
+    return click.option(
+        "--default-allocator",
+        is_flag=True,
+        help="Leave glibc malloc as it is (default: keep freed memory, as tdfusion fuse does; see tdfusion_core.speed).",
+    )
 
 
 def size_callback(minimum: int = 1) -> Callable[[click.Context, click.Parameter, Any], tuple[int, int] | None]:

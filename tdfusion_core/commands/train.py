@@ -9,6 +9,7 @@ from typing import Any
 import click
 
 from tdfusion_core import hookimpl
+from tdfusion_core.commands.options import device_option, folder_option
 
 
 def next_run_dir(path: Path) -> Path:
@@ -74,15 +75,10 @@ def saved_settings(out_dir: Path) -> dict[str, Any]:
 @click.option("--task", help="Registered task name (see `tdfusion plugins`). Default: from --config, else tiny-seg.")
 @click.option("--data", help="Dataset folder or registered dataset name (synthetic, llvip, msrs, ...).")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), help="YAML settings.")
-@click.option("--device", help="auto (default: CUDA, then MPS, else CPU), cpu, cuda, cuda:1, mps.")
+@device_option(None, help="auto (default: CUDA, then MPS, else CPU), cpu, cuda, cuda:1, mps.")
 @click.option("--amp/--no-amp", default=None, help="bfloat16 autocast for forward passes.")
-@click.option(
-    "--out",
-    "out_dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=Path("runs/train"),
-    show_default=True,
-    help="Run directory: config, checkpoints, logs, images, model.pt.",
+@folder_option(
+    "--out", "out_dir", default=Path("runs/train"), help="Run directory: config, checkpoints, logs, images, model.pt."
 )
 @click.option("--resume", is_flag=True, help="Continue from <out>/checkpoints/last.pt.")
 @click.option(

@@ -9,6 +9,7 @@ from typing import Any
 import click
 
 from tdfusion_core import hookimpl
+from tdfusion_core.commands.options import device_option, folder_option, json_option
 
 
 def evaluate_run(
@@ -62,10 +63,10 @@ def evaluate_run(
 
 
 @click.command(name="val")
-@click.option(
+@folder_option(
     "--run",
     "run",
-    type=click.Path(file_okay=False, exists=True, path_type=Path),
+    exists=True,
     required=True,
     help="Run directory of `tdfusion train` (holds config.yaml and checkpoints/).",
 )
@@ -77,9 +78,9 @@ def evaluate_run(
     help="best (checkpoints/best.pt, else last.pt), last, or a path to a training checkpoint.",
 )
 @click.option("--data", help="Evaluate on this folder or registered dataset instead of the run's data.")
-@click.option("--device", default="auto", show_default=True, help="auto (CUDA, then MPS, else CPU), cpu, cuda ...")
+@device_option()
 @click.option("--max-samples", type=click.IntRange(min=1), help="Evaluate only the first N samples.")
-@click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
+@json_option("Print the metrics as JSON.")
 def val_command(
     run: Path, split: str, checkpoint: str, data: str | None, device: str, max_samples: int | None, as_json: bool
 ) -> None:

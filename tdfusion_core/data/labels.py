@@ -198,6 +198,21 @@ def pixel_to_yolo_boxes(boxes: torch.Tensor, height: int, width: int) -> torch.T
     return out
 
 
+def _box_numbers(
+    path: Path, where: str, fields: list[str], text: str, layout: str, class_at: int, num_classes: int | None
+) -> list[float] | Problem:
+    """The five numbers of one box (its class at index ``class_at``), or the problem that rejects it: fields that
+    are not numbers, another count than five (``layout`` says which five), or a bad class."""
+    try:
+        values = [float(v) for v in fields]
+    except ValueError:
+        return Problem(path, "bad-label", f"{where}: not numbers: {text!r}")
+    if len(values) != 5:
+        return Problem(path, "bad-label", f"{where}: {len(values)} fields, expected {layout}")
+    bad_class = _check_class(path, where, values[class_at], num_classes)
+    return values if bad_class is None else bad_class
+
+
 def read_yolo(
     path: Path, image_size: tuple[int, int], num_classes: int | None, allow_empty: bool = False
 ) -> tuple[torch.Tensor | None, list[Problem]]:
@@ -214,18 +229,9 @@ def read_yolo(
         if not line.strip():
             continue
         where = f"line {lineno}"
-        fields = line.split()
-        try:
-            values = [float(v) for v in fields]
-        except ValueError:
-            problems.append(Problem(path, "bad-label", f"{where}: not numbers: {line.strip()!r}"))
-            continue
-        if len(values) != 5:
-            problems.append(Problem(path, "bad-label", f"{where}: {len(values)} fields, expected 5 (class cx cy w h)"))
-            continue
-        bad_class = _check_class(path, where, values[0], num_classes)
-        if bad_class is not None:
-            problems.append(bad_class)
+        values = _box_numbers(path, where, line.split(), line.strip(), "5 (class cx cy w h)", 0, num_classes)
+        if isinstance(values, Problem):
+            problems.append(values)
             continue
         _, cx, cy, w, h = values
         if not all(math.isfinite(v) for v in values):
@@ -251,6 +257,28 @@ def _clip(boxes: torch.Tensor, height: float, width: float) -> torch.Tensor:
     out[:, 1::2] = out[:, 1::2].clamp(0, width)
     out[:, 2::2] = out[:, 2::2].clamp(0, height)
     return out
+
+
+def _rescaled(
+    path: Path,
+    rows: list[list[float]],
+    labels: list[str],
+    annotation_size: tuple[float, float],
+    image_size: tuple[int, int],
+    problems: list[Problem],
+    tolerance: float,
+) -> tuple[torch.Tensor, list[Problem]]:
+    """Pixel boxes ``rows`` of ``annotation_size`` checked (:func:`check_pixel_boxes`; its problems join
+    ``problems``), then scaled to ``image_size`` and clipped to it; no boxes if any is bad."""
+    boxes = torch.tensor(rows, dtype=torch.float64).reshape(-1, 5)
+    (ah, aw), (height, width) = annotation_size, image_size
+    bad = check_pixel_boxes(path, boxes, ah, aw, labels, tolerance=tolerance)
+    problems += bad
+    if bad:
+        return empty_boxes(), problems
+    boxes[:, 1::2] *= width / aw
+    boxes[:, 2::2] *= height / ah
+    return _clip(boxes.float(), height, width), problems
 
 
 def parse_annotation_list(path: Path) -> tuple[dict[str, tuple[int, str]], list[Problem]]:
@@ -291,37 +319,21 @@ def read_annotation_boxes(
     The coordinates are pixels of ``annotation_size`` ``(H, W)`` (default ``image_size``): x scales by the width
     ratio and y by the height ratio.
     """
-    height, width = image_size
     ah, aw = annotation_size if annotation_size is not None else image_size
     problems: list[Problem] = []
     rows: list[list[float]] = []
     labels: list[str] = []
     for k, group in enumerate(box_text.split(), 1):
         where = f"line {lineno}, box {k}"
-        try:
-            values = [float(v) for v in group.split(",")]
-        except ValueError:
-            problems.append(Problem(path, "bad-label", f"{where}: not numbers: {group!r}"))
-            continue
-        if len(values) != 5:
-            problems.append(Problem(path, "bad-label", f"{where}: {len(values)} fields, expected x0,y0,x1,y1,cls"))
-            continue
-        bad_class = _check_class(path, where, values[4], num_classes)
-        if bad_class is not None:
-            problems.append(bad_class)
+        values = _box_numbers(path, where, group.split(","), group, "x0,y0,x1,y1,cls", 4, num_classes)
+        if isinstance(values, Problem):
+            problems.append(values)
             continue
         rows.append([values[4], *values[:4]])
         labels.append(where)
     if not rows and not problems and not allow_empty:
         problems.append(Problem(path, "empty-label", f"line {lineno}: no boxes"))
-    boxes = torch.tensor(rows, dtype=torch.float64).reshape(-1, 5)
-    bad = check_pixel_boxes(path, boxes, ah, aw, labels)
-    problems += bad
-    if bad:
-        return empty_boxes(), problems
-    boxes[:, 1::2] *= width / aw
-    boxes[:, 2::2] *= height / ah
-    return _clip(boxes.float(), height, width), problems
+    return _rescaled(path, rows, labels, (ah, aw), image_size, problems, tolerance=0.5)
 
 
 def read_voc(
@@ -369,11 +381,4 @@ def read_voc(
         labels.append(where)
     if not rows and not problems and not allow_empty:
         problems.append(Problem(path, "empty-label", "annotation has no objects"))
-    boxes = torch.tensor(rows, dtype=torch.float64).reshape(-1, 5)
-    bad = check_pixel_boxes(path, boxes, ah, aw, labels, tolerance=1.0)
-    problems += bad
-    if bad:
-        return empty_boxes(), problems
-    boxes[:, 1::2] *= width / aw
-    boxes[:, 2::2] *= height / ah
-    return _clip(boxes.float(), height, width), problems
+    return _rescaled(path, rows, labels, (ah, aw), image_size, problems, tolerance=1.0)

@@ -109,6 +109,7 @@ def _det_layouts(name: str, annotation_size: tuple[int, int], published: Layout)
     }
 
 
+# One entry per dataset, written out: each class list is that dataset's own label table (alike only in shape).
 PRESETS: dict[str, DatasetPreset] = {
     "msrs": DatasetPreset(
         name="msrs",

@@ -42,6 +42,7 @@ PERSON, VEHICLE, MARKING, COLD = 1, 2, 3, 4
 #: codes of :attr:`Scene.only`
 INFRARED_ONLY, VISIBLE_ONLY = 1, 2
 
+# RGB paint colours of the scenes' objects (a data table; alike in shape only to other colour tables)
 _PAINTS = np.array(
     [
         [0.75, 0.10, 0.10],

@@ -127,3 +127,44 @@ def check_sources(x: torch.Tensor, num_sources: int, who: str) -> None:
     """Raise a clear error unless ``x`` is ``(B, num_sources, H, W)``."""
     if x.ndim != 4 or x.shape[1] != num_sources:
         raise ValueError(f"{who} expects sources of shape (B, {num_sources}, H, W), got {tuple(x.shape)}")
+
+
+def check_net_size(what: str, num_sources: int, dim: int, num_blocks: int) -> None:
+    """Raise a clear error unless the network ``what`` has at least 2 sources and a positive width and depth."""
+    if num_sources < 2:
+        raise ValueError(f"{what} needs at least 2 sources, got {num_sources}")
+    if num_blocks < 1 or dim < 1:
+        raise ValueError(f"dim and num_blocks must be positive, got dim={dim}, num_blocks={num_blocks}")
+
+
+def add_source_branches(
+    module: nn.Module,
+    embed: str,
+    num_sources: int,
+    dim: int,
+    num_blocks: int,
+    heads: int,
+    ffn_expansion_factor: float,
+    bias: bool,
+) -> None:
+    """Register the reference networks' per-source branches on ``module``, for k = 1..K: a 3×3 convolution named
+    ``embed.format(k=k)`` (1 → ``dim``), then ``num_blocks`` Restormer blocks ``encoder{k}``. All convolutions come
+    first, as the reference registers them, so seeded weights are drawn in the reference's order."""
+    for k in range(1, num_sources + 1):
+        module.add_module(embed.format(k=k), nn.Conv2d(1, dim, kernel_size=3, padding=1, bias=bias))
+    for k in range(1, num_sources + 1):
+        module.add_module(
+            f"encoder{k}",
+            nn.ModuleList(TransformerBlock(dim, heads, ffn_expansion_factor, bias) for _ in range(num_blocks)),
+        )
+
+
+def encode_sources(module: nn.Module, x: torch.Tensor, embed: str) -> list[torch.Tensor]:
+    """Each source ``x[:, k]`` through its branch of :func:`add_source_branches`: the K branches' features."""
+    branches = []
+    for k in range(x.shape[1]):
+        feat = getattr(module, embed.format(k=k + 1))(x[:, k : k + 1])
+        for block in getattr(module, f"encoder{k + 1}"):
+            feat = block(feat)
+        branches.append(feat)
+    return branches

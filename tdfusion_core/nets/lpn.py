@@ -21,7 +21,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from tdfusion_core.nets.blocks import TransformerBlock, check_sources
+from tdfusion_core.nets.blocks import (
+    TransformerBlock,
+    add_source_branches,
+    check_net_size,
+    check_sources,
+    encode_sources,
+)
 
 
 class LossGenerator(nn.Module):
@@ -40,6 +46,8 @@ class LossGenerator(nn.Module):
     #: Inputs need no padding (stride-1 layers, attention across channels).
     size_multiple: int = 1
 
+    # Argument list and layer names as in the reference constructor (TDFusion's nets/ReFusion.py), so released
+    # weights load unchanged: the nets' constructors look alike by design, not by copy.
     def __init__(
         self,
         num_sources: int = 2,
@@ -51,10 +59,7 @@ class LossGenerator(nn.Module):
         bias: bool = False,
     ) -> None:
         super().__init__()
-        if num_sources < 2:
-            raise ValueError(f"a loss generator needs at least 2 sources, got {num_sources}")
-        if num_blocks < 1 or dim < 1:
-            raise ValueError(f"dim and num_blocks must be positive, got dim={dim}, num_blocks={num_blocks}")
+        check_net_size("a loss generator", num_sources, dim, num_blocks)
         joint_heads = heads if joint_heads is None else joint_heads
         self.num_sources = num_sources
         self.config: dict[str, Any] = {
@@ -65,13 +70,7 @@ class LossGenerator(nn.Module):
             "ffn_expansion_factor": ffn_expansion_factor,
             "bias": bias,
         }
-        for k in range(1, num_sources + 1):
-            self.add_module(f"patch_embed{k}", nn.Conv2d(1, dim, kernel_size=3, padding=1, bias=bias))
-        for k in range(1, num_sources + 1):
-            self.add_module(
-                f"encoder{k}",
-                nn.ModuleList(TransformerBlock(dim, heads, ffn_expansion_factor, bias) for _ in range(num_blocks)),
-            )
+        add_source_branches(self, "patch_embed{k}", num_sources, dim, num_blocks, heads, ffn_expansion_factor, bias)
         wide = dim * num_sources
         self.add_module(
             f"encoder{num_sources + 1}",
@@ -90,13 +89,7 @@ class LossGenerator(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Per-pixel source weights ``(B, K, H, W)``: a softmax over the K channels."""
         check_sources(x, self.num_sources, "LossGenerator")
-        branches = []
-        for k in range(self.num_sources):
-            feat = getattr(self, f"patch_embed{k + 1}")(x[:, k : k + 1])
-            for block in getattr(self, f"encoder{k + 1}"):
-                feat = block(feat)
-            branches.append(feat)
-        out = torch.cat(branches, dim=1)
+        out = torch.cat(encode_sources(self, x, "patch_embed{k}"), dim=1)
         for block in self.joint:
             out = block(out)
         out = self.out3(self.out2(self.out1(out)))

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from tdfusion_core.nets.blocks import TransformerBlock, check_sources
+from tdfusion_core.nets.blocks import TransformerBlock, check_net_size, check_sources
 
 
 class EquivariantLossGenerator(nn.Module):
@@ -39,6 +39,8 @@ class EquivariantLossGenerator(nn.Module):
 
     size_multiple: int = 1
 
+    # The argument list is the released LPN's (plus zero_init), so either generator takes the same options: the
+    # nets' constructors look alike by design, not by copy.
     def __init__(
         self,
         num_sources: int = 2,
@@ -50,10 +52,7 @@ class EquivariantLossGenerator(nn.Module):
         zero_init: bool = True,
     ) -> None:
         super().__init__()
-        if num_sources < 2:
-            raise ValueError(f"a loss generator needs at least 2 sources, got {num_sources}")
-        if num_blocks < 1 or dim < 1:
-            raise ValueError(f"dim and num_blocks must be positive, got dim={dim}, num_blocks={num_blocks}")
+        check_net_size("a loss generator", num_sources, dim, num_blocks)
         self.num_sources = num_sources
         self.config: dict[str, Any] = {
             "dim": dim,

@@ -25,7 +25,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tdfusion_core.nets.blocks import TransformerBlock, channel_attention, check_sources, split_heads
+from tdfusion_core.nets.blocks import (
+    TransformerBlock,
+    add_source_branches,
+    channel_attention,
+    check_net_size,
+    check_sources,
+    encode_sources,
+    split_heads,
+)
 
 
 class AdaptiveFusion(nn.Module):
@@ -118,6 +126,8 @@ class FusionNet(nn.Module):
     #: Inputs need no padding: every layer is stride 1 and the attention spans the whole image.
     size_multiple: int = 1
 
+    # Argument list and layer names as in the reference constructor (TDFusion's nets/ReFusion.py), so released
+    # weights load unchanged: the nets' constructors look alike by design, not by copy.
     def __init__(
         self,
         num_sources: int = 2,
@@ -128,10 +138,7 @@ class FusionNet(nn.Module):
         bias: bool = False,
     ) -> None:
         super().__init__()
-        if num_sources < 2:
-            raise ValueError(f"a fusion network needs at least 2 sources, got {num_sources}")
-        if num_blocks < 1 or dim < 1:
-            raise ValueError(f"dim and num_blocks must be positive, got dim={dim}, num_blocks={num_blocks}")
+        check_net_size("a fusion network", num_sources, dim, num_blocks)
         self.num_sources = num_sources
         self.config: dict[str, Any] = {
             "dim": dim,
@@ -140,13 +147,7 @@ class FusionNet(nn.Module):
             "ffn_expansion_factor": ffn_expansion_factor,
             "bias": bias,
         }
-        for k in range(1, num_sources + 1):
-            self.add_module(f"project_in_{k}", nn.Conv2d(1, dim, kernel_size=3, padding=1, bias=bias))
-        for k in range(1, num_sources + 1):
-            self.add_module(
-                f"encoder{k}",
-                nn.ModuleList(TransformerBlock(dim, heads, ffn_expansion_factor, bias) for _ in range(num_blocks)),
-            )
+        add_source_branches(self, "project_in_{k}", num_sources, dim, num_blocks, heads, ffn_expansion_factor, bias)
         self.FM = AdaptiveFusion(dim=dim, num_heads=heads, bias=bias, num_sources=num_sources)
         wide = dim * num_sources
         self.decoder = nn.ModuleList(
@@ -159,13 +160,7 @@ class FusionNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Fuse ``(B, K, H, W)`` sources into ``(B, 1, H, W)`` in (0, 1)."""
         check_sources(x, self.num_sources, "FusionNet")
-        branches = []
-        for k in range(self.num_sources):
-            feat = getattr(self, f"project_in_{k + 1}")(x[:, k : k + 1])
-            for block in getattr(self, f"encoder{k + 1}"):
-                feat = block(feat)
-            branches.append(feat)
-        out = self.FM(branches)
+        out = self.FM(encode_sources(self, x, "project_in_{k}"))
         for block in self.decoder:
             out = block(out)
         out = self.project_out_1(self.act(self.project_out_0(out)))

@@ -217,6 +217,16 @@ def bbox_overlaps(
 
 
 # ---------------------------------------------------------------------------------------------------- RoI ops
+def _average_pool_only(op: str, pool_mode: int) -> None:
+    """RoIAlign's fallbacks average (``pool_mode`` 1); max pooling (0) has none and raises naming ``op``."""
+    if pool_mode == 0:
+        raise MissingCompiledOpError(
+            missing_op_message(op, "RoIAlign with pool_mode='max' has no fallback; 'avg' does.")
+        )
+
+
+# The two RoIAlign functions take mmcv's C++ argument lists as they are (mmcv's autograd.Function calls them
+# positionally), so their long signatures repeat each other by design.
 def roi_align_forward(
     input: torch.Tensor,
     rois: torch.Tensor,
@@ -231,10 +241,7 @@ def roi_align_forward(
     aligned: bool,
 ) -> None:
     """RoIAlign (average mode) through ``torchvision.ops.roi_align``, which uses the same sampling grid as mmcv."""
-    if pool_mode == 0:
-        raise MissingCompiledOpError(
-            missing_op_message("roi_align_forward", "RoIAlign with pool_mode='max' has no fallback; 'avg' does.")
-        )
+    _average_pool_only("roi_align_forward", pool_mode)
     out = torch.ops.torchvision.roi_align(
         input, rois, float(spatial_scale), int(aligned_height), int(aligned_width), int(sampling_ratio), bool(aligned)
     )
@@ -255,10 +262,7 @@ def roi_align_backward(
     aligned: bool,
 ) -> None:
     """Gradient of :func:`roi_align_forward` with respect to the feature map (torchvision's backward kernel)."""
-    if pool_mode == 0:
-        raise MissingCompiledOpError(
-            missing_op_message("roi_align_backward", "RoIAlign with pool_mode='max' has no fallback; 'avg' does.")
-        )
+    _average_pool_only("roi_align_backward", pool_mode)
     b, c, h, w = grad_input.shape
     grad = torch.ops.torchvision._roi_align_backward(
         grad_output,

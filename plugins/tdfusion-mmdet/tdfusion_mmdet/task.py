@@ -55,6 +55,7 @@ class DetectorNetwork(NormalizedModel):
         """Network input and ``DetDataSample`` list with the metainfo mmdet's preprocessor would set."""
         from mmdet.structures import DetDataSample
 
+        # mmdet's preprocessor sets other metainfo than mmseg's (tdfusion_mmseg.task): alike in shape only.
         inputs = self.prepare(images)
         height, width = int(images.shape[-2]), int(images.shape[-1])
         padded = (int(inputs.shape[-2]), int(inputs.shape[-1]))

@@ -14,6 +14,8 @@ import torch
 from tdfusion_yolo.task import YoloTask
 
 
+# Core's tests/torch_threads.py holds the same fixture; the plugin's tests run without core's tests/ (from the
+# plugin's wheel), so this copy stays.
 @pytest.fixture(autouse=True)
 def one_torch_thread() -> Iterator[None]:
     threads = torch.get_num_threads()

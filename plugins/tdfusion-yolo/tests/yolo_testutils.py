@@ -19,6 +19,8 @@ SHARED = Path(os.environ.get("TDFUSION_SHARED", REPO.parent / "shared"))
 SIZE = (128, 160)
 
 
+# The plugin's tests run from its installed wheel, without core's tests/conftest.py (same helper) or
+# tdfusion-openmmlab's testing module, so this copy stays.
 def shared_path(*parts: str) -> Path:
     """Path inside the shared folder; FAILS the test (never skips) naming what is missing and how to provide it."""
     path = SHARED.joinpath(*parts)
