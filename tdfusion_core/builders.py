@@ -170,6 +170,7 @@ def generator_update(config: TrainConfig, generator: nn.Module, optimizer: torch
     return bounded
 
 
+# The two phase builders take the same parts of a run by name (each reads alone), so their signatures look alike.
 def build_meta_phase(
     config: TrainConfig,
     fusion_net: nn.Module,

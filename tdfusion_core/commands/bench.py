@@ -79,6 +79,7 @@ def bench_fuse_command(
             FuseConfig.parse(compare)
         except ValueError as exc:
             raise click.BadParameter(str(exc), param_hint="--compare") from None
+    # Each option passed on by name: alike in shape only to the other commands' calls of their functions.
     result = bench_fuse(
         size=size,
         device=device,

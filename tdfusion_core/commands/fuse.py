@@ -9,7 +9,14 @@ from typing import Any
 import click
 
 from tdfusion_core import hookimpl
-from tdfusion_core.commands.options import folder_option, json_option, precision_options
+from tdfusion_core.commands.options import (
+    batch_size_option,
+    device_option,
+    folder_option,
+    json_option,
+    precision_options,
+    threads_option,
+)
 
 
 @click.command(name="fuse")
@@ -24,22 +31,14 @@ from tdfusion_core.commands.options import folder_option, json_option, precision
     required=True,
     help="tdfusion checkpoint, or a published ReFusion/TDFusion state dict (.pth).",
 )
-@click.option(
-    "--device", default="auto", show_default=True, help="auto (CUDA, then MPS, else CPU), cpu, cuda, cuda:1 ..."
-)
-@click.option(
-    "--batch-size",
-    type=click.IntRange(min=1),
-    default=1,
-    show_default=True,
-    help="Pairs per forward pass (only pairs of equal size share a batch).",
-)
+@device_option(help="auto (CUDA, then MPS, else CPU), cpu, cuda, cuda:1 ...")
+@batch_size_option(1, help="Pairs per forward pass (only pairs of equal size share a batch).")
 @precision_options(
     "Type the fusion network (and the loss generator for --save-weights) computes in; bf16/fp16 report their max "
     "difference to fp32 (fast on GPUs, slow on CPUs without native support)."
 )
 @click.option("--eager", is_flag=True, help="Run the network module as it is instead of ReFusion's fast exact pass.")
-@click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads for torch (default: torch's).")
+@threads_option()
 @click.option(
     "--save-weights", is_flag=True, help="Also write the loss generator's weight maps as colour-mapped PNGs (Weights/)."
 )
