@@ -1,6 +1,14 @@
 """Training batches: what one step of Algorithm 1 sees, built from dataset samples.
 
-For every sample of a batch the :class:`Batcher` builds
+The training data path, from the sampler to a step's tensors::
+
+    StepSampler (tdfusion_core.sampling)   the epoch's global batches and crop draws, drawn up front
+      -> read_groups (tdfusion_core.data.loading)   dataset[i] of the samples this process needs,
+                                                    in num_workers worker processes when > 0
+      -> Batcher.build   crops, task-size images and targets, the Switch, on the device
+
+:meth:`Batcher.meta_phase` and :meth:`Batcher.fusion_phase` run it for a whole phase and yield one step's batches
+at a time. For every sample of a batch the :class:`Batcher` builds
 
 * a random **crop** of the sources for the fusion loss (``crop_size``; the released code's 256x256), ``(K, h, w)``;
 * the sources and chroma **resized to the task size** with the **targets** resized to match (the task loss sees the
@@ -11,23 +19,24 @@ For every sample of a batch the :class:`Batcher` builds
 
 and stacks them on the device: ``(crops (B', K, h, w), TaskInput)`` with ``B' = B`` or ``2B`` with the Switch.
 
-Crop windows are drawn for the whole global batch from the epoch's generator (:func:`tdfusion_core.seeding.epoch_generator`); the window
-of sample ``j`` is derived from row ``j`` of the draws and the image size, so every process of a multi-process run
-draws the same windows whatever its share (:class:`~tdfusion_core.distributed.ShardedBatches`).
-``MetaTrainer.batcher`` is the trainer's; benchmarks and tests build their batches with it too.
+The window of sample ``j`` is derived from row ``j`` of its batch's crop draws and the image size, so every process
+of a multi-process run places the same windows whatever its share (:class:`~tdfusion_core.sampling.ShardedBatches`),
+and the worker processes, which only read samples, cannot change them. ``MetaTrainer.batcher`` is the trainer's;
+benchmarks and tests build their batches with it too.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Iterator, Sequence
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as nnf
 
+from tdfusion_core.data.loading import read_groups
 from tdfusion_core.data.sample import Sample
-from tdfusion_core.distributed import ShardedBatches
 from tdfusion_core.meta import TaskInput
+from tdfusion_core.sampling import ShardedBatches, StepPlan, StepSampler, crop_draws
 from tdfusion_core.task import Task
 
 
@@ -41,9 +50,43 @@ def resize_images(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return out.reshape(*lead, *out.shape[-3:])
 
 
-def crop_draws(count: int, gen: torch.Generator) -> torch.Tensor:
-    """Two random integers per sample of a global batch, from which each sample's crop window is derived."""
-    return torch.randint(0, 2**31 - 1, (count, 2), generator=gen)
+class MetaBatches(NamedTuple):
+    """One meta step's batches: the meta-train crops (Lf), the meta-train and the meta-test task batches (Lt)."""
+
+    crop: torch.Tensor
+    meta_train: TaskInput
+    meta_test: TaskInput
+
+
+class FusionBatches(NamedTuple):
+    """One fusion step's batches: the crops (Lf) and the task batch (Lt)."""
+
+    crop: torch.Tensor
+    batch: TaskInput
+
+
+class PhaseBatches:
+    """The batches of a phase's steps, built one step at a time as they are iterated (``len()``: the steps)."""
+
+    def __init__(self, batcher: Batcher, dataset: Any, plans: list[StepPlan], meta: bool) -> None:
+        self.batcher, self.dataset, self.plans, self.meta = batcher, dataset, plans, meta
+
+    def __len__(self) -> int:
+        return len(self.plans)
+
+    def __iter__(self) -> Iterator[Any]:
+        positions = self.batcher.sampler.local_positions()
+        groups = [[plan.indices[j] for plan in step for j in positions] for step in self.plans]
+        for step, samples in zip(self.plans, read_groups(self.dataset, groups, self.batcher.num_workers)):
+            built = []
+            for k, plan in enumerate(step):
+                loaded = dict(zip(positions, samples[k * len(positions) : (k + 1) * len(positions)]))
+                built.append(self.batcher.build(loaded, plan.draws, self.batcher.sampler.shards.local_items()))
+            if self.meta:
+                (crop, meta_train), (_, meta_test) = built
+                yield MetaBatches(crop, meta_train, meta_test)
+            else:
+                yield FusionBatches(*built[0])
 
 
 class Batcher:
@@ -56,7 +99,10 @@ class Batcher:
             every image of the batch has.
         switch: also feed every sample with its sources in reverse order.
         device: where the batches go.
-        shards: this process's items of each global batch (default: every item, one process).
+        sampler: plans the phases' steps and this process's share of each batch (default: batches of one sample,
+            one process).
+        num_workers: worker processes that read the samples of :meth:`meta_phase` and :meth:`fusion_phase` (0:
+            read in this process; :func:`~tdfusion_core.data.loading.read_groups`).
     """
 
     def __init__(
@@ -66,33 +112,31 @@ class Batcher:
         crop_size: tuple[int, int] | None,
         switch: bool,
         device: torch.device | str = "cpu",
-        shards: ShardedBatches | None = None,
+        sampler: StepSampler | None = None,
+        num_workers: int = 0,
     ) -> None:
         self.task = task
         self.task_size = task_size
         self.crop_size = crop_size
         self.switch = switch
         self.device = torch.device(device)
-        self.shards = shards
+        self.sampler = sampler if sampler is not None else StepSampler(1, shards=ShardedBatches(1, switch))
+        if self.sampler.shards.switch != switch:
+            raise ValueError(f"the sampler's shards have switch={self.sampler.shards.switch}, the batcher {switch}")
+        self.num_workers = num_workers
 
-    def all_items(self, count: int) -> list[tuple[int, bool]]:
-        """``(position in the batch, sources reversed?)`` of every item of a batch of ``count`` samples."""
-        items = [(j, False) for j in range(count)]
-        if self.switch:
-            items += [(j, True) for j in range(count)]
-        return items
+    def meta_phase(self, dataset: Any, epoch: int, steps: int) -> PhaseBatches:
+        """The :class:`MetaBatches` of the ``steps`` meta steps of ``epoch`` (this process's share)."""
+        return PhaseBatches(self, dataset, self.sampler.meta_steps(len(dataset), epoch, steps), meta=True)
+
+    def fusion_phase(self, dataset: Any, epoch: int, steps: int | None = None) -> PhaseBatches:
+        """The :class:`FusionBatches` of the fusion phase of ``epoch``: one pass over ``dataset``, or ``steps``."""
+        return PhaseBatches(self, dataset, self.sampler.fusion_steps(len(dataset), epoch, steps), meta=False)
 
     def whole(self, samples: Sequence[Sample], gen: torch.Generator) -> tuple[torch.Tensor, TaskInput]:
-        """Every item of a batch of loaded ``samples`` (Switch applied), on the device."""
+        """Every item of a batch of loaded ``samples`` (Switch applied, crop draws from ``gen``), on the device."""
         draws = crop_draws(len(samples), gen)
-        return self.build(dict(enumerate(samples)), draws, self.all_items(len(samples)))
-
-    def share(self, dataset: Any, indices: Sequence[int], gen: torch.Generator) -> tuple[torch.Tensor, TaskInput]:
-        """This process's share of the global batch of ``dataset[indices]`` (only the samples it needs are loaded)."""
-        draws = crop_draws(len(indices), gen)
-        items = self.shards.local_items() if self.shards is not None else self.all_items(len(indices))
-        samples = {j: dataset[int(indices[j])] for j in sorted({j for j, _ in items})}
-        return self.build(samples, draws, items)
+        return self.build(dict(enumerate(samples)), draws, ShardedBatches(len(samples), self.switch).all_items())
 
     def build(
         self, samples: dict[int, Sample], draws: torch.Tensor, items: Sequence[tuple[int, bool]]

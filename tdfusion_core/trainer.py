@@ -16,7 +16,7 @@ import random
 import time
 import warnings
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -30,18 +30,15 @@ from tdfusion_core.batches import Batcher, resize_images
 from tdfusion_core.colour import task_input
 from tdfusion_core.config import TrainConfig
 from tdfusion_core.config_io import check_task_options
-from tdfusion_core.data.transforms import meta_split
 from tdfusion_core.devices import pick_device
 from tdfusion_core.distributed import (
     DistContext,
     DistributedMetaStep,
-    MetaBatchSampler,
     MultiInputForward,
     agree_finite,
     barrier,
     broadcast_module,
     convert_sync_batchnorm,
-    full_batches,
     init_distributed,
     resolve_device,
     wrap_ddp,
@@ -60,7 +57,7 @@ from tdfusion_core.plugins import get_plugin_manager
 from tdfusion_core.provenance import check_rebuildable, record_instances
 from tdfusion_core.registry import resolve_dataset
 from tdfusion_core.run_files import RunLock, check_resume_config, load_training_state, save_training_state
-from tdfusion_core.seeding import epoch_generator, seed_everything
+from tdfusion_core.sampling import ShardedBatches, StepSampler, seed_everything
 from tdfusion_core.state_guard import NonFiniteStateError, StepGuard, assert_finite_state
 from tdfusion_core.task import Task, TaskLoss
 from tdfusion_core.validation import Validator, make_validator
@@ -183,13 +180,16 @@ class MetaTrainer:
             if self.dist.enabled
             else MetaStep(*step_args, autocast_dtype=autocast)
         )
-        #: global meta batches of each step and this process's share of every global batch
-        self.sampler = MetaBatchSampler(
-            len(self.train_set), config.batch_size, config.seed, config.switch, self.dist.rank, self.dist.world_size
+        #: the global batches and crop draws of every step, and this process's share of each batch
+        self.sampler = StepSampler(
+            config.batch_size,
+            config.seed,
+            ShardedBatches(config.batch_size, config.switch, self.dist.rank, self.dist.world_size),
         )
-        #: builds every training batch: crops, task-size images and targets, the Switch, this process's share
+        #: reads (in ``num_workers`` processes) and builds every training batch: crops, task-size images and
+        #: targets, the Switch, this process's share
         self.batcher = Batcher(
-            self.task, self.task_size, config.crop_size, config.switch, self.device, self.sampler.shards
+            self.task, self.task_size, config.crop_size, config.switch, self.device, self.sampler, config.num_workers
         )
         self.epoch = 0  # epochs completed
         self.meta_step_count = 0
@@ -291,19 +291,6 @@ class MetaTrainer:
         check_state_fits(self.fusion_net, state, f"{self.config.fusion_net!r} {self.config.fusion_options}", str(path))
         self.fusion_net.load_state_dict(state)
 
-    # ------------------------------------------------------------------ data (tdfusion_core.batches)
-    def _epoch_generator(self, epoch: int, phase: int) -> torch.Generator:
-        return epoch_generator(self.config.seed, epoch, phase)
-
-    def _prepare_step(self, indices: Sequence[int], gen: torch.Generator) -> tuple[torch.Tensor, TaskInput]:
-        """This process's share of the global batch of dataset ``indices`` (:meth:`Batcher.share`)."""
-        return self.batcher.share(self.train_set, indices, gen)
-
-    def meta_split(self, epoch: int) -> tuple[list[int], list[int]]:
-        """Disjoint meta-train and meta-test index sets of ``epoch`` (a pure function of the seed and the epoch,
-        the same in every process)."""
-        return meta_split(len(self.train_set), epoch, self.config.seed)
-
     @property
     def _show_progress(self) -> bool:
         return self.config.progress and self.dist.is_main
@@ -332,17 +319,9 @@ class MetaTrainer:
         cfg = self.config
         if cfg.meta_steps == 0 or cfg.fixed_weights or cfg.discriminative:
             return {}
-        split = self.meta_split(epoch)
-        gen = self._epoch_generator(epoch, 1)
         self.loss_generator.train()
-
-        def step(index: int) -> dict[str, float] | None:
-            i_tr, i_ts = self.sampler.step(epoch, index, split)
-            crop, mtr_task = self._prepare_step(i_tr, gen)
-            _, mts_task = self._prepare_step(i_ts, gen)
-            return self.meta_update(crop, mtr_task, mts_task)
-
-        return self._run_phase(range(cfg.meta_steps), step, f"epoch {epoch + 1} meta", "meta")
+        batches = self.batcher.meta_phase(self.train_set, epoch, cfg.meta_steps)
+        return self._run_phase(batches, lambda b: self.meta_update(*b), f"epoch {epoch + 1} meta", "meta")
 
     def task_update_rule(self) -> Callable[[Params, Params], Params]:
         """The meta step's T' rule: ``config.task_step`` over T's optimizer (:func:`tdfusion_core.meta.task_step_rule`)."""
@@ -405,21 +384,12 @@ class MetaTrainer:
         cfg = self.config
         if not cfg.separate_fusion_phase:
             return {}
-        n = len(self.train_set)
-        gen = self._epoch_generator(epoch, 2)
-        batches = full_batches(torch.randperm(n, generator=gen).tolist(), cfg.batch_size)
-        if cfg.fusion_steps is not None:
-            batches = [batches[i % len(batches)] for i in range(cfg.fusion_steps)]
         self.fusion_net.train()
         self.task.network.train()
         # G frozen in eval mode, as the released Loss_model.eval() (it is the network trained in ablation V)
         self.loss_generator.train(cfg.discriminative)
-        return self._run_phase(
-            batches,
-            lambda idx: self.fusion_update(*self._prepare_step(idx, gen)),
-            f"epoch {epoch + 1} fusion",
-            "fusion",
-        )
+        batches = self.batcher.fusion_phase(self.train_set, epoch, cfg.fusion_steps)
+        return self._run_phase(batches, lambda b: self.fusion_update(*b), f"epoch {epoch + 1} fusion", "fusion")
 
     def _run_phase(
         self, items: Iterable[Any], step: Callable[[Any], dict[str, float] | None], desc: str, prefix: str
