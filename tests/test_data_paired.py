@@ -25,6 +25,7 @@ def _batcher(target_kind: str, task_size: tuple[int, int], batch_size: int, num_
     """The training path's batcher (no Switch) for a task of ``target_kind``."""
     task = TinySegTask(num_classes=3)
     task.target_kind = target_kind  # type: ignore[misc]
+    task.full_resolution_targets = False  # targets resized with the images, as a detection task has them
     sampler = StepSampler(batch_size, shards=ShardedBatches(batch_size, switch=False))
     return Batcher(task, task_size, None, False, sampler=sampler, num_workers=num_workers)
 
