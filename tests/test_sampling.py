@@ -1,8 +1,8 @@
 """Sampling: the meta split, each step's global batches and crop draws, and each process's share of them.
 
-The plans are checked against the scheme the docs state (docs/training.md, "The data path"), written out here
-from :func:`meta_split`, :func:`epoch_generator` and ``torch.randint``: a change of that stream would change every
-run's batches and break resume-equivalence with runs started before it.
+The plans are checked against the scheme the docs state (docs/datasets.md, "How training reads the data"), written
+out here from :func:`meta_split`, :func:`epoch_generator` and ``torch.randint``: a change of that stream would change
+every run's batches and break resume-equivalence with runs started before it.
 """
 
 from __future__ import annotations
