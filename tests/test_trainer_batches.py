@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import torch
 
+from tdfusion_core import batches
+from tdfusion_core.data import loading
 from tdfusion_core.data.sample import Sample
 from tdfusion_core.meta import TaskInput
 from tests.torch_threads import one_torch_thread  # noqa: F401
@@ -129,19 +131,27 @@ def _tensors(value) -> list[torch.Tensor]:
     return []
 
 
-def _run(num_workers: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+def _run(num_workers: int, monkeypatch) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     trainer = small_trainer(epochs=2, batch_size=2, num_workers=num_workers, task_step="sgd")
     trainer.train_set = ColourScenes(8)
     meta, fusion = _capture(trainer, "meta_update"), _capture(trainer, "fusion_update")
+    reads = []
+
+    def read_groups(dataset, groups, workers):
+        reads.append(workers)
+        return loading.read_groups(dataset, groups, workers)
+
+    monkeypatch.setattr(batches, "read_groups", read_groups)
     trainer.fit()
     assert len(meta) == 4 and len(fusion) == 6
+    assert reads == [num_workers] * 4  # every phase of both epochs read through the configured workers
     nets = (trainer.fusion_net, trainer.loss_generator, trainer.task.network)
     return _tensors(meta + fusion), [t for net in nets for t in net.state_dict().values()]
 
 
-def test_worker_processes_give_the_same_batches_and_weights():
+def test_worker_processes_give_the_same_batches_and_weights(monkeypatch):
     """Samples read by 2 worker processes: every batch and the trained weights equal a run that reads in-process."""
-    (batches0, weights0), (batches2, weights2) = _run(0), _run(2)
+    (batches0, weights0), (batches2, weights2) = _run(0, monkeypatch), _run(2, monkeypatch)
     assert len(batches0) == len(batches2) > 0
     assert all(torch.equal(a, b) for a, b in zip(batches0, batches2))
     assert all(torch.equal(a, b) for a, b in zip(weights0, weights2, strict=True))
