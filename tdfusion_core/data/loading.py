@@ -1,8 +1,8 @@
 """Reading dataset items, in the training process or in ``num_workers`` worker processes.
 
 Training reads its samples here and nowhere else (:mod:`tdfusion_core.batches` builds its batches from them). On
-real image folders reading is decoding, and decoding dominates the data time (a 640x512 LLVIP pair: about 37 ms of
-CPU to read, 5 ms to crop and resize; docs/datasets.md), so ``num_workers > 0`` moves the reads to worker
+real image folders reading is decoding, and decoding dominates the data time (a 640x512 LLVIP pair: about 35 ms of
+CPU to read, 6 ms to crop, resize and stack; docs/datasets.md), so ``num_workers > 0`` moves the reads to worker
 processes that run ahead of the training steps. The workers only call ``dataset[index]``: which indices, in which
 order, and every random draw are decided in the training process beforehand (:mod:`tdfusion_core.sampling`), and
 the items come back in that order, so a run gives the same batches bit for bit whatever ``num_workers`` is.
