@@ -50,6 +50,61 @@ def resize_images(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return out.reshape(*lead, *out.shape[-3:])
 
 
+class SampleImages(NamedTuple):
+    """A sample's image work, done before the task is involved (in a worker process when ``num_workers > 0``)."""
+
+    crop: torch.Tensor  #: ``(K, h, w)`` window for the fusion loss
+    sources: torch.Tensor  #: ``(K, H, W)`` at the task size
+    chroma: torch.Tensor  #: ``(K, 2, H, W)`` at the task size
+    target: Any  #: as loaded
+    size: tuple[int, int]  #: the image's ``(H, W)``
+
+
+def sample_images(
+    samples: dict[int, Sample],
+    draws: torch.Tensor,
+    crop_size: tuple[int, int] | None,
+    task_size: tuple[int, int],
+) -> dict[int, SampleImages]:
+    """Crop (row ``j`` of ``draws`` places sample ``j``'s window) and resize each of a batch's ``samples``.
+
+    The crop is ``crop_size`` or smaller, the largest window every image of ``samples`` has (all of them for
+    ``None``). It needs no task, so it runs where the samples are read.
+    """
+    sizes = [s.size for s in samples.values()]
+    if crop_size is None:
+        ch, cw = min(h for h, _ in sizes), min(w for _, w in sizes)
+    else:
+        ch = min(crop_size[0], *(h for h, _ in sizes))
+        cw = min(crop_size[1], *(w for _, w in sizes))
+    out = {}
+    for j, s in samples.items():
+        h, w = s.size
+        top = int(draws[j, 0]) % (h - ch + 1)
+        left = int(draws[j, 1]) % (w - cw + 1)
+        out[j] = SampleImages(
+            s.sources[:, top : top + ch, left : left + cw].clone(),  # not a view: a worker sends only the window
+            resize_images(s.sources[None], task_size)[0],
+            resize_images(s.chroma, task_size),
+            s.target,
+            s.size,
+        )
+    return out
+
+
+def _step_images(
+    samples: list[Sample], step: tuple[list[int], list[torch.Tensor], tuple[int, int] | None, tuple[int, int]]
+) -> list[dict[int, SampleImages]]:
+    """:func:`sample_images` of each batch of a step whose samples were read in order (``read_groups``'s
+    ``prepare``): ``step`` is ``(positions read per batch, each batch's draws, crop size, task size)``."""
+    positions, draws, crop_size, task_size = step
+    n = len(positions)
+    return [
+        sample_images(dict(zip(positions, samples[k * n : (k + 1) * n])), d, crop_size, task_size)
+        for k, d in enumerate(draws)
+    ]
+
+
 class MetaBatches(NamedTuple):
     """One meta step's batches: the meta-train crops (Lf), the meta-train and the meta-test task batches (Lt)."""
 
@@ -75,13 +130,13 @@ class PhaseBatches:
         return len(self.plans)
 
     def __iter__(self) -> Iterator[Any]:
-        positions = self.batcher.sampler.local_positions()
+        b = self.batcher
+        positions = b.sampler.local_positions()
+        items = b.sampler.shards.local_items()
         groups = [[plan.indices[j] for plan in step for j in positions] for step in self.plans]
-        for step, samples in zip(self.plans, read_groups(self.dataset, groups, self.batcher.num_workers)):
-            built = []
-            for k, plan in enumerate(step):
-                loaded = dict(zip(positions, samples[k * len(positions) : (k + 1) * len(positions)]))
-                built.append(self.batcher.build(loaded, plan.draws, self.batcher.sampler.shards.local_items()))
+        work = [(positions, [plan.draws for plan in step], b.crop_size, b.task_size) for step in self.plans]
+        for images in read_groups(self.dataset, groups, b.num_workers, _step_images, work):
+            built = [b.assemble(batch, items) for batch in images]
             if self.meta:
                 (crop, meta_train), (_, meta_test) = built
                 yield MetaBatches(crop, meta_train, meta_test)
@@ -142,24 +197,16 @@ class Batcher:
         self, samples: dict[int, Sample], draws: torch.Tensor, items: Sequence[tuple[int, bool]]
     ) -> tuple[torch.Tensor, TaskInput]:
         """Stack ``items`` (``(position in the batch, sources reversed?)``) of loaded ``samples``."""
-        sizes = [s.size for s in samples.values()]
-        if self.crop_size is None:
-            ch, cw = min(h for h, _ in sizes), min(w for _, w in sizes)
-        else:
-            ch = min(self.crop_size[0], *(h for h, _ in sizes))
-            cw = min(self.crop_size[1], *(w for _, w in sizes))
-        prepared: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor, Any]] = {}
-        for j, s in samples.items():
-            h, w = s.size
-            top = int(draws[j, 0]) % (h - ch + 1)
-            left = int(draws[j, 1]) % (w - cw + 1)
-            target = self.loss_target(s.target, s.size) if s.target is not None else None
-            prepared[j] = (
-                s.sources[:, top : top + ch, left : left + cw],
-                resize_images(s.sources[None], self.task_size)[0],
-                resize_images(s.chroma, self.task_size),
-                target,
-            )
+        return self.assemble(sample_images(samples, draws, self.crop_size, self.task_size), items)
+
+    def assemble(
+        self, images: dict[int, SampleImages], items: Sequence[tuple[int, bool]]
+    ) -> tuple[torch.Tensor, TaskInput]:
+        """Stack ``items`` of a batch's :func:`sample_images`: targets for the task loss, the Switch, the device."""
+        prepared = {
+            j: (im.crop, im.sources, im.chroma, self.loss_target(im.target, im.size) if im.target is not None else None)
+            for j, im in images.items()
+        }
         crops, task_sources, task_chroma, targets = [], [], [], []
         for j, reverse in items:
             crop, sources, chroma, target = prepared[j]

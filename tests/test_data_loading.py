@@ -45,6 +45,20 @@ def test_workers_read_the_groups_in_order_in_other_processes():
     assert os.getpid() not in {pid for g in there for _, pid in g}
 
 
+def _scaled(items: list[tuple[int, int]], factor: int) -> tuple[list[int], int]:
+    return [i * factor for i, _ in items], os.getpid()
+
+
+def test_prepare_runs_where_the_items_are_read():
+    groups, work = [[1, 2], [5]], [10, 100]
+    here = list(read_groups(Pids(), groups, 0, _scaled, work))
+    there = list(read_groups(Pids(), groups, 2, _scaled, work))
+    assert [v for v, _ in here] == [v for v, _ in there] == [[10, 20], [500]]
+    assert {pid for _, pid in here} == {os.getpid()} and os.getpid() not in {pid for _, pid in there}
+    with pytest.raises(ValueError, match="1 work items for 2 groups"):
+        list(read_groups(Pids(), groups, 0, _scaled, [10]))
+
+
 def test_real_images_read_by_workers_are_bit_identical(tmp_path):
     data = PairedDataset(make_folder(tmp_path, names=("a", "b", "c", "d"), mask_classes=3))
     groups = [[2, 0], [3], [1, 2]]

@@ -137,9 +137,9 @@ def _run(num_workers: int, monkeypatch) -> tuple[list[torch.Tensor], list[torch.
     meta, fusion = _capture(trainer, "meta_update"), _capture(trainer, "fusion_update")
     reads = []
 
-    def read_groups(dataset, groups, workers):
+    def read_groups(dataset, groups, workers, *prepare):
         reads.append(workers)
-        return loading.read_groups(dataset, groups, workers)
+        return loading.read_groups(dataset, groups, workers, *prepare)
 
     monkeypatch.setattr(batches, "read_groups", read_groups)
     trainer.fit()
