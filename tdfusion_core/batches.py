@@ -3,9 +3,10 @@
 The training data path, from the sampler to a step's tensors::
 
     StepSampler (tdfusion_core.sampling)   the epoch's global batches and crop draws, drawn up front
-      -> read_groups (tdfusion_core.data.loading)   dataset[i] of the samples this process needs,
-                                                    in num_workers worker processes when > 0
-      -> Batcher.build   crops, task-size images and targets, the Switch, on the device
+      -> read_groups (tdfusion_core.data.loading)   dataset[i] of the samples this process needs and their
+                                                    sample_images (crops, task-size images), in num_workers
+                                                    worker processes when > 0
+      -> Batcher.assemble   targets for the task loss, the Switch, stacked on the device
 
 :meth:`Batcher.meta_phase` and :meth:`Batcher.fusion_phase` run it for a whole phase and yield one step's batches
 at a time. For every sample of a batch the :class:`Batcher` builds
