@@ -100,11 +100,11 @@ class WarmCountTask(Task):
     """Count the warm objects (people, vehicles) of a scene from the fused image.
 
     The Task contract (see ``tdfusion_core/task.py``) asks for three methods; the class attributes tell core what to
-    feed the network and which target transforms to apply:
+    feed the network and how to handle its targets:
 
     * ``input_kind = "luminance"``: the network sees the fused Y channel ``(B, 1, H, W)`` (``"rgb"`` would rebuild
       colour from the visible image's chroma);
-    * ``target_kind = "boxes"``: core resizes, crops and flips the dataset's boxes with the images and collates them
+    * ``target_kind = "boxes"``: core resizes the dataset's boxes with the images and collates them
       as a list; the count and the density map are derived from them inside :meth:`compute_loss`.
 
     Config: ``width`` (channels of the first layer), ``density_weight`` (weight of the per-pixel density term

@@ -1,6 +1,15 @@
 """Training batches: what one step of Algorithm 1 sees, built from dataset samples.
 
-For every sample of a batch the :class:`Batcher` builds
+The training data path, from the sampler to a step's tensors::
+
+    StepSampler (tdfusion_core.sampling)   the epoch's global batches and crop draws, drawn up front
+      -> read_groups (tdfusion_core.data.loading)   dataset[i] of the samples this process needs and their
+                                                    sample_images (crops, task-size images), in num_workers
+                                                    worker processes when > 0
+      -> Batcher.assemble   targets for the task loss, the Switch, stacked on the device
+
+:meth:`Batcher.meta_phase` and :meth:`Batcher.fusion_phase` run it for a whole phase and yield one step's batches
+at a time. For every sample of a batch the :class:`Batcher` builds
 
 * a random **crop** of the sources for the fusion loss (``crop_size``; the released code's 256x256), ``(K, h, w)``;
 * the sources and chroma **resized to the task size** with the **targets** resized to match (the task loss sees the
@@ -11,23 +20,24 @@ For every sample of a batch the :class:`Batcher` builds
 
 and stacks them on the device: ``(crops (B', K, h, w), TaskInput)`` with ``B' = B`` or ``2B`` with the Switch.
 
-Crop windows are drawn for the whole global batch from the epoch's generator (:func:`tdfusion_core.seeding.epoch_generator`); the window
-of sample ``j`` is derived from row ``j`` of the draws and the image size, so every process of a multi-process run
-draws the same windows whatever its share (:class:`~tdfusion_core.distributed.ShardedBatches`).
-``MetaTrainer.batcher`` is the trainer's; benchmarks and tests build their batches with it too.
+The window of sample ``j`` is derived from row ``j`` of its batch's crop draws and the image size, so every process
+of a multi-process run places the same windows whatever its share (:class:`~tdfusion_core.sampling.ShardedBatches`),
+and the worker processes, which only read samples, cannot change them. ``MetaTrainer.batcher`` is the trainer's;
+benchmarks and tests build their batches with it too.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Iterator, Sequence
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as nnf
 
+from tdfusion_core.data.loading import read_groups
 from tdfusion_core.data.sample import Sample
-from tdfusion_core.distributed import ShardedBatches
 from tdfusion_core.meta import TaskInput
+from tdfusion_core.sampling import ShardedBatches, StepPlan, StepSampler, crop_draws
 from tdfusion_core.task import Task
 
 
@@ -41,9 +51,98 @@ def resize_images(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return out.reshape(*lead, *out.shape[-3:])
 
 
-def crop_draws(count: int, gen: torch.Generator) -> torch.Tensor:
-    """Two random integers per sample of a global batch, from which each sample's crop window is derived."""
-    return torch.randint(0, 2**31 - 1, (count, 2), generator=gen)
+class SampleImages(NamedTuple):
+    """A sample's image work, done before the task is involved (in a worker process when ``num_workers > 0``)."""
+
+    crop: torch.Tensor  #: ``(K, h, w)`` window for the fusion loss
+    sources: torch.Tensor  #: ``(K, H, W)`` at the task size
+    chroma: torch.Tensor  #: ``(K, 2, H, W)`` at the task size
+    target: Any  #: as loaded
+    size: tuple[int, int]  #: the image's ``(H, W)``
+
+
+def sample_images(
+    samples: dict[int, Sample],
+    draws: torch.Tensor,
+    crop_size: tuple[int, int] | None,
+    task_size: tuple[int, int],
+) -> dict[int, SampleImages]:
+    """Crop (row ``j`` of ``draws`` places sample ``j``'s window) and resize each of a batch's ``samples``.
+
+    The crop is ``crop_size`` or smaller, the largest window every image of ``samples`` has (all of them for
+    ``None``). It needs no task, so it runs where the samples are read.
+    """
+    sizes = [s.size for s in samples.values()]
+    if crop_size is None:
+        ch, cw = min(h for h, _ in sizes), min(w for _, w in sizes)
+    else:
+        ch = min(crop_size[0], *(h for h, _ in sizes))
+        cw = min(crop_size[1], *(w for _, w in sizes))
+    out = {}
+    for j, s in samples.items():
+        h, w = s.size
+        top = int(draws[j, 0]) % (h - ch + 1)
+        left = int(draws[j, 1]) % (w - cw + 1)
+        out[j] = SampleImages(
+            s.sources[:, top : top + ch, left : left + cw].clone(),  # not a view: a worker sends only the window
+            resize_images(s.sources[None], task_size)[0],
+            resize_images(s.chroma, task_size),
+            s.target,
+            s.size,
+        )
+    return out
+
+
+def _step_images(
+    samples: list[Sample], step: tuple[list[int], list[torch.Tensor], tuple[int, int] | None, tuple[int, int]]
+) -> list[dict[int, SampleImages]]:
+    """:func:`sample_images` of each batch of a step whose samples were read in order (``read_groups``'s
+    ``prepare``): ``step`` is ``(positions read per batch, each batch's draws, crop size, task size)``."""
+    positions, draws, crop_size, task_size = step
+    n = len(positions)
+    return [
+        sample_images(dict(zip(positions, samples[k * n : (k + 1) * n])), d, crop_size, task_size)
+        for k, d in enumerate(draws)
+    ]
+
+
+class MetaBatches(NamedTuple):
+    """One meta step's batches: the meta-train crops (Lf), the meta-train and the meta-test task batches (Lt)."""
+
+    crop: torch.Tensor
+    meta_train: TaskInput
+    meta_test: TaskInput
+
+
+class FusionBatches(NamedTuple):
+    """One fusion step's batches: the crops (Lf) and the task batch (Lt)."""
+
+    crop: torch.Tensor
+    batch: TaskInput
+
+
+class PhaseBatches:
+    """The batches of a phase's steps, built one step at a time as they are iterated (``len()``: the steps)."""
+
+    def __init__(self, batcher: Batcher, dataset: Any, plans: list[StepPlan], meta: bool) -> None:
+        self.batcher, self.dataset, self.plans, self.meta = batcher, dataset, plans, meta
+
+    def __len__(self) -> int:
+        return len(self.plans)
+
+    def __iter__(self) -> Iterator[Any]:
+        b = self.batcher
+        positions = b.sampler.local_positions()
+        items = b.sampler.shards.local_items()
+        groups = [[plan.indices[j] for plan in step for j in positions] for step in self.plans]
+        work = [(positions, [plan.draws for plan in step], b.crop_size, b.task_size) for step in self.plans]
+        for images in read_groups(self.dataset, groups, b.num_workers, _step_images, work):
+            built = [b.assemble(batch, items) for batch in images]
+            if self.meta:
+                (crop, meta_train), (_, meta_test) = built
+                yield MetaBatches(crop, meta_train, meta_test)
+            else:
+                yield FusionBatches(*built[0])
 
 
 class Batcher:
@@ -56,7 +155,10 @@ class Batcher:
             every image of the batch has.
         switch: also feed every sample with its sources in reverse order.
         device: where the batches go.
-        shards: this process's items of each global batch (default: every item, one process).
+        sampler: plans the phases' steps and this process's share of each batch (default: batches of one sample,
+            one process).
+        num_workers: worker processes that read the samples of :meth:`meta_phase` and :meth:`fusion_phase` (0:
+            read in this process; :func:`~tdfusion_core.data.loading.read_groups`).
     """
 
     def __init__(
@@ -66,65 +168,46 @@ class Batcher:
         crop_size: tuple[int, int] | None,
         switch: bool,
         device: torch.device | str = "cpu",
-        shards: ShardedBatches | None = None,
+        sampler: StepSampler | None = None,
+        num_workers: int = 0,
     ) -> None:
         self.task = task
         self.task_size = task_size
         self.crop_size = crop_size
         self.switch = switch
         self.device = torch.device(device)
-        self.shards = shards
+        self.sampler = sampler if sampler is not None else StepSampler(1, shards=ShardedBatches(1, switch))
+        if self.sampler.shards.switch != switch:
+            raise ValueError(f"the sampler's shards have switch={self.sampler.shards.switch}, the batcher {switch}")
+        self.num_workers = num_workers
 
-    def all_items(self, count: int) -> list[tuple[int, bool]]:
-        """``(position in the batch, sources reversed?)`` of every item of a batch of ``count`` samples."""
-        items = [(j, False) for j in range(count)]
-        if self.switch:
-            items += [(j, True) for j in range(count)]
-        return items
+    def meta_phase(self, dataset: Any, epoch: int, steps: int) -> PhaseBatches:
+        """The :class:`MetaBatches` of the ``steps`` meta steps of ``epoch`` (this process's share)."""
+        return PhaseBatches(self, dataset, self.sampler.meta_steps(len(dataset), epoch, steps), meta=True)
+
+    def fusion_phase(self, dataset: Any, epoch: int, steps: int | None = None) -> PhaseBatches:
+        """The :class:`FusionBatches` of the fusion phase of ``epoch``: one pass over ``dataset``, or ``steps``."""
+        return PhaseBatches(self, dataset, self.sampler.fusion_steps(len(dataset), epoch, steps), meta=False)
 
     def whole(self, samples: Sequence[Sample], gen: torch.Generator) -> tuple[torch.Tensor, TaskInput]:
-        """Every item of a batch of loaded ``samples`` (Switch applied), on the device."""
+        """Every item of a batch of loaded ``samples`` (Switch applied, crop draws from ``gen``), on the device."""
         draws = crop_draws(len(samples), gen)
-        return self.build(dict(enumerate(samples)), draws, self.all_items(len(samples)))
-
-    def share(self, dataset: Any, indices: Sequence[int], gen: torch.Generator) -> tuple[torch.Tensor, TaskInput]:
-        """This process's share of the global batch of ``dataset[indices]`` (only the samples it needs are loaded)."""
-        draws = crop_draws(len(indices), gen)
-        items = self.shards.local_items() if self.shards is not None else self.all_items(len(indices))
-        samples = {j: dataset[int(indices[j])] for j in sorted({j for j, _ in items})}
-        return self.build(samples, draws, items)
-
-    def meta_pair(
-        self, dataset: Any, train: Sequence[int], test: Sequence[int], gen: torch.Generator
-    ) -> tuple[torch.Tensor, TaskInput, TaskInput]:
-        """One meta step's batches: meta-train crops and task batch, then the meta-test task batch (its crops are
-        drawn, keeping the generator's stream, and not used: the outer loss sees the task batch only)."""
-        crop, train_batch = self.share(dataset, train, gen)
-        _, test_batch = self.share(dataset, test, gen)
-        return crop, train_batch, test_batch
+        return self.build(dict(enumerate(samples)), draws, ShardedBatches(len(samples), self.switch).all_items())
 
     def build(
         self, samples: dict[int, Sample], draws: torch.Tensor, items: Sequence[tuple[int, bool]]
     ) -> tuple[torch.Tensor, TaskInput]:
         """Stack ``items`` (``(position in the batch, sources reversed?)``) of loaded ``samples``."""
-        sizes = [s.size for s in samples.values()]
-        if self.crop_size is None:
-            ch, cw = min(h for h, _ in sizes), min(w for _, w in sizes)
-        else:
-            ch = min(self.crop_size[0], *(h for h, _ in sizes))
-            cw = min(self.crop_size[1], *(w for _, w in sizes))
-        prepared: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor, Any]] = {}
-        for j, s in samples.items():
-            h, w = s.size
-            top = int(draws[j, 0]) % (h - ch + 1)
-            left = int(draws[j, 1]) % (w - cw + 1)
-            target = self.loss_target(s.target, s.size) if s.target is not None else None
-            prepared[j] = (
-                s.sources[:, top : top + ch, left : left + cw],
-                resize_images(s.sources[None], self.task_size)[0],
-                resize_images(s.chroma, self.task_size),
-                target,
-            )
+        return self.assemble(sample_images(samples, draws, self.crop_size, self.task_size), items)
+
+    def assemble(
+        self, images: dict[int, SampleImages], items: Sequence[tuple[int, bool]]
+    ) -> tuple[torch.Tensor, TaskInput]:
+        """Stack ``items`` of a batch's :func:`sample_images`: targets for the task loss, the Switch, the device."""
+        prepared = {
+            j: (im.crop, im.sources, im.chroma, self.loss_target(im.target, im.size) if im.target is not None else None)
+            for j, im in images.items()
+        }
         crops, task_sources, task_chroma, targets = [], [], [], []
         for j, reverse in items:
             crop, sources, chroma, target = prepared[j]

@@ -60,7 +60,7 @@ MEANINGS: dict[str, str] = {
     "max_bad_steps": "stop after this many consecutive non-finite steps",
     "checkpoint_every": "write `checkpoints/last.pt` every N epochs (and after the last one)",
     "log_images": "write `images/epoch_NNNN.png` (and TensorBoard images) every epoch",
-    "num_workers": "data-loading worker processes",
+    "num_workers": "worker processes that read (decode) the training samples ahead of the steps; 0 reads in the training process; the batches are the same either way",
     "progress": "show progress bars",
 }
 

@@ -1,10 +1,11 @@
 """Multi-process training on ``torch.distributed``: process group, sharded batches, the synchronised meta step.
 
 Launch any training run with ``torchrun`` and the :class:`~tdfusion_core.trainer.MetaTrainer` joins the process group
-itself. ``batch_size`` is the global batch, split in equal shards (:class:`ShardedBatches`) that every process draws
-alike (:class:`MetaBatchSampler`); the fusion phase runs F and T under DistributedDataParallel and the meta phase
-all-reduces explicitly (:class:`DistributedMetaStep`, ``meta_sync: union`` or ``per-shard``). What one step means
-with N processes, the BatchNorm caveat and multi-node runs: ``docs/training.md``, section "Multi-process training".
+itself. ``batch_size`` is the global batch, split in equal shards (:class:`~tdfusion_core.sampling.ShardedBatches`)
+that every process draws alike (:class:`~tdfusion_core.sampling.StepSampler`); the fusion phase runs F and T under
+DistributedDataParallel and the meta phase all-reduces explicitly (:class:`DistributedMetaStep`, ``meta_sync: union``
+or ``per-shard``). What one step means with N processes, the BatchNorm caveat and multi-node runs:
+``docs/training.md``, section "Multi-process training".
 """
 
 from __future__ import annotations
@@ -13,8 +14,7 @@ import atexit
 import datetime
 import logging
 import os
-import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any, Literal
 
 import attrs
@@ -22,7 +22,6 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
-from tdfusion_core.data.transforms import meta_split
 from tdfusion_core.devices import pick_device
 from tdfusion_core.meta import MetaStep, MetaStepResult, Params
 
@@ -210,103 +209,6 @@ def broadcast_module(module: nn.Module, ctx: DistContext, src: int = 0) -> None:
             dist.broadcast(t.data, src=src)
 
 
-# ---------------------------------------------------------------------------------------------------- sampling
-@attrs.define(frozen=True)
-class ShardedBatches:
-    """Which items of a global batch this process prepares.
-
-    A global batch of ``batch_size`` samples expands to ``items_per_step`` items: the samples in order, then (with
-    the Switch) the same samples with their sources reversed — the order in which one process stacks them. Process
-    ``rank`` takes the contiguous slice ``[rank · items_per_rank, (rank + 1) · items_per_rank)``; the
-    concatenation of the slices over ranks is the single-process batch.
-    """
-
-    batch_size: int
-    switch: bool = True
-    rank: int = 0
-    world_size: int = 1
-
-    def __attrs_post_init__(self) -> None:
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
-        if not 0 <= self.rank < self.world_size:
-            raise ValueError(f"rank {self.rank} is outside a world of {self.world_size} processes")
-        if self.items_per_step % self.world_size:
-            switch = " with the Switch (2 items per sample)" if self.switch else ""
-            raise ValueError(
-                f"batch_size={self.batch_size}{switch} gives {self.items_per_step} items per step, which cannot be "
-                f"split evenly over {self.world_size} processes: batch_size is the global batch, so make "
-                f"{'2 × ' if self.switch else ''}batch_size a multiple of the number of processes"
-            )
-
-    @property
-    def items_per_step(self) -> int:
-        """Items of one global step (samples, doubled by the Switch)."""
-        return self.batch_size * (2 if self.switch else 1)
-
-    @property
-    def items_per_rank(self) -> int:
-        """Items each process prepares per step (its per-rank batch)."""
-        return self.items_per_step // self.world_size
-
-    def all_items(self) -> list[tuple[int, bool]]:
-        """``(position in the global batch, reversed sources?)`` of every item, in single-process order."""
-        items = [(j, False) for j in range(self.batch_size)]
-        if self.switch:
-            items += [(j, True) for j in range(self.batch_size)]
-        return items
-
-    def local_items(self) -> list[tuple[int, bool]]:
-        """This process's slice of :meth:`all_items`."""
-        start = self.rank * self.items_per_rank
-        return self.all_items()[start : start + self.items_per_rank]
-
-
-def full_batches(order: Sequence[int], batch_size: int) -> list[list[int]]:
-    """Consecutive batches of ``order``; the last one is completed from the start of ``order``, so every batch
-    has ``batch_size`` samples (every process then gets an equal shard, whatever ``len(order)``)."""
-    n = len(order)
-    if n == 0:
-        return []
-    return [[int(order[(i + j) % n]) for j in range(batch_size)] for i in range(0, n, batch_size)]
-
-
-@attrs.define
-class MetaBatchSampler:
-    """Global meta-train / meta-test batches of each meta step, identical in every process (one or several).
-
-    The per-epoch split is :func:`~tdfusion_core.data.transforms.meta_split` of ``(seed, epoch)``; meta step ``s``
-    takes samples ``s·B … s·B + B − 1`` (modulo the subset's length) of each subset, ``B = batch_size`` (global).
-    ``shards`` says which items of those batches this process prepares. The union over processes is what one
-    process would take, so the split and the results do not depend on the number of processes.
-    """
-
-    n: int
-    batch_size: int
-    seed: int = 0
-    switch: bool = True
-    rank: int = 0
-    world_size: int = 1
-    shards: ShardedBatches = attrs.field(init=False)
-
-    def __attrs_post_init__(self) -> None:
-        self.shards = ShardedBatches(self.batch_size, self.switch, self.rank, self.world_size)
-
-    def split(self, epoch: int) -> tuple[list[int], list[int]]:
-        """Disjoint ``(meta_train, meta_test)`` indices of ``epoch`` (the same in every process)."""
-        return meta_split(self.n, epoch, self.seed)
-
-    def step(self, epoch: int, step: int, split: tuple[list[int], list[int]] | None = None) -> tuple[list[int], ...]:
-        """Global ``(meta_train_batch, meta_test_batch)`` sample indices of meta step ``step`` of ``epoch``."""
-        mtr, mts = split if split is not None else self.split(epoch)
-        b = self.batch_size
-        return [mtr[(step * b + j) % len(mtr)] for j in range(b)], [mts[(step * b + j) % len(mts)] for j in range(b)]
-
-    def local_indices(self, batch: Sequence[int]) -> list[tuple[int, bool]]:
-        """``(sample index, reversed?)`` of this process's items of a global batch."""
-        return [(int(batch[j]), flip) for j, flip in self.shards.local_items()]
-
-
 # ---------------------------------------------------------------------------------------------------- meta step
 @attrs.define
 class DistributedMetaStep(MetaStep):
@@ -401,9 +303,9 @@ def convert_sync_batchnorm(module: nn.Module, device: torch.device) -> nn.Module
 
 
 def __getattr__(name: str) -> Any:
-    if name == "DistributedMetaSampler":  # the old name: the sampler serves single-process runs too
-        warnings.warn(
-            "tdfusion_core.distributed.DistributedMetaSampler is now MetaBatchSampler", DeprecationWarning, stacklevel=2
+    if name in ("DistributedMetaSampler", "MetaBatchSampler"):  # the sampler's former names and home
+        raise AttributeError(
+            f"tdfusion_core.distributed.{name} is now tdfusion_core.sampling.StepSampler: it plans the steps of both "
+            "phases (meta_steps(n, epoch, steps), fusion_steps(n, epoch, steps)) and serves single-process runs too"
         )
-        return MetaBatchSampler
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

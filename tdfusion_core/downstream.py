@@ -193,7 +193,7 @@ def run_downstream(
         progress: called with a short message now and then.
     """
     from tdfusion_core import registry
-    from tdfusion_core.seeding import seed_everything
+    from tdfusion_core.sampling import seed_everything
 
     if not methods:
         raise ValueError("no method to evaluate")

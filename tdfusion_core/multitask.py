@@ -200,14 +200,6 @@ class MultiTask(Task):
         split = self.split_targets(target)
         return TaskTargets({k: t.resize_targets(split[k], size, new_size) for k, t in self.tasks.items()})
 
-    def crop_targets(self, target: Any, top: int, left: int, height: int, width: int) -> TaskTargets:
-        split = self.split_targets(target)
-        return TaskTargets({k: t.crop_targets(split[k], top, left, height, width) for k, t in self.tasks.items()})
-
-    def hflip_targets(self, target: Any, width: int) -> TaskTargets:
-        split = self.split_targets(target)
-        return TaskTargets({k: t.hflip_targets(split[k], width) for k, t in self.tasks.items()})
-
     def targets_to(self, targets: Any, device: torch.device | str) -> TaskTargets:
         split = self.split_targets(targets)
         return TaskTargets({k: t.targets_to(split[k], device) for k, t in self.tasks.items()})

@@ -11,8 +11,9 @@ A task (segmentation, detection, counting, ...) wraps one network ``T``. TDFusio
    calls it through :func:`functional_task_loss`, which substitutes parameters (:mod:`tdfusion_core.functional`);
    so the loss must reach the parameters only through ``network`` (calling it, or reading its attributes), never
    through tensors cached elsewhere. This is how the one-step-updated copy ``T'`` is evaluated without mutating ``T``.
-4. **Handle its targets** consistently with the images: collate, resize, crop, flip (:meth:`Task.collate_targets`
-   and friends). Defaults exist for the two target kinds core knows (``"mask"``: ``LongTensor (H, W)`` of class
+4. **Handle its targets** consistently with the images: resize them to the task size, collate and move them
+   (:meth:`Task.resize_targets`, :meth:`Task.collate_targets`, :meth:`Task.targets_to`; the fusion loss's crops
+   carry no targets, so training never crops or flips one). Defaults exist for the two target kinds core knows (``"mask"``: ``LongTensor (H, W)`` of class
    indices, 255 = ignore; ``"boxes"``: ``Tensor (N, 5)`` of ``class, x0, y0, x1, y1`` in pixels).
 5. **Evaluate** a network on batches and return named metrics (:meth:`Task.evaluate`).
 
@@ -100,7 +101,7 @@ class Task(abc.ABC):
     name: ClassVar[str] = ""
     #: what the network takes: fused luminance (1 channel) or RGB rebuilt with the sources' chroma (3 channels)
     input_kind: ClassVar[InputKind] = "rgb"
-    #: which labels the task uses; selects the default target transforms and the dataset labels to load
+    #: which labels the task uses; selects the default target operations (resize, collate) and the labels loaded
     target_kind: ClassVar[TargetKind] = "mask"
     #: (height, width) the images are resized to for the task loss, unless the run configures another size
     default_input_size: ClassVar[tuple[int, int] | None] = None
@@ -214,14 +215,6 @@ class Task(abc.ABC):
     def resize_targets(self, target: Any, size: tuple[int, int], new_size: tuple[int, int]) -> Any:
         """Resize one sample's target from image size ``size`` to ``new_size`` (both ``(H, W)``)."""
         return target_ops.apply("resize", self.target_kind, target, size, new_size)
-
-    def crop_targets(self, target: Any, top: int, left: int, height: int, width: int) -> Any:
-        """Crop one sample's target to the window ``[top:top+height, left:left+width]``."""
-        return target_ops.apply("crop", self.target_kind, target, top, left, height, width)
-
-    def hflip_targets(self, target: Any, width: int) -> Any:
-        """Mirror one sample's target horizontally in an image ``width`` pixels wide."""
-        return target_ops.apply("hflip", self.target_kind, target, width)
 
     def targets_to(self, targets: Any, device: torch.device | str) -> Any:
         """Move collated targets to ``device``."""

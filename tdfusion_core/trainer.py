@@ -26,15 +26,12 @@ from tqdm.auto import tqdm
 from tdfusion_core import builders, inspection, train_state
 from tdfusion_core.batches import Batcher
 from tdfusion_core.config import TrainConfig
-from tdfusion_core.data.transforms import meta_split
 from tdfusion_core.devices import pick_device
 from tdfusion_core.distributed import (
     DistContext,
-    MetaBatchSampler,
     barrier,
     broadcast_module,
     convert_sync_batchnorm,
-    full_batches,
     init_distributed,
     resolve_device,
 )
@@ -45,7 +42,7 @@ from tdfusion_core.plugins import get_plugin_manager
 from tdfusion_core.precision import autocast_dtype, training_precision
 from tdfusion_core.provenance import check_rebuildable, record_instances
 from tdfusion_core.run_files import RunLock, save_training_state
-from tdfusion_core.seeding import epoch_generator, seed_everything
+from tdfusion_core.sampling import ShardedBatches, StepSampler, seed_everything
 from tdfusion_core.state_guard import NonFiniteStateError, StepGuard, assert_finite_state
 from tdfusion_core.task import Task
 from tdfusion_core.validation import Validator, make_validator
@@ -123,13 +120,16 @@ class MetaTrainer:
         nets = (self.fusion_net, self.loss_generator, self.task, self.fusion_loss, optimizers, self.dist)
         #: the whole meta step (T' rule, G's meta-gradient, G's update: tdfusion_core.meta_phase)
         self.meta_phase_step = builders.build_meta_phase(config, *nets, autocast)
-        #: global meta batches of each step and this process's share of every global batch
-        self.sampler = MetaBatchSampler(
-            len(self.train_set), config.batch_size, config.seed, config.switch, self.dist.rank, self.dist.world_size
+        #: the global batches and crop draws of every step, and this process's share of each batch
+        self.sampler = StepSampler(
+            config.batch_size,
+            config.seed,
+            ShardedBatches(config.batch_size, config.switch, self.dist.rank, self.dist.world_size),
         )
-        #: builds every training batch: crops, task-size images and targets, the Switch, this process's share
+        #: reads (in ``num_workers`` processes) and builds every training batch: crops, task-size images and
+        #: targets, the Switch, this process's share
         self.batcher = Batcher(
-            self.task, self.task_size, config.crop_size, config.switch, self.device, self.sampler.shards
+            self.task, self.task_size, config.crop_size, config.switch, self.device, self.sampler, config.num_workers
         )
         self.epoch = 0  # epochs completed
         self.meta_step_count = 0
@@ -159,11 +159,6 @@ class MetaTrainer:
         """Fire event hook ``hook`` (rank 0 only: loggers and other plugins see one run, not one per process)."""
         if self.dist.is_main:
             getattr(self.pm.hook, hook)(**kwargs)
-
-    def meta_split(self, epoch: int) -> tuple[list[int], list[int]]:
-        """Disjoint meta-train and meta-test index sets of ``epoch`` (a pure function of the seed and the epoch,
-        the same in every process)."""
-        return meta_split(len(self.train_set), epoch, self.config.seed)
 
     # ------------------------------------------------------------------ guards
     def _bad_step(self, phase: str, what: str) -> None:
@@ -208,16 +203,10 @@ class MetaTrainer:
         cfg = self.config
         if cfg.meta_steps == 0 or cfg.fixed_weights or cfg.discriminative:
             return {}
-        split = self.meta_split(epoch)
-        gen = epoch_generator(cfg.seed, epoch, 1)
         self.loss_generator.train()
-
-        def step(index: int) -> dict[str, float] | None:
-            i_tr, i_ts = self.sampler.step(epoch, index, split)  # 1. the sampler: global meta-train/-test indices
-            crop, mtr_task, mts_task = self.batcher.meta_pair(self.train_set, i_tr, i_ts, gen)  # 2. the batches
-            return self.meta_update(crop, mtr_task, mts_task)  # 3. the whole meta step, G updated
-
-        return self._run_phase(range(cfg.meta_steps), step, f"epoch {epoch + 1} meta", "meta")
+        # 1. the batches of every step (sampler plan, workers' reads), 2. per batch the whole meta step
+        batches = self.batcher.meta_phase(self.train_set, epoch, cfg.meta_steps)
+        return self._run_phase(batches, lambda b: self.meta_update(*b), f"epoch {epoch + 1} meta", "meta")
 
     def meta_update(self, crop: torch.Tensor, mtr_task: TaskInput, mts_task: TaskInput) -> dict[str, float] | None:
         """One whole meta step on prepared batches (:class:`~tdfusion_core.meta_phase.MetaPhaseStep`: T' rule,
@@ -252,20 +241,13 @@ class MetaTrainer:
         cfg = self.config
         if not cfg.separate_fusion_phase:
             return {}
-        gen = epoch_generator(cfg.seed, epoch, 2)
-        batches = full_batches(torch.randperm(len(self.train_set), generator=gen).tolist(), cfg.batch_size)
-        if cfg.fusion_steps is not None:
-            batches = [batches[i % len(batches)] for i in range(cfg.fusion_steps)]
         self.fusion_net.train()
         self.task.network.train()
         # G frozen in eval mode, as the released Loss_model.eval() (it is the network trained in ablation V)
         self.loss_generator.train(cfg.discriminative)
-
-        def step(indices: list[int]) -> dict[str, float] | None:
-            crop, batch = self.batcher.share(self.train_set, indices, gen)  # 1. the batch (the sampler: above)
-            return self.fusion_update(crop, batch)  # 2. F's then T's step
-
-        return self._run_phase(batches, step, f"epoch {epoch + 1} fusion", "fusion")
+        # 1. the batches (a permutation per epoch), 2. per batch F's then T's step
+        batches = self.batcher.fusion_phase(self.train_set, epoch, cfg.fusion_steps)
+        return self._run_phase(batches, lambda b: self.fusion_update(*b), f"epoch {epoch + 1} fusion", "fusion")
 
     def fusion_update(self, crop: torch.Tensor, batch: TaskInput) -> dict[str, float] | None:
         """One fusion-phase step (:class:`~tdfusion_core.fusion_phase.FusionPhaseStep`: F on Lf with G frozen, then

@@ -9,17 +9,28 @@ import pytest
 import torch
 from PIL import Image
 
+from tdfusion_core.batches import Batcher, resize_images
 from tdfusion_core.data.labels import DataError
 from tdfusion_core.data.paired import PairedDataset
 from tdfusion_core.data.presets import PRESETS, get_preset, preset_dataset
-from tdfusion_core.data.transforms import Resize, make_loader
 from tdfusion_core.io import read_image
 from tdfusion_core.registry import available, get_dataset
+from tdfusion_core.sampling import ShardedBatches, StepSampler
+from tdfusion_core.tasks.tiny_seg import TinySegTask
 from tests.conftest import shared_path
 from tests.data_helpers import copy_real, make_folder, one_torch_thread  # noqa: F401
 
 
-def test_llvip_real_pairs_with_yolo_boxes_through_a_loader():
+def _batcher(target_kind: str, task_size: tuple[int, int], batch_size: int, num_workers: int = 0) -> Batcher:
+    """The training path's batcher (no Switch) for a task of ``target_kind``."""
+    task = TinySegTask(num_classes=3)
+    task.target_kind = target_kind  # type: ignore[misc]
+    task.full_resolution_targets = False  # targets resized with the images, as a detection task has them
+    sampler = StepSampler(batch_size, shards=ShardedBatches(batch_size, switch=False))
+    return Batcher(task, task_size, None, False, sampler=sampler, num_workers=num_workers)
+
+
+def test_llvip_real_pairs_with_yolo_boxes_through_the_training_path():
     root = shared_path("data", "LLVIP")
     data = preset_dataset("llvip", root, split="val")
     assert len(data) == 10 and data.target_kind == "boxes" and data.class_names == ("person",)
@@ -30,12 +41,12 @@ def test_llvip_real_pairs_with_yolo_boxes_through_a_loader():
     y_vi, _ = read_image(root / "val" / "vi" / f"{sample.name}.png")
     assert torch.equal(sample.sources[1], y_vi[0])
     assert sample.target.shape[1] == 5 and len(sample.target) >= 1
-    loader = make_loader(
-        data, batch_size=2, shuffle=False, transform=Resize(get_preset("llvip").task_size), indices=[0, 1]
-    )
-    (batch,) = list(loader)
-    assert batch.sources.shape == (2, 2, 256, 320) and isinstance(batch.targets, list)
-    scaled = batch.targets[0]
+    # the whole val split read by 2 worker processes, as training reads it: targets follow the task-size images
+    (_, batch), *rest = list(_batcher("boxes", get_preset("llvip").task_size, 10, num_workers=2).fusion_phase(data, 0))
+    assert not rest and batch.sources.shape == (10, 2, 256, 320) and isinstance(batch.targets, list)
+    row = [torch.equal(batch.sources[j], resize_images(sample.sources[None], (256, 320))[0]) for j in range(10)]
+    assert sum(row) == 1  # sample 0 is in the batch once
+    scaled = batch.targets[row.index(True)]
     assert torch.allclose(scaled[:, 1::2], sample.target[:, 1::2] / 2) and torch.allclose(
         scaled[:, 2::2], sample.target[:, 2::2] / 2
     )
@@ -65,7 +76,7 @@ def test_unlabelled_real_sets(dataset):
     assert sample.target is None and sample.sources.shape[0] == 2
     if dataset == "TNO":  # grayscale visible: neutral chroma
         assert bool((sample.chroma == 0.5).all())
-    batch = next(iter(make_loader(data, 2, transform=Resize((64, 80)))))
+    _, batch = next(iter(_batcher("none", (64, 80), 2).fusion_phase(data, 0)))
     assert batch.targets is None and batch.sources.shape == (2, 2, 64, 80)
 
 
@@ -79,8 +90,8 @@ def test_three_sources_masks_and_classes(tmp_path):
     assert bool((s.chroma[0] == 0.5).all()) and bool((s.chroma[2] == 0.5).all())
     expected = np.asarray(Image.open(root / "train" / "label" / "b.png"))
     assert np.array_equal(s.target.numpy(), expected)
-    batch = next(iter(make_loader(data, 2, shuffle=False)))
-    assert batch.targets.shape == (2, 24, 32) and batch.names == ["a", "b"]
+    _, batch = next(iter(_batcher("mask", (24, 32), 2).fusion_phase(data, 0)))
+    assert batch.targets.shape == (2, 24, 32) and batch.sources.shape == (2, 3, 24, 32)
     with pytest.raises(ValueError, match="at least 2"):
         PairedDataset(root, "train", sources=("ir",))
     with pytest.raises(ValueError, match="num_classes=3"):

@@ -13,14 +13,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from tdfusion_core.distributed import (
-    DistContext,
-    DistributedMetaStep,
-    MetaBatchSampler,
-    ShardedBatches,
-    average_tensors,
-    full_batches,
-)
+from tdfusion_core.distributed import DistContext, DistributedMetaStep, average_tensors
 from tdfusion_core.meta import MetaStep, adam_task_step
 from tests.dist_worker import float64_trainer as _float64_trainer
 from tests.dist_worker import free_port, run_scenarios, torchrun_env, trainer_state
@@ -35,41 +28,6 @@ def _max_diff(a: dict, b: dict) -> float:
 
 
 # ---------------------------------------------------------------------------------------------------- in-process
-def test_shards_union_is_the_single_process_batch():
-    for batch, switch, world in [(2, True, 2), (1, True, 2), (4, False, 4), (3, True, 3), (2, True, 4)]:
-        single = ShardedBatches(batch, switch).all_items()
-        union = [it for r in range(world) for it in ShardedBatches(batch, switch, r, world).local_items()]
-        assert union == single
-        assert all(
-            len(ShardedBatches(batch, switch, r, world).local_items()) == len(single) // world for r in range(world)
-        )
-
-
-def test_uneven_shards_are_refused_with_a_clear_message():
-    with pytest.raises(ValueError, match=r"batch_size=1 with the Switch .* 2 items .* 4 processes"):
-        ShardedBatches(1, True, 0, 4)
-    with pytest.raises(ValueError, match="multiple of the number of processes"):
-        ShardedBatches(3, False, 0, 2)
-
-
-def test_meta_sampler_is_the_same_in_every_process_and_disjoint():
-    samplers = [MetaBatchSampler(10, 2, seed=3, rank=r, world_size=2) for r in range(2)]
-    split = samplers[0].split(4)
-    assert split == samplers[1].split(4) and not set(split[0]) & set(split[1])
-    for step in range(5):
-        mtr, mts = samplers[0].step(4, step)
-        assert (mtr, mts) == samplers[1].step(4, step)
-        assert set(mtr) <= set(split[0]) and set(mts) <= set(split[1])
-        shares = [s.local_indices(mtr) for s in samplers]
-        assert [i for share in shares for i, _ in share] == mtr + mtr  # originals, then the Switch
-        assert [flip for share in shares for _, flip in share] == [False, False, True, True]
-
-
-def test_full_batches_complete_the_last_batch():
-    assert full_batches([4, 2, 0, 1, 3], 2) == [[4, 2], [0, 1], [3, 4]]
-    assert full_batches([1, 0], 3) == [[1, 0, 1]]
-
-
 @pytest.mark.parametrize("mode", ["jvp", "double-backward", "finite-difference"])
 def test_distributed_meta_step_with_one_process_is_the_meta_step(mode):
     trainer = _float64_trainer(meta_mode=mode)
@@ -247,8 +205,9 @@ def test_bench_scaling_reports_both_process_counts():
     assert rows[0]["efficiency"] == 1.0 and rows[1]["meta_step_ms"] > 0 and rows[1]["cpu_efficiency"] > 0
 
 
-def test_the_old_sampler_name_still_works_with_a_deprecation_warning():
+def test_the_old_sampler_names_say_where_the_sampler_went():
     import tdfusion_core.distributed as distributed
 
-    with pytest.warns(DeprecationWarning, match="MetaBatchSampler"):
-        assert distributed.DistributedMetaSampler is MetaBatchSampler
+    for old in ("DistributedMetaSampler", "MetaBatchSampler"):
+        with pytest.raises(AttributeError, match=r"tdfusion_core\.sampling\.StepSampler"):
+            getattr(distributed, old)

@@ -242,8 +242,6 @@ def test_every_hook_and_the_task_contract_are_documented():
         "load_checkpoint",
         "collate_targets",
         "resize_targets",
-        "crop_targets",
-        "hflip_targets",
         "targets_to",
     ):
         assert f"`{name}" in text, f"Task.{name} is not documented in docs/plugins.md"

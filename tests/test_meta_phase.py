@@ -17,9 +17,7 @@ from tests.trainer_utils import small_trainer
 
 
 def _batches(trainer, step: int = 0):
-    gen = torch.Generator().manual_seed(step)
-    i_tr, i_ts = trainer.sampler.step(0, step, trainer.meta_split(0))
-    return trainer.batcher.meta_pair(trainer.train_set, i_tr, i_ts, gen)
+    return list(trainer.batcher.meta_phase(trainer.train_set, 0, step + 1))[step]
 
 
 def _g(trainer) -> dict[str, torch.Tensor]:
@@ -69,7 +67,7 @@ def test_bounded_maxnorm_reports_its_step_scale():
     assert 0 < outcome.metrics["g/step_scale"] < 1
 
 
-def test_a_meta_batch_goes_from_the_sampler_to_gs_update_in_three_calls(monkeypatch):
+def test_a_meta_batch_goes_from_the_sampler_to_gs_update_in_two_calls(monkeypatch):
     trainer = small_trainer(epochs=1, meta_steps=2)
     calls: list[str] = []
 
@@ -82,25 +80,16 @@ def test_a_meta_batch_goes_from_the_sampler_to_gs_update_in_three_calls(monkeypa
 
         monkeypatch.setattr(cls, name, wrapped)
 
-    spy(type(trainer.sampler), "step")
-    spy(type(trainer.batcher), "meta_pair")
-    spy(type(trainer.batcher), "share")
+    spy(type(trainer.batcher), "meta_phase")
+    spy(type(trainer.sampler), "meta_steps")
+    spy(type(trainer.batcher), "assemble")
     spy(type(trainer.meta_phase_step), "update")
     spy(type(trainer.meta_phase_step.meta_step), "compute")
     trainer.meta_phase(0)
-    # from the trainer: sampler, batcher, meta step; the batcher's two shares and compute run below them
-    assert calls == ["step", "meta_pair", "share", "share", "update", "compute"] * 2
-
-
-def test_meta_pair_is_two_shares_of_one_generator_stream():
-    trainer = small_trainer(batch_size=2)
-    i_tr, i_ts = trainer.sampler.step(0, 0, trainer.meta_split(0))
-    crop, mtr, mts = trainer.batcher.meta_pair(trainer.train_set, i_tr, i_ts, torch.Generator().manual_seed(3))
-    gen = torch.Generator().manual_seed(3)
-    crop2, mtr2 = trainer.batcher.share(trainer.train_set, i_tr, gen)
-    _, mts2 = trainer.batcher.share(trainer.train_set, i_ts, gen)
-    assert torch.equal(crop, crop2) and torch.equal(mtr.sources, mtr2.sources)
-    assert torch.equal(mts.sources, mts2.sources) and not torch.equal(mtr.sources, mts.sources)
+    # from the trainer: the phase's batches (planned by the sampler once, each step assembled below it as it is
+    # iterated: meta-train then meta-test), then per step the whole meta step with compute below it
+    step = ["assemble", "assemble", "update", "compute"]
+    assert calls == ["meta_phase", "meta_steps", *step, *step]
 
 
 def test_rng_state_round_trip_restores_every_generator():

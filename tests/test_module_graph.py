@@ -21,7 +21,7 @@ LAYERS: list[tuple[str, int]] = [
     ("tdfusion_core.functional", 0),
     ("tdfusion_core.losses", 0),
     ("tdfusion_core.precision", 0),
-    ("tdfusion_core.seeding", 0),
+    ("tdfusion_core.sampling", 0),
     ("tdfusion_core.sizes", 0),
     ("tdfusion_core.atomic", 0),
     ("tdfusion_core.devices", 0),

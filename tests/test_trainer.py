@@ -57,8 +57,8 @@ def test_task_loss_decreases():
 
 def test_meta_split_is_disjoint_and_changes_per_epoch():
     trainer = small_trainer(n=10)
-    a0, b0 = trainer.meta_split(0)
-    a1, _ = trainer.meta_split(1)
+    a0, b0 = trainer.sampler.split(len(trainer.train_set), 0)
+    a1, _ = trainer.sampler.split(len(trainer.train_set), 1)
     assert not set(a0) & set(b0)
     assert sorted(a0 + b0) == list(range(10))
     assert a0 != a1

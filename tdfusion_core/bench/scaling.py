@@ -3,7 +3,7 @@
 Each process count runs in freshly spawned processes joined the way ``torchrun`` joins them (gloo on CPU on
 127.0.0.1, NCCL with ``--device cuda``, one GPU per process). Every process builds the same
 :class:`~tdfusion_core.trainer.MetaTrainer` on random scenes, prepares its share of ``steps`` global batches with the
-trainer's own sharding (:meth:`tdfusion_core.batches.Batcher.share`), then times :meth:`MetaTrainer.meta_update` and
+trainer's own sharding (:meth:`tdfusion_core.batches.Batcher.meta_phase`), then times :meth:`MetaTrainer.meta_update` and
 :meth:`MetaTrainer.fusion_update` after ``warmup`` untimed steps (data preparation and start-up are not included;
 the slowest process's time counts).
 
@@ -94,14 +94,7 @@ def _worker(rank: int, world: int, port: int, settings: dict[str, Any], out: str
         trainer = MetaTrainer(config, task=task, train_set=data)
         device = trainer.device
         n = settings["steps"] + settings["warmup"]
-        gen = torch.Generator().manual_seed(0)
-        split = trainer.meta_split(0)
-        meta_batches = []
-        for step in range(n):
-            i_tr, i_ts = trainer.sampler.step(0, step, split)
-            crop, mtr = trainer.batcher.share(trainer.train_set, i_tr, gen)
-            _, mts = trainer.batcher.share(trainer.train_set, i_ts, gen)
-            meta_batches.append((crop, mtr, mts))
+        meta_batches = list(trainer.batcher.meta_phase(trainer.train_set, 0, n))
 
         def timed(fn: Any) -> tuple[float, float]:
             """Wall and CPU milliseconds per step (the slowest process's)."""

@@ -102,11 +102,13 @@ def bench_fuse_command(
 
 @hookimpl
 def tdfusion_register_commands(cli: Any) -> None:
+    from tdfusion_core.bench.data import data_command  # tdfusion bench data (reading and building batches)
     from tdfusion_core.bench.meta import meta_command  # tdfusion bench meta (the training steps)
     from tdfusion_core.bench.scaling import scaling_command  # tdfusion bench scaling (multi-process training)
     from tdfusion_core.bench.suite import suite_command  # tdfusion bench suite (every target, GPU)
 
     bench_group.add_command(suite_command)
     bench_group.add_command(meta_command)
+    bench_group.add_command(data_command)
     bench_group.add_command(scaling_command)
     cli.add_command(bench_group)

@@ -1,4 +1,4 @@
-"""Data: samples and batches of registered sources, datasets, joint transforms, synthetic scenes.
+"""Data: samples and batches of registered sources, datasets, synthetic scenes, and reading them in worker processes.
 
 The dataset classes are re-exported lazily (``from tdfusion_core.data import PairedDataset``) so that importing
 the light ``Sample`` type does not load the readers.
@@ -13,11 +13,9 @@ from tdfusion_core.data.sample import Batch, Sample, collate_samples
 
 _LAZY = {
     "PairedDataset": "tdfusion_core.data.paired",
-    "make_loader": "tdfusion_core.data.transforms",
+    "read_groups": "tdfusion_core.data.loading",
     "SyntheticScenes": "tdfusion_core.data.synthetic",
     "write_synthetic": "tdfusion_core.data.synthetic",
-    "MetaSplitSampler": "tdfusion_core.data.transforms",
-    "meta_split": "tdfusion_core.data.transforms",
     "preset_dataset": "tdfusion_core.data.presets",
 }
 

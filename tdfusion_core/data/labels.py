@@ -70,6 +70,10 @@ class DataError(ValueError):
         lines = "\n  ".join(str(p) for p in self.problems)
         super().__init__(f"{len(self.problems)} problem(s) in the dataset:\n  {lines}")
 
+    def __reduce__(self) -> tuple[type[DataError], tuple[list[Problem]]]:
+        # rebuilt from its problems when it comes back from a data-loading worker process
+        return (type(self), (self.problems,))
+
 
 def empty_boxes() -> torch.Tensor:
     """A ``(0, 5)`` float box tensor."""

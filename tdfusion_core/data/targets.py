@@ -17,35 +17,6 @@ import torch.nn.functional as nnf
 TargetKind = Literal["mask", "boxes", "none"]
 
 
-def infer_target_kind(target: Any) -> TargetKind:
-    """Guess a target's kind: an integer/bool tensor of ``ndim >= 2`` is a mask, a float ``(N, 5)`` tensor boxes.
-
-    ``None`` is ``"none"``; anything else raises ``TypeError`` (pass the task, which knows its targets).
-    """
-    if target is None:
-        return "none"
-    if isinstance(target, torch.Tensor):
-        if target.is_floating_point() and target.ndim == 2 and target.shape[-1] == 5:
-            return "boxes"
-        if not target.is_floating_point() and not target.is_complex() and target.ndim >= 2:
-            return "mask"
-    raise TypeError(
-        f"cannot tell how to transform a target of type {type(target).__name__}"
-        + (f" with shape {tuple(target.shape)} and dtype {target.dtype}" if isinstance(target, torch.Tensor) else "")
-        + "; masks are integer tensors (H, W), boxes float tensors (N, 5). Pass target_ops=<your Task>."
-    )
-
-
-def pad_mask(mask: torch.Tensor, height: int, width: int, value: int = 255) -> torch.Tensor:
-    """Pad a mask ``(..., H, W)`` at the bottom and right to ``(height, width)`` with ``value`` (ignore)."""
-    h, w = mask.shape[-2:]
-    if (h, w) == (height, width):
-        return mask
-    out = torch.full((*mask.shape[:-2], height, width), value, dtype=mask.dtype)
-    out[..., :h, :w] = mask
-    return out
-
-
 def resize_mask(mask: torch.Tensor, new_size: tuple[int, int]) -> torch.Tensor:
     """Nearest-neighbour resize of a class-index mask ``(H, W)`` to ``new_size`` ``(H', W')``."""
     if tuple(mask.shape[-2:]) == tuple(new_size):
@@ -74,38 +45,11 @@ def resize_boxes(boxes: torch.Tensor, size: tuple[int, int], new_size: tuple[int
     return clip_boxes(out, nh, nw)
 
 
-def crop_boxes(boxes: torch.Tensor, top: int, left: int, height: int, width: int) -> torch.Tensor:
-    """Shift pixel boxes into the crop window and clip them to it."""
-    out = boxes.clone().float()
-    out[:, 1::2] -= left
-    out[:, 2::2] -= top
-    return clip_boxes(out, height, width)
-
-
-def hflip_boxes(boxes: torch.Tensor, width: int) -> torch.Tensor:
-    """Mirror pixel boxes horizontally in an image ``width`` pixels wide."""
-    out = boxes.clone().float()
-    out[:, 1], out[:, 3] = width - boxes[:, 3], width - boxes[:, 1]
-    return out
-
-
-def crop_mask(mask: torch.Tensor, top: int, left: int, height: int, width: int) -> torch.Tensor:
-    """The window ``[top:top+height, left:left+width]`` of a mask ``(..., H, W)``."""
-    return mask[..., top : top + height, left : left + width]
-
-
-def hflip_mask(mask: torch.Tensor, width: int) -> torch.Tensor:
-    """Mirror a mask ``(..., H, W)`` horizontally."""
-    return mask.flip(-1)
-
-
 #: the one table of geometric target operations: operation -> target kind -> function(target, *arguments);
-#: a kind without an entry (``"none"``, boxes under ``pad``) is left unchanged
+#: a kind without an entry (``"none"``) is left unchanged. Training needs only ``resize`` (the task sees the whole
+#: image at the task size; the fusion loss's crops carry no targets).
 OPERATIONS: dict[str, dict[str, Any]] = {
     "resize": {"mask": lambda m, size, new_size: resize_mask(m, new_size), "boxes": resize_boxes},
-    "crop": {"mask": crop_mask, "boxes": crop_boxes},
-    "hflip": {"mask": hflip_mask, "boxes": hflip_boxes},
-    "pad": {"mask": pad_mask},
 }
 
 
