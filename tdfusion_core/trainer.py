@@ -56,6 +56,7 @@ from tdfusion_core.meta import (
     apply_optimizer_update,
     task_step_rule,
 )
+from tdfusion_core.nets.refusion_fast import use_fast_pass
 from tdfusion_core.plugins import get_plugin_manager
 from tdfusion_core.provenance import check_rebuildable, record_instances
 from tdfusion_core.registry import resolve_dataset
@@ -162,6 +163,7 @@ class MetaTrainer:
             ).to(self.device)
             if config.fusion_checkpoint:
                 self._load_fusion_weights(Path(config.fusion_checkpoint))
+            use_fast_pass(self.fusion_net, config.fast_fusion_pass)
         self.fusion_loss = FusionLoss(
             intensity=config.intensity, alpha=config.alpha, gradient_form=config.gradient_form
         )
