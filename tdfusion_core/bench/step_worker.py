@@ -48,7 +48,8 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
         **spec["train_options"],
     )
     trainer = MetaTrainer(config, task=get_task(spec["task"], **options), train_set=data)
-    prepare = trainer.batcher.whole if hasattr(trainer, "batcher") else trainer._prepare  # older trees: _prepare
+    batcher = getattr(trainer, "batcher", None)
+    prepare = batcher.whole if batcher is not None else trainer._prepare  # type: ignore[attr-defined]  # older trees
     gen = torch.Generator().manual_seed(0)
     crop, mtr = prepare([data[0]], gen)
     _, mts = prepare([data[1]], gen)
