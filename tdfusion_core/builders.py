@@ -28,6 +28,7 @@ from tdfusion_core.fusion_phase import FusionPhaseStep
 from tdfusion_core.losses import FusionLoss, discriminative_fusion
 from tdfusion_core.meta import MetaStep, Params
 from tdfusion_core.meta_phase import GeneratorUpdate, MetaPhaseStep, generator_update_rule
+from tdfusion_core.nets.refusion_fast import use_fast_pass
 from tdfusion_core.registry import resolve_dataset
 from tdfusion_core.task import Task, TaskLoss
 
@@ -111,6 +112,7 @@ def build_networks(
     ).to(device)
     if config.fusion_checkpoint:
         load_fusion_weights(fusion, config, Path(config.fusion_checkpoint))
+    use_fast_pass(fusion, config.fast_fusion_pass)
     return fusion, generator
 
 

@@ -154,6 +154,9 @@ class TrainConfig:
     #: ``auto``: CUDA when present, then Apple MPS, else the CPU; or any torch device (``cpu``, ``cuda:1``)
     device: str = "auto"
     amp: bool = False
+    #: train ReFusion through its fast pass (same function, float64 outputs and gradients equal to 1e-12;
+    #: docs/benchmarks.md); false: the layers' own forwards. Other fusion networks are not affected
+    fast_fusion_pass: bool = True
     max_bad_steps: int = attrs.field(default=10, validator=_positive)
     checkpoint_every: int = attrs.field(default=1, validator=_positive)
     log_images: bool = True

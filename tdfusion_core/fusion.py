@@ -26,6 +26,7 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -285,6 +286,16 @@ def _write_weights(folder: Path, name: str, weights: torch.Tensor) -> None:
     for k, source in enumerate(SOURCE_NAMES):
         rgb = colormap(weights[k].numpy())
         write_image(folder / f"{name}_{source}.png", torch.from_numpy(rgb).permute(2, 0, 1).float())
+
+
+def _write_results(results: list[tuple[str, FusedImage]], gray_dir: Path, rgb_dir: Path, weight_dir: Path) -> None:
+    """Write one batch's fused images (grey, colour when there is chroma, weight maps when asked)."""
+    for name, result in results:
+        write_image(gray_dir / f"{name}.png", result.gray)
+        if result.rgb is not None:
+            write_image(rgb_dir / f"{name}.png", result.rgb)
+        if result.weights is not None:
+            _write_weights(weight_dir, name, result.weights)
 
 
 # ------------------------------------------------------------------------------------------- the network, tiled
@@ -667,22 +678,30 @@ def fuse_images(
     gray_dir, rgb_dir, weight_dir = out / "Gray", out / "RGB", out / "Weights"
 
     bar = tqdm(total=len(names), unit="pair", desc="fuse", disable=not progress, file=sys.stderr)
+    # PNG encoding (0.1 s per 480x640 image, about a tenth of a fast pass) runs in a writer thread while the next
+    # batch is fused; one batch is pending at most, so a write error surfaces one batch later at the latest
+    writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tdfusion-write")
+    pending: Future[None] | None = None
     try:
         for batch, consumed in _batches(names, ir, vis, batch_size, resize, summary.failed):
             if batch:
+                done: list[tuple[str, FusedImage]] = []
                 for pair, (result, error) in zip(batch, fuser.fuse_batch(batch, save_weights)):
                     if result is None:
                         summary.failed[pair.name] = error or "fusion failed"
                         continue
-                    write_image(gray_dir / f"{pair.name}.png", result.gray)
+                    done.append((pair.name, result))
                     if result.rgb is not None:
-                        write_image(rgb_dir / f"{pair.name}.png", result.rgb)
                         summary.rgb.append(pair.name)
-                    if result.weights is not None:
-                        _write_weights(weight_dir, pair.name, result.weights)
                     summary.fused.append(pair.name)
+                if pending is not None:
+                    pending.result()
+                pending = writer.submit(_write_results, done, gray_dir, rgb_dir, weight_dir)
             bar.update(consumed)
+        if pending is not None:
+            pending.result()
     finally:
+        writer.shutdown(wait=True)
         bar.close()
     summary.precision_error = getattr(fuser.fusion_net, "error_vs_fp32", None)
     summary.seconds = time.perf_counter() - start

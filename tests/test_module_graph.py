@@ -57,6 +57,8 @@ LAYERS: list[tuple[str, int]] = [
     ("tdfusion_core.tb_logger", 2),
     ("tdfusion_core.visual", 2),
     # 3: apps, experiments and the command line
+    ("tdfusion_core.bench.trees", 3),
+    ("tdfusion_core.bench.step_worker", 3),
     ("tdfusion_core", 3),
 ]
 

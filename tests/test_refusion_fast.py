@@ -19,7 +19,7 @@ from torch import nn
 from tdfusion_core.checkpoints import load_model_checkpoint, save_model_checkpoint
 from tdfusion_core.cli import build_cli
 from tdfusion_core.nets.refusion import FusionNet
-from tdfusion_core.nets.refusion_fast import FastFusion, fast_forward, fast_inference, precision_error
+from tdfusion_core.nets.refusion_fast import FastFusion, fast_forward, fast_inference, precision_error, use_fast_pass
 from tdfusion_core.speed import keep_freed_memory
 from tests.conftest import shared_path
 from tests.torch_threads import one_torch_thread  # noqa: F401
@@ -124,3 +124,69 @@ def test_fuse_cli_uses_the_fast_pass_and_reports_the_precision_error(tmp_path):
     fast = np.asarray(Image.open(tmp_path / "fast" / "Gray" / "a.png"), dtype=np.int16)
     eager = np.asarray(Image.open(tmp_path / "eager" / "Gray" / "a.png"), dtype=np.int16)
     assert np.abs(fast - eager).max() <= 1  # 8-bit files of outputs within 1e-5 of each other
+
+
+# ------------------------------------------------------------------------------ the training pass (use_fast_pass)
+
+
+def _loss_and_grads(net: FusionNet, params: dict, x: torch.Tensor, probe: torch.Tensor):
+    """``Σ probe·F(x)`` through parameter substitution (as the meta step calls F) and its gradients."""
+    from torch.func import functional_call
+
+    leaves = {n: p.detach().clone().requires_grad_(True) for n, p in params.items()}
+    xx = x.clone().requires_grad_(True)
+    out = functional_call(net, leaves, (xx,))
+    grads = torch.autograd.grad((probe * out).sum(), [*leaves.values(), xx])
+    return out.detach(), dict(zip([*leaves, "input"], grads))
+
+
+@pytest.mark.parametrize(("num_sources", "bias"), [(2, False), (2, True), (3, False)])
+def test_training_pass_outputs_gradients_and_jvp_equal_the_layers_in_float64(num_sources, bias):
+    from torch.func import functional_call, jvp
+
+    net = random_net(num_sources, bias)
+    gen = torch.Generator().manual_seed(5)
+    x = torch.rand(2, num_sources, 11, 14, dtype=torch.float64, generator=gen)
+    probe = torch.randn(2, 1, 11, 14, dtype=torch.float64, generator=gen)
+    params = {n: p.detach() for n, p in net.named_parameters()}
+    tangents = {n: torch.randn(p.shape, dtype=p.dtype, generator=gen) for n, p in params.items()}
+
+    def jvp_of(module: nn.Module):
+        return jvp(lambda p: functional_call(module, p, (x,)), (params,), (tangents,))
+
+    out_e, grads_e = _loss_and_grads(net, params, x, probe)
+    primal_e, tangent_e = jvp_of(net)
+    assert use_fast_pass(net) is True and net.forward_pass is not None
+    out_f, grads_f = _loss_and_grads(net, params, x, probe)
+    primal_f, tangent_f = jvp_of(net)
+
+    assert (out_f - out_e).abs().max() < 1e-12
+    assert grads_f.keys() == grads_e.keys()
+    for name, g in grads_e.items():  # every parameter's gradient and the input's
+        assert (grads_f[name] - g).abs().max() < 1e-12 * max(1.0, float(g.abs().max())), name
+    assert (primal_f - primal_e).abs().max() < 1e-12
+    assert (tangent_f - tangent_e).abs().max() < 1e-12 * max(1.0, float(tangent_e.abs().max()))
+    assert tangent_e.abs().max() > 1e-3  # a tangent that says something
+
+
+def test_use_fast_pass_switches_refusion_only_and_can_be_undone():
+    net = random_net()
+    x = torch.rand(1, 2, 8, 9, dtype=torch.float64)
+    use_fast_pass(net)
+    assert net.state_dict().keys() == random_net().state_dict().keys()
+    assert use_fast_pass(net, enabled=False) is False and net.forward_pass is None
+    other = nn.Conv2d(2, 1, 1)
+    assert use_fast_pass(other) is False and not hasattr(other, "forward_pass")
+    assert net(x).shape == (1, 1, 8, 9)
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_the_trainer_follows_the_fast_fusion_pass_switch(enabled):
+    from tdfusion_core.config import TrainConfig
+    from tdfusion_core.trainer import MetaTrainer
+    from tests.trainer_utils import BlobScenes, SmallGenerator
+
+    config = TrainConfig(task="tiny-seg", task_options={"width": 4}, progress=False, fast_fusion_pass=enabled)
+    net = FusionNet(dim=4, num_blocks=1, heads=2)
+    trainer = MetaTrainer(config, train_set=BlobScenes(2), fusion_net=net, loss_generator=SmallGenerator())
+    assert trainer.fusion_net is net and (net.forward_pass is not None) is enabled

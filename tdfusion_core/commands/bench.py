@@ -106,9 +106,11 @@ def tdfusion_register_commands(cli: Any) -> None:
     from tdfusion_core.bench.meta import meta_command  # tdfusion bench meta (the training steps)
     from tdfusion_core.bench.scaling import scaling_command  # tdfusion bench scaling (multi-process training)
     from tdfusion_core.bench.suite import suite_command  # tdfusion bench suite (every target, GPU)
+    from tdfusion_core.bench.trees import trees_command  # tdfusion bench trees (two commits side by side)
 
     bench_group.add_command(suite_command)
     bench_group.add_command(meta_command)
     bench_group.add_command(data_command)
     bench_group.add_command(scaling_command)
+    bench_group.add_command(trees_command)
     cli.add_command(bench_group)

@@ -19,6 +19,7 @@ entries), so the published ``ReFusion_IVIF.pth`` and the TDFusion release checkp
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -125,6 +126,9 @@ class FusionNet(nn.Module):
 
     #: Inputs need no padding: every layer is stride 1 and the attention spans the whole image.
     size_multiple: int = 1
+    #: another implementation of this same function, ``(net, x) -> output``, that :meth:`forward` runs instead of
+    #: the layers' own forwards (set per network by :func:`tdfusion_core.nets.refusion_fast.use_fast_pass`)
+    forward_pass: Callable[[FusionNet, torch.Tensor], torch.Tensor] | None = None
 
     # Argument list and layer names as in the reference constructor (TDFusion's nets/ReFusion.py), so released
     # weights load unchanged: the nets' constructors look alike by design, not by copy.
@@ -159,6 +163,8 @@ class FusionNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Fuse ``(B, K, H, W)`` sources into ``(B, 1, H, W)`` in (0, 1)."""
+        if self.forward_pass is not None:
+            return self.forward_pass(self, x)
         check_sources(x, self.num_sources, "FusionNet")
         out = self.FM(encode_sources(self, x, "project_in_{k}"))
         for block in self.decoder:

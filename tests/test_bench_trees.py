@@ -1,0 +1,65 @@
+"""`tdfusion bench trees`: the step worker runs on a tree, and two trees are compared in interleaved processes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from tdfusion_core.bench import step_worker
+from tdfusion_core.bench.trees import format_trees, trees_command
+from tests.torch_threads import one_torch_thread  # noqa: F401
+
+REPO = Path(__file__).resolve().parents[1]
+SPEC = {
+    "task": "tiny-seg",
+    "mode": "jvp",
+    "image_size": [24, 32],
+    "crop_size": [16, 16],
+    "task_size": [24, 32],
+    "num_classes": 3,
+    "threads": 1,
+    "steps": 2,
+    "warmup": 0,
+    "task_options": {"width": 4},
+    "train_options": {"fusion_options": {"dim": 4, "num_blocks": 1, "heads": 2}},
+}
+
+
+def test_the_worker_times_every_step_of_this_tree():
+    report = step_worker.run(SPEC)
+    for key in ("meta_cpu", "meta_wall", "fusion_cpu", "fusion_wall"):
+        assert len(report[key]) == 2 and all(t > 0 for t in report[key])
+    assert report["peak_rss_mb"] > 0
+    assert Path(report["tree"]).parent == REPO / "tdfusion_core"
+
+
+def test_two_trees_side_by_side(tmp_path):
+    out = tmp_path / "trees.json"
+    args = [
+        "--tree",
+        f"a={REPO}",
+        "--tree",
+        f"b={REPO}",
+        "--task",
+        "tiny-seg",
+        "--set",
+        "width=4",
+        "--num-classes",
+        "3",
+    ]
+    args += ["--image-size", "24x32", "--crop-size", "16x16", "--task-size", "24x32", "--rounds", "1", "--steps", "1"]
+    args += ["--warmup", "0", "--train-set", "fusion_options={dim: 4, num_blocks: 1, heads: 2}", "--out", str(out)]
+    result = CliRunner().invoke(trees_command, args)
+    assert result.exit_code == 0, result.output
+    data = json.loads(out.read_text())
+    assert list(data["trees"]) == ["a", "b"]
+    assert data["trees"]["b"]["speedup_over_a"]["meta_cpu"] > 0
+    assert data["env"]["MALLOC_MMAP_MAX_"] == "0"
+    assert "speedup_over_a" in format_trees(data)
+
+
+def test_a_path_without_the_package_is_refused(tmp_path):
+    result = CliRunner().invoke(trees_command, ["--tree", f"a={tmp_path}"])
+    assert result.exit_code != 0 and "tdfusion_core" in result.output
