@@ -196,7 +196,7 @@ def weight_map_signal(
     lt = step._task_loss(step._fuse(leaves, mts_task.sources), mts_task, result.task_params)
     grads = torch.autograd.grad(lt, list(leaves.values()), allow_unused=True)
     v = {n: (g if g is not None else torch.zeros_like(leaves[n])) for n, g in zip(leaves, grads)}
-    fused, jv = jvp(lambda p: step._fuse(p, sources), (theta_f,), (v,))
+    fused, jv = jvp(lambda p: step._fuse(p, sources), (theta_f,), (v,))  # type: ignore[misc]
     w = weights.detach().requires_grad_(True)
     dlf_dfused = step._intensity_grad(fused.detach(), sources, w)
     (grad_w,) = torch.autograd.grad((dlf_dfused * jv.detach()).sum(), w)
