@@ -126,6 +126,29 @@ def weight_preferences(weights: torch.Tensor, masks: torch.Tensor, night: torch.
     return {name: (float(w_ir[sel].mean()) if sel.any() else None) for name, sel in regions.items()}
 
 
+#: below this largest distance from ½ of G's mean regional weights, a preference score says nothing about learning
+BARELY_MOVED = 0.05
+
+
+def movement_note(regions: dict[str, dict[str, float | None]]) -> str:
+    """One honest sentence on how far G moved from ½ (its start for ``lpn-equivariant``), from the per-region table.
+
+    When every region's mean infrared weight (both orders) is within :data:`BARELY_MOVED` of ½, a preference score
+    of 0 or 1 only records on which side of ½ G landed; the report must say so instead of letting it read as
+    learning (docs/experiments.md, "Why G does not learn the visible regions").
+    """
+    values = [v for row in regions.values() for v in row.values() if v is not None]
+    if not values:
+        return ""
+    moved = max(abs(v - 0.5) for v in values)
+    if moved < BARELY_MOVED:
+        return (
+            f"G has barely moved from ½ (largest regional distance {moved:.3f}): its preference scores record on "
+            "which side of ½ it landed, not what it learned."
+        )
+    return f"G's regional weights move up to {moved:.3f} from ½."
+
+
 def _fmt(value: float | None, digits: int = 3) -> str:
     return "—" if value is None else f"{value:.{digits}f}"
 
@@ -160,6 +183,8 @@ a G that learned the modalities gives the same numbers). Warm objects at night a
 markings and cold objects only in the visible image.
 
 {prefs}
+
+{movement}
 
 ## Figures
 
@@ -322,6 +347,7 @@ def run_demo(settings: DemoSettings, echo: Callable[[str], None] = print) -> Pat
                     *pref_rows,
                 ]
             ),
+            movement=movement_note(regions),
             first_seed=spec.seeds[0],
         )
     )

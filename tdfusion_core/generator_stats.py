@@ -13,12 +13,16 @@ input are reversed back, so index k is always the same source). A G that learned
 gives the same weights in both orders; a difference (``order_gap``) is a preference for an input *position*.
 
 :class:`SaturationGuard` warns (once per run) when the mean max-weight passes a threshold (default 0.98).
+:func:`weight_map_signal` and :func:`signal_by_region` say *why* G moves: the meta-gradient per pixel of its weight
+map, summarised on the pixels that only one source shows (docs/experiments.md, "Why G does not learn the visible
+regions").
 """
 
 from __future__ import annotations
 
 import math
 import warnings
+from typing import Any
 
 import torch
 from torch import nn
@@ -29,6 +33,8 @@ __all__ = [
     "bounded_maxnorm_update",
     "generator_stats",
     "preference_scores",
+    "signal_by_region",
+    "weight_map_signal",
     "weight_stats",
 ]
 
@@ -166,3 +172,63 @@ def bounded_maxnorm_update(
         return scale
     finally:
         generator.train(was)
+
+
+def weight_map_signal(
+    step: Any, sources: torch.Tensor, mts_task: Any, result: Any, weights: torch.Tensor, inner_lr: float
+) -> torch.Tensor:
+    """The meta-gradient with respect to G's weight map ``W`` on ``sources``: ``∂Lt(T'(F'(x_mts)))/∂W`` per pixel.
+
+    ``step`` is the :class:`~tdfusion_core.meta.MetaStep` whose F (at θF, unchanged by the step) and task were used,
+    ``result`` its :class:`~tdfusion_core.meta.MetaStepResult` (θF' and θT'), ``sources`` the meta-train sources
+    the fusion loss saw and ``weights`` G's weights on them. With ``v = ∂Lt/∂θF'`` (Eq. 6) and the meta step's own
+    identity (Eq. 7) the map is ``−η ∂/∂W ⟨∂Lf/∂If(W), J_F v⟩``; G's gradient is this map pulled back through G.
+    For the reference intensity loss at ``w = ½`` the infrared-minus-visible part is proportional to
+    ``(I_ir − I_vis)·J_F v``: the meta step raises the weight of the source lying on the side the task wants the
+    fused pixel to move to (``−J_F v``), so G can learn only what the task's gradient on the fused image says.
+    Returns ``(B, K, H, W)``; gradient descent on G moves ``W`` along minus this map.
+    """
+    from torch.func import jvp
+
+    F = step.fusion_net
+    theta_f = {n: p.detach() for n, p in F.named_parameters() if p.requires_grad}
+    leaves = {n: p.detach().clone().requires_grad_(True) for n, p in result.fusion_params.items()}
+    lt = step._task_loss(step._fuse(leaves, mts_task.sources), mts_task, result.task_params)
+    grads = torch.autograd.grad(lt, list(leaves.values()), allow_unused=True)
+    v = {n: (g if g is not None else torch.zeros_like(leaves[n])) for n, g in zip(leaves, grads)}
+    fused, jv = jvp(lambda p: step._fuse(p, sources), (theta_f,), (v,))  # type: ignore[misc]
+    w = weights.detach().requires_grad_(True)
+    dlf_dfused = step._intensity_grad(fused.detach(), sources, w)
+    (grad_w,) = torch.autograd.grad((dlf_dfused * jv.detach()).sum(), w)
+    return -inner_lr * grad_w
+
+
+def signal_by_region(
+    signal: torch.Tensor, only: torch.Tensor, infrared: int = 0, visible: int = 1
+) -> dict[str, dict[str, float | None]]:
+    """Summarise a :func:`weight_map_signal` on the infrared-only (``only == 1``), visible-only (2) and other pixels.
+
+    ``push`` = ``−(s_ir − s_vis)``: how a gradient step moves the infrared weight relative to the visible one
+    (> 0: towards infrared). Per region: ``right`` the fraction of pixels pushed towards the source that shows
+    them (infrared on infrared-only, visible on visible-only; on other pixels the fraction pushed towards
+    infrared), ``net`` ``Σ push·sign / Σ|push|`` with the same sign (1: all of the push goes the right way, −1: all
+    the wrong way) and ``scale`` the mean ``|push|``. ``None`` where a region has no pixels.
+    """
+    push = -(signal[:, infrared] - signal[:, visible])
+    out: dict[str, dict[str, float | None]] = {}
+    for name, mask, sign in (
+        ("infrared_only", only == 1, 1.0),
+        ("visible_only", only == 2, -1.0),
+        ("other", only == 0, 1.0),
+    ):
+        p = push[mask] * sign
+        if p.numel() == 0:
+            out[name] = {"right": None, "net": None, "scale": None}
+            continue
+        total = float(p.abs().sum())
+        out[name] = {
+            "right": float((p > 0).float().mean()),
+            "net": float(p.sum()) / total if total > 0 else 0.0,
+            "scale": float(p.abs().mean()),
+        }
+    return out

@@ -19,6 +19,7 @@ def test_quick_demo_writes_report(tmp_path):
         assert method in report
     assert "warm objects, night" in report and "markings" in report and "sources swapped" in report
     assert "## Verdict" in report and "95 %" in report
+    assert "from ½" in report  # how far G moved, so that a preference score is not read as learning
     results = json.loads((out / "results.json").read_text())
     assert set(results["results"]) == set(methods)
     for row in results["results"].values():
@@ -35,3 +36,13 @@ def test_quick_demo_writes_report(tmp_path):
     # a second run refuses to overwrite
     again = CliRunner().invoke(build_cli(), ["demo", "--quick", "--out", str(out)])
     assert again.exit_code != 0 and "--overwrite" in again.output
+
+
+def test_movement_note_says_when_the_preference_score_means_nothing():
+    from tdfusion_core.demo import movement_note
+
+    near = {"warm objects, night": {"given": 0.504, "swapped": 0.504}, "markings": {"given": 0.5, "swapped": None}}
+    assert "barely moved" in movement_note(near) and "0.004" in movement_note(near)
+    far = {"warm objects, night": {"given": 0.71, "swapped": 0.70}}
+    assert "barely" not in movement_note(far) and "0.210" in movement_note(far)
+    assert movement_note({}) == ""

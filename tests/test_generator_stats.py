@@ -92,3 +92,43 @@ def test_bounded_step_equals_the_released_step_below_the_bound():
     assert bounded_maxnorm_update(b, grads, 1e-5, x, max_change=0.5) == 1.0
     for (n, p), q in zip(a.named_parameters(), b.parameters()):
         assert torch.equal(p, q), n
+
+
+def test_weight_map_signal_is_the_outer_gradient_with_respect_to_the_weight_map():
+    """Against autograd through the inner update itself (float64): W a leaf, θF' = θF − η∇θF Lf(W), ∂Lt/∂W."""
+    from tdfusion_core.generator_stats import weight_map_signal
+    from tdfusion_core.meta import sgd_task_step
+    from tdfusion_core.task import functional_task_loss
+    from tests.test_meta import _setup
+
+    step, crop, mtr, mts = _setup(seed=3)
+    lr = 0.5
+    result = step.compute(crop, mtr, mts, lr, sgd_task_step(0.1))
+    weights = step.loss_generator(crop).detach()
+    signal = weight_map_signal(step, crop, mts, result, weights, lr)
+
+    F = step.fusion_net
+    w = weights.clone().requires_grad_(True)
+    theta = {n: p.detach().requires_grad_(True) for n, p in F.named_parameters()}
+    lf = step.fusion_loss(torch.func.functional_call(F, theta, (crop,)), crop, w)
+    grads = torch.autograd.grad(lf, list(theta.values()), create_graph=True)
+    theta1 = {n: p - lr * g for (n, p), g in zip(theta.items(), grads)}
+    fused = torch.func.functional_call(F, theta1, (mts.sources,))
+    lt = functional_task_loss(step.task, fused, mts.targets, params=result.task_params)
+    (expected,) = torch.autograd.grad(lt, w)
+    assert expected.abs().max() > 0
+    assert (signal - expected).norm() / expected.norm() < 1e-10
+
+
+def test_signal_by_region_counts_pushes_towards_the_source_that_shows_a_region():
+    from tdfusion_core.generator_stats import signal_by_region
+
+    only = torch.tensor([[[1, 1, 2, 2, 0]]])
+    signal = torch.zeros(1, 2, 1, 5)
+    # a descent step moves W along −signal: −(s_ir − s_vis) > 0 pushes towards infrared
+    signal[0, 0, 0] = torch.tensor([-2.0, 1.0, 1.0, 1.0, -1.0])
+    out = signal_by_region(signal, only)
+    assert out["infrared_only"] == {"right": 0.5, "net": pytest.approx(1 / 3), "scale": 1.5}
+    assert out["visible_only"] == {"right": 1.0, "net": 1.0, "scale": 1.0}
+    assert out["other"]["right"] == 1.0
+    assert signal_by_region(signal, torch.zeros(1, 1, 5, dtype=torch.long))["visible_only"]["right"] is None
