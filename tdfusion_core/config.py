@@ -134,6 +134,9 @@ class TrainConfig:
     #: with ``maxnorm``: largest mean change of G's weights per meta step (``None``: the released step); a guard
     #: against G collapsing (tdfusion_core.generator_stats.bounded_maxnorm_update, docs/experiments.md)
     generator_max_change: float | None = attrs.field(default=None, validator=_positive)
+    #: log G's entropy and mean weights in both source orders (and check saturation) every N meta steps and at the
+    #: last meta step of each epoch; 0: never (two extra passes of G over the crop each time)
+    generator_stats_every: int = attrs.field(default=10, validator=_non_negative)
     meta_mode: MetaMode = attrs.field(default="jvp", validator=_one_of(MetaMode))
 
     # fusion loss

@@ -221,8 +221,10 @@ class MetaTrainer:
             return None
         self.bad_steps = 0
         # G's entropy and mean weight per source in both source orders, and a warning when it saturates
-        metrics.update(generator_stats(self.loss_generator, crop))
-        self.saturation_guard.check(metrics, self.meta_step_count)
+        every, per_epoch = self.config.generator_stats_every, self.config.meta_steps
+        if every and (self.meta_step_count % every == 0 or (per_epoch and self.meta_step_count % per_epoch == 0)):
+            metrics.update(generator_stats(self.loss_generator, crop))
+            self.saturation_guard.check(metrics, self.meta_step_count)
         self._emit("tdfusion_on_meta_step_end", trainer=self, step=self.meta_step_count, metrics=metrics)
         if not self.config.separate_fusion_phase:
             # ablation IV: F and T learn inside the meta loop, one step of their own optimizers on the meta-train
@@ -269,9 +271,9 @@ class MetaTrainer:
     def _run_phase(
         self, items: Iterable[Any], step: Callable[[Any], dict[str, float] | None], desc: str, prefix: str
     ) -> dict[str, float]:
-        """Run ``step`` on each item under a progress bar; mean of the metrics of the steps not skipped."""
+        """Run ``step`` on each item under a progress bar; per metric, its mean over the steps that reported it."""
         sums: dict[str, float] = defaultdict(float)
-        done = 0
+        counts: dict[str, int] = defaultdict(int)
         bar = tqdm(items, desc=desc, disable=not (self.config.progress and self.dist.is_main), leave=False)
         for item in bar:
             metrics = self._guarded(step, item, desc)
@@ -279,9 +281,9 @@ class MetaTrainer:
                 continue
             for k, v in metrics.items():
                 sums[k] += v
-            done += 1
+                counts[k] += 1
             bar.set_postfix(task=f"{metrics['task_loss']:.4f}", fusion=f"{metrics['fusion_loss']:.4f}")
-        return {f"{prefix}/{k}": v / max(done, 1) for k, v in sums.items()}
+        return {f"{prefix}/{k}": v / counts[k] for k, v in sums.items()}
 
     # ------------------------------------------------------------------ the loop
     def fit(self) -> list[dict[str, float]]:

@@ -94,6 +94,23 @@ def test_hooks_fire_in_order_with_counts_and_payloads(tmp_path, recorder):
     assert recorder.payloads("run_end") == [{"status": "completed"}]
 
 
+def test_generator_statistics_every_n_meta_steps_and_at_each_epochs_last(recorder):
+    trainer = small_trainer(epochs=2, meta_steps=3, fusion_steps=1, task_step="sgd", generator_stats_every=2)
+    trainer.fit()
+    meta = recorder.payloads("meta_step_end")
+    with_stats = [p["step"] for p in meta if "g/entropy" in p["metrics"]]
+    assert with_stats == [2, 3, 4, 6]  # every 2nd step, and steps 3 and 6 close an epoch
+    # an epoch's mean of a statistic is over the steps that computed it, the losses over all its steps
+    first = [p["metrics"] for p in meta[:3]]
+    assert trainer.history[0]["meta/g/entropy"] == pytest.approx((first[1]["g/entropy"] + first[2]["g/entropy"]) / 2)
+    assert trainer.history[0]["meta/task_loss"] == pytest.approx(sum(m["task_loss"] for m in first) / 3, rel=1e-6)
+
+
+def test_generator_statistics_can_be_turned_off(recorder):
+    small_trainer(epochs=1, meta_steps=2, fusion_steps=1, task_step="sgd", generator_stats_every=0).fit()
+    assert not any("g/entropy" in p["metrics"] for p in recorder.payloads("meta_step_end"))
+
+
 def test_bad_meta_steps_are_announced_as_skipped_and_the_run_fails(recorder):
     trainer = small_trainer(epochs=1, meta_steps=3, fusion_steps=1, max_bad_steps=2, task_step="sgd")
     trainer.train_set = _NaNScenes(8)
