@@ -20,6 +20,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from tdfusion_core.colour import WEIGHT_CMAP
+
 __all__ = ["metrics_bar_chart", "weight_map_figure"]
 
 ImageLike = torch.Tensor | np.ndarray
@@ -69,7 +71,7 @@ def weight_map_figure(
     weights: ImageLike | Sequence[ImageLike],
     path: str | Path,
     source_names: Sequence[str] = ("Infrared", "Visible"),
-    cmap: str = "viridis",  # WEIGHT_CMAP of tdfusion_core.visual: one map everywhere
+    cmap: str = WEIGHT_CMAP,
     size: tuple[int, int] | None = None,
     dpi: int = 100,
     title: str | None = None,

@@ -12,8 +12,7 @@ What :func:`fuse_images` does, following the reference's ``test.py``:
   luminance with the chroma of the sources mixed by saturation (:func:`tdfusion_core.colour.mix_chroma`; a gray
   source contributes nothing, so one colour source passes its chroma through). Gray in, gray out;
 * optionally writes the loss generator's per-pixel source weights as colour-mapped PNGs
-  (``Weights/<name>_ir.png``, ``Weights/<name>_vis.png``; matplotlib's viridis when matplotlib is installed, else a
-  built-in approximation of it).
+  (``Weights/<name>_ir.png``, ``Weights/<name>_vis.png``; viridis, :func:`tdfusion_core.colour.colormap`).
 
 Bad input: a pair whose images differ in size raises :class:`ImageSizeMismatchError` naming both files before anything
 is fused (``resize=True`` instead resamples the visible image onto the infrared grid); an unreadable or truncated
@@ -37,7 +36,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from tdfusion_core.colour import fused_rgb, has_colour
+from tdfusion_core.colour import colormap, fused_rgb, has_colour
 from tdfusion_core.devices import pick_device
 from tdfusion_core.io import (
     ImageReadError,
@@ -130,44 +129,6 @@ class _Pair:
     name: str
     y: torch.Tensor  # (2, H, W) luminances, infrared first
     chroma: torch.Tensor  # (2, 2, H, W) chroma per source
-
-
-# ---------------------------------------------------------------------------------------------------- colour maps
-
-#: matplotlib's viridis at 0, 1/8, ..., 1: the fallback map, linearly interpolated, when matplotlib is not installed
-#: (within 0.07 of viridis per channel).
-_VIRIDIS_ANCHORS = np.array(
-    [
-        [0.267004, 0.004874, 0.329415],
-        [0.278826, 0.175490, 0.483397],
-        [0.229739, 0.322361, 0.545706],
-        [0.172719, 0.448791, 0.557885],
-        [0.127568, 0.566949, 0.550556],
-        [0.157851, 0.683765, 0.501686],
-        [0.369214, 0.788888, 0.382914],
-        [0.678489, 0.863742, 0.189503],
-        [0.993248, 0.906157, 0.143936],
-    ]
-)
-
-
-def colormap(values: np.ndarray, name: str = "viridis") -> np.ndarray:
-    """Map ``(H, W)`` values in [0, 1] to ``(H, W, 3)`` RGB in [0, 1].
-
-    Uses matplotlib's colour map ``name`` when matplotlib is installed; otherwise a piecewise-linear
-    approximation of viridis (whatever ``name`` says), so weight maps can be written without matplotlib.
-    """
-    values = np.clip(np.asarray(values, dtype=np.float64), 0.0, 1.0)
-    try:
-        import matplotlib
-
-        return np.asarray(matplotlib.colormaps[name](values)[..., :3])
-    except ImportError:
-        pass
-    pos = values * (len(_VIRIDIS_ANCHORS) - 1)
-    lo = np.minimum(np.floor(pos).astype(int), len(_VIRIDIS_ANCHORS) - 2)
-    frac = (pos - lo)[..., None]
-    return _VIRIDIS_ANCHORS[lo] * (1 - frac) + _VIRIDIS_ANCHORS[lo + 1] * frac
 
 
 # ------------------------------------------------------------------------------------------------------- helpers

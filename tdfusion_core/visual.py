@@ -2,7 +2,7 @@
 
 The weight-map grid (``images/epoch_NNNN.png`` and the TensorBoard images of a run) has a title over every column
 and a 0-1 colour bar on the right, so a map near ½ reads as "equal weights" rather than a flat colour. Weight maps
-use :data:`WEIGHT_CMAP` (viridis) everywhere: here, in ``tdfusion fuse --save-weights`` and in
+use :data:`tdfusion_core.colour.WEIGHT_CMAP` (viridis) everywhere: here, in ``tdfusion fuse --save-weights`` and in
 :mod:`tdfusion_core.figures` (publication-style figures, which need matplotlib).
 """
 
@@ -14,26 +14,12 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-#: the colour map of weight maps, everywhere (matplotlib name; :func:`colormap` is its dependency-free version)
-WEIGHT_CMAP = "viridis"
-
-# (position, r, g, b) stops of a perceptually ordered blue -> green -> yellow map (viridis-like)
-_STOPS = np.array(
-    [
-        [0.00, 0.267, 0.005, 0.329],
-        [0.25, 0.229, 0.322, 0.546],
-        [0.50, 0.128, 0.567, 0.551],
-        [0.75, 0.369, 0.789, 0.383],
-        [1.00, 0.993, 0.906, 0.144],
-    ]
-)
+from tdfusion_core.colour import colormap
 
 
-def colormap(values: np.ndarray) -> np.ndarray:
-    """Map values in [0, 1] ``(H, W)`` to uint8 RGB ``(H, W, 3)``."""
-    v = np.clip(values, 0.0, 1.0)
-    rgb = np.stack([np.interp(v, _STOPS[:, 0], _STOPS[:, c]) for c in (1, 2, 3)], axis=-1)
-    return (rgb * 255.0 + 0.5).astype(np.uint8)
+def colour_tiles(values: np.ndarray) -> np.ndarray:
+    """Weight maps in [0, 1] ``(H, W)`` as uint8 RGB ``(H, W, 3)`` in :data:`~tdfusion_core.colour.WEIGHT_CMAP`."""
+    return (colormap(values) * 255.0 + 0.5).astype(np.uint8)
 
 
 def _gray(image: torch.Tensor) -> np.ndarray:
@@ -68,7 +54,7 @@ def _text(image: Image.Image, xy: tuple[int, int], text: str, width: int) -> Non
 def colour_bar(height: int, width: int = 12, labels: bool = True) -> np.ndarray:
     """A vertical 0-1 colour bar ``(height, width + 26, 3)``: 1 at the top, 0 at the bottom, labelled 0, ½, 1."""
     values = np.linspace(1.0, 0.0, max(height, 2))[:, None].repeat(width, axis=1)
-    bar = colormap(values)
+    bar = colour_tiles(values)
     if not labels:
         return bar
     canvas = Image.new("RGB", (width + 26, bar.shape[0]), (255, 255, 255))
@@ -94,7 +80,7 @@ def weight_grid(
     rows = []
     for b in range(sources.shape[0]):
         tiles = [_gray(s) for s in sources[b]] + [_gray(fused[b, 0])]
-        rows.append(tiles + [colormap(w.detach().float().cpu().numpy()) for w in weights[b]])
+        rows.append(tiles + [colour_tiles(w.detach().float().cpu().numpy()) for w in weights[b]])
     body = tile_grid(rows, gap)
     names = source_names(sources.shape[1])
     titles = titles if titles is not None else [*names, "fused", *(f"w {n}" for n in names)]

@@ -17,7 +17,8 @@ from torch import nn
 from tdfusion_core import fuse_images
 from tdfusion_core.checkpoints import load_model_checkpoint
 from tdfusion_core.cli import build_cli
-from tdfusion_core.fusion import FusionInputError, ImageSizeMismatchError, colormap
+from tdfusion_core.colour import colormap
+from tdfusion_core.fusion import FusionInputError, ImageSizeMismatchError
 from tests.conftest import shared_path, write_small_checkpoint
 from tests.torch_threads import one_torch_thread  # noqa: F401
 
@@ -184,14 +185,15 @@ def test_weight_maps_are_the_loss_generator_output_colour_mapped(tmp_path, small
         assert np.abs(got - colormap(w[k]) * 255).max() <= 1.5
 
 
-def test_colormap_without_matplotlib_is_close_to_viridis(monkeypatch):
-    values = np.linspace(0, 1, 101)[None]
-    viridis = colormap(values)
+def test_colormap_is_matplotlibs_viridis_without_needing_matplotlib(monkeypatch):
+    matplotlib = pytest.importorskip("matplotlib")
+    values = np.arange(256) / 255
+    viridis = matplotlib.colormaps["viridis"](values)[:, :3]
     monkeypatch.setitem(sys.modules, "matplotlib", None)
-    fallback = colormap(values)
-    assert fallback.shape == (1, 101, 3)
-    assert np.abs(fallback - viridis).max() < 0.07
-    assert np.allclose(fallback[0, [0, -1]], viridis[0, [0, -1]], atol=1e-6)
+    ours = colormap(values[None])
+    assert ours.shape == (1, 256, 3)
+    assert np.abs(ours[0] - viridis).max() < 0.01
+    assert np.allclose(ours[0, [0, -1]], viridis[[0, -1]], atol=1e-6)
 
 
 # -------------------------------------------------------------------------------------------------------- bad input

@@ -17,7 +17,7 @@ from tdfusion_core.run_logger import epoch_line, read_results_csv
 from tdfusion_core.tasks.tiny_seg import TinySegTask
 from tdfusion_core.trainer import MetaTrainer
 from tdfusion_core.validation import Validator, resolve_val_set
-from tdfusion_core.visual import colormap, weight_grid
+from tdfusion_core.visual import colour_tiles, weight_grid
 from tests.conftest import REPO, shared_path
 from tests.trainer_utils import BlobScenes, SmallFusion, SmallGenerator, small_settings
 
@@ -134,8 +134,8 @@ def test_weight_grid_has_column_titles_and_a_colour_bar():
     header = grid[:14, :250]
     assert (header < 128).any()  # dark title text on white
     bar = grid[14:, -38:-26]  # the 12-pixel bar, 1 at the top and 0 at the bottom
-    assert np.abs(bar[0, 0].astype(int) - colormap(np.array([[1.0]]))[0, 0]).max() <= 2
-    assert np.abs(bar[-1, 0].astype(int) - colormap(np.array([[0.0]]))[0, 0]).max() <= 2
+    assert np.abs(bar[0, 0].astype(int) - colour_tiles(np.array([[1.0]]))[0, 0]).max() <= 2
+    assert np.abs(bar[-1, 0].astype(int) - colour_tiles(np.array([[0.0]]))[0, 0]).max() <= 2
 
 
 def test_validation_split_found_automatically(tmp_path):
