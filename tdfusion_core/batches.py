@@ -41,13 +41,17 @@ from tdfusion_core.sampling import ShardedBatches, StepPlan, StepSampler, crop_d
 from tdfusion_core.task import Task
 
 
-def resize_images(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Bilinear resize of the last two dimensions of ``(..., C, H, W)`` images (unchanged if already ``size``)."""
+def resize_images(images: torch.Tensor, size: tuple[int, int], antialias: bool = False) -> torch.Tensor:
+    """Bilinear resize of the last two dimensions of ``(..., C, H, W)`` images (unchanged if already ``size``).
+
+    Training resizes without antialiasing, as the released code does; ``tdfusion fuse --resize`` antialiases, since
+    it may shrink a visible image onto a smaller infrared grid.
+    """
     if tuple(images.shape[-2:]) == tuple(size):
         return images
     lead = images.shape[:-3]
     flat = images.reshape(-1, *images.shape[-3:])
-    out = nnf.interpolate(flat, size=size, mode="bilinear", align_corners=False)
+    out = nnf.interpolate(flat, size=size, mode="bilinear", align_corners=False, antialias=antialias)
     return out.reshape(*lead, *out.shape[-3:])
 
 

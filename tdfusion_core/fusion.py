@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
+from tdfusion_core.batches import resize_images
 from tdfusion_core.colour import colormap, fused_rgb, has_colour
 from tdfusion_core.devices import pick_device
 from tdfusion_core.io import (
@@ -157,13 +158,6 @@ def _check_sizes(ir: dict[str, Path], vis: dict[str, Path], names: list[str]) ->
         )
 
 
-def _resample(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """``(C, H, W)`` -> ``(C, *size)``, bilinear with antialiasing."""
-    if tuple(image.shape[-2:]) == size:
-        return image
-    return F.interpolate(image[None], size=size, mode="bilinear", align_corners=False, antialias=True)[0]
-
-
 def _join(
     name: str,
     ir: tuple[torch.Tensor, torch.Tensor],
@@ -181,7 +175,8 @@ def _join(
             raise ImageSizeMismatchError(
                 f"{what[0]} is {size[1]}x{size[0]} but {what[1]} is {vis_y.shape[-1]}x{vis_y.shape[-2]}{hint}"
             )
-        vis_y, vis_c = _resample(vis_y, size).clamp(0, 1), _resample(vis_c, size).clamp(0, 1)
+        vis_y = resize_images(vis_y, size, antialias=True).clamp(0, 1)
+        vis_c = resize_images(vis_c, size, antialias=True).clamp(0, 1)
     return _Pair(name, torch.cat([ir_y, vis_y], 0), torch.stack([ir_c, vis_c], 0))
 
 
