@@ -29,6 +29,15 @@ def parse_seeds(value: str) -> list[int]:
     return seeds
 
 
+def _image_size(value: str | None) -> tuple[int, int] | None:
+    from tdfusion_core.sizes import optional_size
+
+    try:
+        return optional_size(value, what="--image-size", minimum=32)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--image-size") from None
+
+
 @click.command(name="experiment")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True, help="Results folder.")
 @click.option(
@@ -55,6 +64,16 @@ def parse_seeds(value: str) -> list[int]:
 @click.option("--fusion-steps", type=click.IntRange(min=1), help="Override the budget's fusion steps per epoch.")
 @click.option("--downstream-steps", type=click.IntRange(min=1), help="Override the budget's downstream steps.")
 @click.option("--max-images", type=click.IntRange(min=1), help="Real data: use the first N images of each split.")
+@click.option(
+    "--image-size",
+    metavar="HxW",
+    help="Real data: resize every image (and its labels) to HxW on load, for every method alike (a CPU budget).",
+)
+@click.option(
+    "--holdout",
+    type=click.IntRange(min=1),
+    help="Real data with one split: hold out its last N images (the test split is not read).",
+)
 @click.option("--data", default="synthetic", show_default=True, help="Registered dataset or folder.")
 @click.option("--data-option", multiple=True, metavar="KEY=VALUE", help="Dataset option (e.g. root=/data/LLVIP).")
 @click.option("--train-split", default="train", show_default=True)
@@ -81,6 +100,8 @@ def experiment_command(
     fusion_steps: int | None,
     downstream_steps: int | None,
     max_images: int | None,
+    image_size: str | None,
+    holdout: int | None,
     data: str,
     data_option: tuple[str, ...],
     train_split: str,
@@ -122,9 +143,14 @@ def experiment_command(
             "fusion_steps": fusion_steps,
             "downstream_steps": downstream_steps,
             "max_images": max_images,
+            "image_size": _image_size(image_size),
         }.items()
         if v is not None
     }
+    if image_size is not None and data == "synthetic":
+        raise click.BadParameter(
+            "applies to real data; synthetic scenes take their size from --budget", param_hint="--image-size"
+        )
     b = attrs.evolve(b, **changes)
     data_options = key_value_options(data_option, "--data-option")
     task_options = key_value_options(task_option, "--task-option")
@@ -139,22 +165,26 @@ def experiment_command(
         train_options.setdefault("lr_fusion", 1e-3)
         train_options.setdefault("lr_task", 1e-3)
     metrics = () if fusion_metrics.strip().lower() == "none" else tuple(m.strip() for m in fusion_metrics.split(","))
-    spec = ExperimentSpec(
-        out=out,
-        methods=chosen,
-        seeds=parse_seeds(seeds),
-        budget=b,
-        data=data,
-        data_options=data_options,
-        train_split=train_split,
-        test_split=test_split,
-        task=task,
-        task_options=task_options,
-        train_options=train_options,
-        device=device,
-        fusion_metrics=metrics,
-        reference=reference,
-    )
+    try:
+        spec = ExperimentSpec(
+            out=out,
+            methods=chosen,
+            seeds=parse_seeds(seeds),
+            budget=b,
+            data=data,
+            data_options=data_options,
+            train_split=train_split,
+            test_split=test_split,
+            task=task,
+            task_options=task_options,
+            train_options=train_options,
+            device=device,
+            fusion_metrics=metrics,
+            reference=reference,
+            holdout=holdout,
+        )
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
     run_experiment(spec, echo=click.echo)
     click.echo(f"report: {(out / 'report.md').resolve()}")
 
