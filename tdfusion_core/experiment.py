@@ -453,6 +453,7 @@ class _Cells:
 
         spec = self.spec
         start = time.perf_counter()
+        cpu_start = time.process_time()  # this process's CPU time: what a cell costs on a shared machine
         self.write_sources()
         extra: dict[str, Any] = {}
         if method.kind == "source":
@@ -496,6 +497,7 @@ class _Cells:
             "seed": seed,
             "key": cell_key(spec, method, seed),
             "seconds": time.perf_counter() - start,
+            "cpu_seconds": time.process_time() - cpu_start,
             "task_metrics": task_metrics,
             "fusion_metrics": fusion,
             **extra,

@@ -77,6 +77,8 @@ def test_a_real_folder_experiment_fuses_and_scores_at_the_image_size(tmp_path):
     budget_line = to_markdown(summary).splitlines()[0]
     assert "image_size=[32, 48]" in budget_line and "n_train" not in budget_line and "size=[96" not in budget_line
     assert json.loads((tmp_path / "exp" / "results.json").read_text())["budget"]["image_size"] == [32, 48]
+    cell = json.loads((tmp_path / "exp" / "cells" / "TDFusion" / "seed0.json").read_text())
+    assert cell["cpu_seconds"] > 0 and cell["seconds"] > 0  # CPU time too: wall time misleads on a shared machine
 
 
 def test_cells_run_seed_by_seed_with_the_untrained_rows_first():
