@@ -521,8 +521,13 @@ def cell_order(spec: ExperimentSpec) -> list[tuple[Method, int]]:
     return sorted(cells, key=lambda cell: (spec.seeds.index(cell[1]), cell[0].kind == "train"))
 
 
-def run_experiment(spec: ExperimentSpec, echo: Callable[[str], None] = print) -> dict[str, Any]:
-    """Run (or resume) every cell, then write and return the summary (see the module docstring)."""
+def run_experiment(
+    spec: ExperimentSpec, echo: Callable[[str], None] = print, run_missing: bool = True
+) -> dict[str, Any]:
+    """Run (or resume) every cell, then write and return the summary (see the module docstring).
+
+    ``run_missing=False`` runs nothing: the summary of the cells already finished (an interrupted or still running
+    experiment's figures so far; missing cells count as missing seeds)."""
     spec.out.mkdir(parents=True, exist_ok=True)
     (spec.out / "spec.json").write_text(json.dumps(_jsonable(attrs.asdict(spec, recurse=False)), indent=2))
     cells = cell_order(spec)
@@ -541,6 +546,9 @@ def run_experiment(spec: ExperimentSpec, echo: Callable[[str], None] = print) ->
         if cached is not None:
             echo(f"[{index}/{len(cells)}] {method.name}, seed {seed}: cached")
             results.append(cached)
+            continue
+        if not run_missing:
+            echo(f"[{index}/{len(cells)}] {method.name}, seed {seed}: not run")
             continue
         if runner is None:
             runner = _Cells(spec, echo)

@@ -79,6 +79,13 @@ def test_a_real_folder_experiment_fuses_and_scores_at_the_image_size(tmp_path):
     assert json.loads((tmp_path / "exp" / "results.json").read_text())["budget"]["image_size"] == [32, 48]
     cell = json.loads((tmp_path / "exp" / "cells" / "TDFusion" / "seed0.json").read_text())
     assert cell["cpu_seconds"] > 0 and cell["seconds"] > 0  # CPU time too: wall time misleads on a shared machine
+    # --report-only: the finished cells' summary; a method never run is reported as not run, and nothing runs
+    lines: list[str] = []
+    more = attrs.evolve(spec, methods=[*spec.methods, builtin_method("ir")], seeds=[0, 1])
+    partial = run_experiment(more, echo=lines.append, run_missing=False)
+    assert set(partial["methods"]) == {"TDFusion", "Mean rule"} and partial["seeds"] == [0]
+    assert sum(line.endswith("not run") for line in lines) == 4 and sum("cached" in line for line in lines) == 2
+    assert not (tmp_path / "exp" / "cells" / "Infrared_only").exists()
 
 
 def test_cells_run_seed_by_seed_with_the_untrained_rows_first():

@@ -89,6 +89,11 @@ def _image_size(value: str | None) -> tuple[int, int] | None:
     help="Comma-separated fusion metrics of the held-out images, or 'none'.",
 )
 @click.option("--device", default="cpu", show_default=True)
+@click.option(
+    "--report-only",
+    is_flag=True,
+    help="Run no cell: report the cells finished so far (an interrupted or running experiment).",
+)
 def experiment_command(
     out: Path,
     methods: str | None,
@@ -112,6 +117,7 @@ def experiment_command(
     reference: str | None,
     fusion_metrics: str,
     device: str,
+    report_only: bool,
 ) -> None:
     """Run METHODS x SEEDS on the same data splits and compare them with confidence intervals.
 
@@ -185,7 +191,7 @@ def experiment_command(
         )
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
-    run_experiment(spec, echo=click.echo)
+    run_experiment(spec, echo=click.echo, run_missing=not report_only)
     click.echo(f"report: {(out / 'report.md').resolve()}")
 
 
