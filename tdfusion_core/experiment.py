@@ -48,6 +48,7 @@ __all__ = [
     "ExperimentSpec",
     "Method",
     "builtin_method",
+    "cell_order",
     "run_experiment",
     "summarise",
 ]
@@ -58,7 +59,9 @@ class Budget:
     """What one cell may spend: the same for every method of an experiment.
 
     ``n_train``, ``n_test`` and ``size`` apply to synthetic scenes; ``max_images`` keeps only the first images of
-    each split of a real dataset (``None``: all of them).
+    each split of a real dataset (``None``: all of them) and ``image_size`` resizes each of them on load (``(H, W)``,
+    boxes scaled, masks nearest; ``None``: the original size): on a CPU, fusing and training at full resolution
+    does not fit any budget.
     """
 
     epochs: int
@@ -71,6 +74,7 @@ class Budget:
     size: tuple[int, int] = (96, 128)
     crop: int | None = 64
     max_images: int | None = None
+    image_size: tuple[int, int] | None = None
 
 
 #: Named budgets (``--budget NAME``); ``paper`` is the released schedule (40 epochs of 200 meta steps).
@@ -159,10 +163,17 @@ class ExperimentSpec:
     device: str = "cpu"
     fusion_metrics: tuple[str, ...] = ("EN", "SF", "SCD", "VIF", "Qabf", "SSIM")
     reference: str | None = None
+    #: real data with one split (MSRS_det): the last ``holdout`` images of ``train_split`` are the held-out ones
+    holdout: int | None = None
 
     def __attrs_post_init__(self) -> None:
         if not self.methods:
             raise ValueError("an experiment needs at least one method")
+        if self.data != "synthetic" and self.holdout is None and self.train_split == self.test_split:
+            raise ValueError(
+                f"train and test split are both {self.train_split!r}: the held-out images would be training "
+                "images; name another test split, or hold out the last N images of the split (--holdout N)"
+            )
         names = [m.name for m in self.methods]
         if len(set(names)) != len(names):
             raise ValueError(f"method names repeat: {names}")
@@ -182,11 +193,19 @@ class ExperimentSpec:
 
 
 class _View(torch.utils.data.Dataset):
-    """A dataset's first items with a name prefix (both splits' fused images live in one folder per method)."""
+    """A dataset's first items with a name prefix (both splits' fused images live in one folder per method),
+    resized to ``size`` if given (the budget's ``image_size``)."""
 
-    def __init__(self, base: Any, prefix: str, limit: int | None = None) -> None:
-        self.base, self.prefix = base, prefix
-        self.indices = list(range(len(base) if limit is None else min(limit, len(base))))
+    def __init__(
+        self,
+        base: Any,
+        prefix: str,
+        limit: int | None = None,
+        size: tuple[int, int] | None = None,
+        indices: Sequence[int] | None = None,
+    ) -> None:
+        self.base, self.prefix, self.size = base, prefix, size
+        self.indices = list(range(len(base)) if indices is None else indices)[:limit]
         for attr in ("num_classes", "task_size", "class_names", "target_kind", "source_names"):
             setattr(self, attr, getattr(base, attr, None))
 
@@ -195,7 +214,27 @@ class _View(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> Any:
         sample = self.base[self.indices[i]]
+        if self.size is not None and sample.size != self.size:
+            sample = self._resized(sample, self.size)
         return attrs.evolve(sample, name=self.prefix + sample.name)
+
+    def _resized(self, sample: Any, size: tuple[int, int]) -> Any:
+        """The sample at ``size``: sources and chroma bilinear (antialiased), masks nearest, boxes scaled."""
+        from tdfusion_core.batches import resize_images
+        from tdfusion_core.data import targets
+
+        kind = getattr(self.base, "target_kind", None)
+        if sample.target is not None and kind is None:
+            raise ValueError(
+                f"--image-size: dataset {type(self.base).__name__} does not say what its targets are (no "
+                "target_kind attribute), so they cannot be resized with the images; leave out --image-size"
+            )
+        return attrs.evolve(
+            sample,
+            sources=resize_images(sample.sources, size, antialias=True).clamp(0, 1),
+            chroma=resize_images(sample.chroma, size, antialias=True).clamp(0, 1),
+            target=targets.apply("resize", kind or "none", sample.target, sample.size, size),
+        )
 
     def only(self, i: int) -> torch.Tensor | None:
         """Ground truth of which source alone shows each pixel (synthetic scenes), else ``None``."""
@@ -218,8 +257,18 @@ def _datasets(spec: ExperimentSpec) -> tuple[_View, _View]:
         test = resolve_dataset("synthetic", split=spec.test_split, **{**options, "n": b.n_test})
         return _View(train, "train_"), _View(test, "test_")
     train = resolve_dataset(spec.data, split=spec.train_split, **spec.data_options)
+    if spec.holdout is not None:
+        n, k = len(train), spec.holdout
+        if not 0 < k < n:
+            raise ValueError(
+                f"holdout {k}: split {spec.train_split!r} of {spec.data} has {n} images; hold out 1 to {n - 1}"
+            )
+        return (
+            _View(train, "train_", b.max_images, b.image_size, indices=range(n - k)),
+            _View(train, "test_", b.max_images, b.image_size, indices=range(n - k, n)),
+        )
     test = resolve_dataset(spec.data, split=spec.test_split, **spec.data_options)
-    return _View(train, "train_", b.max_images), _View(test, "test_", b.max_images)
+    return _View(train, "train_", b.max_images, b.image_size), _View(test, "test_", b.max_images, b.image_size)
 
 
 def _write(folder: Path, name: str, image: torch.Tensor) -> None:
@@ -277,6 +326,7 @@ def cell_key(spec: ExperimentSpec, method: Method, seed: int) -> str:
         "train_options": _jsonable(spec.train_options) if method.kind == "train" else None,
         "data_seed": spec.data_seed,
         "fusion_metrics": list(spec.fusion_metrics),
+        **({"holdout": spec.holdout} if spec.holdout is not None else {}),
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -334,9 +384,10 @@ class _Cells:
             raise FileNotFoundError(f"method {method.name!r}: fused folder {root} does not exist")
         folder = self.out / "images" / method.slug
         folder.mkdir(parents=True, exist_ok=True)
+        test_split = self.spec.train_split if self.spec.holdout is not None else self.spec.test_split
         for split, prefix, data in (
             (self.spec.train_split, "train_", self.train),
-            (self.spec.test_split, "test_", self.test),
+            (test_split, "test_", self.test),
         ):
             src = root / split if (root / split).is_dir() else root
             files = list_images(src)
@@ -376,10 +427,12 @@ class _Cells:
         trainer = MetaTrainer(config, train_set=self.train, out_dir=run_dir)
         trainer.fit()
         folder = self.out / "images" / method.slug / f"seed{seed}"
-        for data in (self.train, self.test):
-            for _i, s in self._samples(data):
-                fused, _ = trainer.fuse(s.sources[None])
-                _write(folder, s.name, fused[0].cpu())
+        fusion_net = trainer.fusion_net.eval()  # F alone: trainer.fuse would also run G, doubling the cost
+        with torch.no_grad():
+            for data in (self.train, self.test):
+                for _i, s in self._samples(data):
+                    fused = fusion_net(s.sources[None].to(trainer.device)).clamp(0, 1)
+                    _write(folder, s.name, fused[0].cpu())
         extra: dict[str, Any] = {"history": trainer.history[-1] if trainer.history else {}}
         if not config.fixed_weights:
             extra["preference"] = self._preference(trainer.loss_generator)
@@ -416,6 +469,7 @@ class _Cells:
 
         spec = self.spec
         start = time.perf_counter()
+        cpu_start = time.process_time()  # this process's CPU time: what a cell costs on a shared machine
         self.write_sources()
         extra: dict[str, Any] = {}
         if method.kind == "source":
@@ -459,6 +513,7 @@ class _Cells:
             "seed": seed,
             "key": cell_key(spec, method, seed),
             "seconds": time.perf_counter() - start,
+            "cpu_seconds": time.process_time() - cpu_start,
             "task_metrics": task_metrics,
             "fusion_metrics": fusion,
             **extra,
@@ -475,12 +530,23 @@ def _format_seconds(seconds: float) -> str:
     return f"{seconds / 60:.1f} min"
 
 
-def run_experiment(spec: ExperimentSpec, echo: Callable[[str], None] = print) -> dict[str, Any]:
-    """Run (or resume) every cell, then write and return the summary (see the module docstring)."""
+def cell_order(spec: ExperimentSpec) -> list[tuple[Method, int]]:
+    """The cells in the order they run: seed by seed, the untrained rows first within a seed (the methods' order
+    otherwise). An interrupted experiment thus has every method at the seeds it finished: its cells already pair."""
+    cells = [(m, s) for m in spec.methods for s in (spec.seeds[:1] if m.once else spec.seeds)]
+    return sorted(cells, key=lambda cell: (spec.seeds.index(cell[1]), cell[0].kind == "train"))
+
+
+def run_experiment(
+    spec: ExperimentSpec, echo: Callable[[str], None] = print, run_missing: bool = True
+) -> dict[str, Any]:
+    """Run (or resume) every cell, then write and return the summary (see the module docstring).
+
+    ``run_missing=False`` runs nothing: the summary of the cells already finished (an interrupted or still running
+    experiment's figures so far; missing cells count as missing seeds)."""
     spec.out.mkdir(parents=True, exist_ok=True)
     (spec.out / "spec.json").write_text(json.dumps(_jsonable(attrs.asdict(spec, recurse=False)), indent=2))
-    cells: list[tuple[Method, int]] = [(m, s) for m in spec.methods for s in (spec.seeds[:1] if m.once else spec.seeds)]
-    cells.sort(key=lambda cell: cell[0].kind == "train")  # the cheap reference rows first (stable otherwise)
+    cells = cell_order(spec)
     results: list[dict[str, Any]] = []
     runner: _Cells | None = None
     spent: list[float] = []
@@ -496,6 +562,9 @@ def run_experiment(spec: ExperimentSpec, echo: Callable[[str], None] = print) ->
         if cached is not None:
             echo(f"[{index}/{len(cells)}] {method.name}, seed {seed}: cached")
             results.append(cached)
+            continue
+        if not run_missing:
+            echo(f"[{index}/{len(cells)}] {method.name}, seed {seed}: not run")
             continue
         if runner is None:
             runner = _Cells(spec, echo)
@@ -644,13 +713,18 @@ def _p(p: float) -> str:
     return "—" if math.isnan(p) else f"{p:.3f}"
 
 
+#: budget fields that do not apply, by whether the data are synthetic scenes (they would only mislead a reader)
+_UNUSED_BUDGET = {True: ("max_images", "image_size"), False: ("n_train", "n_test", "size")}
+
+
 def to_markdown(summary: dict[str, Any]) -> str:
     """The report's tables (methods × metrics with mean ± 95 % CI; paired comparisons; preference scores)."""
     methods = list(summary["methods"])
     tm, fm = summary["task_metrics"], summary["fusion_metrics"]
+    synthetic = summary.get("data", "synthetic") == "synthetic"
     lines = [
         f"Seeds: {', '.join(map(str, summary['seeds']))}. Budget: "
-        + ", ".join(f"{k}={v}" for k, v in summary["budget"].items())
+        + ", ".join(f"{k}={v}" for k, v in summary["budget"].items() if k not in _UNUSED_BUDGET[synthetic])
         + ". Cells: mean ± half-width of the 95 % t interval over seeds.",
         "",
         "| method | " + " | ".join([*tm, *fm]) + " |",

@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 from tdfusion_core import hookimpl
-from tdfusion_core.commands.options import device_option, folder_option, key_value_options
+from tdfusion_core.commands.options import device_option, folder_option, key_value_options, size_callback
 
 DEFAULT_METHODS = "tdfusion,I,ir,vis,mean,oracle"
 #: without ground truth of which source shows what, there is no oracle
@@ -55,6 +55,17 @@ def parse_seeds(value: str) -> list[int]:
 @click.option("--fusion-steps", type=click.IntRange(min=1), help="Override the budget's fusion steps per epoch.")
 @click.option("--downstream-steps", type=click.IntRange(min=1), help="Override the budget's downstream steps.")
 @click.option("--max-images", type=click.IntRange(min=1), help="Real data: use the first N images of each split.")
+@click.option(
+    "--image-size",
+    metavar="HxW",
+    callback=size_callback(minimum=32),
+    help="Real data: resize every image (and its labels) to HxW on load, for every method alike (a CPU budget).",
+)
+@click.option(
+    "--holdout",
+    type=click.IntRange(min=1),
+    help="Real data with one split: hold out its last N images (the test split is not read).",
+)
 @click.option("--data", default="synthetic", show_default=True, help="Registered dataset or folder.")
 @click.option("--data-option", multiple=True, metavar="KEY=VALUE", help="Dataset option (e.g. root=/data/LLVIP).")
 @click.option("--train-split", default="train", show_default=True)
@@ -70,6 +81,11 @@ def parse_seeds(value: str) -> list[int]:
     help="Comma-separated fusion metrics of the held-out images, or 'none'.",
 )
 @device_option("cpu", help=None)
+@click.option(
+    "--report-only",
+    is_flag=True,
+    help="Run no cell: report the cells finished so far (an interrupted or running experiment).",
+)
 def experiment_command(
     out: Path,
     methods: str | None,
@@ -81,6 +97,8 @@ def experiment_command(
     fusion_steps: int | None,
     downstream_steps: int | None,
     max_images: int | None,
+    image_size: tuple[int, int] | None,
+    holdout: int | None,
     data: str,
     data_option: tuple[str, ...],
     train_split: str,
@@ -91,6 +109,7 @@ def experiment_command(
     reference: str | None,
     fusion_metrics: str,
     device: str,
+    report_only: bool,
 ) -> None:
     """Run METHODS x SEEDS on the same data splits and compare them with confidence intervals.
 
@@ -122,9 +141,14 @@ def experiment_command(
             "fusion_steps": fusion_steps,
             "downstream_steps": downstream_steps,
             "max_images": max_images,
+            "image_size": image_size,
         }.items()
         if v is not None
     }
+    if image_size is not None and data == "synthetic":
+        raise click.BadParameter(
+            "applies to real data; synthetic scenes take their size from --budget", param_hint="--image-size"
+        )
     b = attrs.evolve(b, **changes)
     data_options = key_value_options(data_option, "--data-option")
     task_options = key_value_options(task_option, "--task-option")
@@ -139,23 +163,27 @@ def experiment_command(
         train_options.setdefault("lr_fusion", 1e-3)
         train_options.setdefault("lr_task", 1e-3)
     metrics = () if fusion_metrics.strip().lower() == "none" else tuple(m.strip() for m in fusion_metrics.split(","))
-    spec = ExperimentSpec(
-        out=out,
-        methods=chosen,
-        seeds=parse_seeds(seeds),
-        budget=b,
-        data=data,
-        data_options=data_options,
-        train_split=train_split,
-        test_split=test_split,
-        task=task,
-        task_options=task_options,
-        train_options=train_options,
-        device=device,
-        fusion_metrics=metrics,
-        reference=reference,
-    )
-    run_experiment(spec, echo=click.echo)
+    try:
+        spec = ExperimentSpec(
+            out=out,
+            methods=chosen,
+            seeds=parse_seeds(seeds),
+            budget=b,
+            data=data,
+            data_options=data_options,
+            train_split=train_split,
+            test_split=test_split,
+            task=task,
+            task_options=task_options,
+            train_options=train_options,
+            device=device,
+            fusion_metrics=metrics,
+            reference=reference,
+            holdout=holdout,
+        )
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    run_experiment(spec, echo=click.echo, run_missing=not report_only)
     click.echo(f"report: {(out / 'report.md').resolve()}")
 
 
