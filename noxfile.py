@@ -162,7 +162,7 @@ def wheels(session: nox.Session) -> None:
     session.run(
         "python",
         "-c",
-        "from tdfusion_core.registry import get_task\n"
+        "from tdfusion_core.plugin.registry import get_task\n"
         "for name in ('tiny-seg', 'yolo', 'mmseg', 'segformer', 'mmdet'):\n"
         "    print(name, type(get_task(name, num_classes=2)).__name__)",
     )

@@ -6,11 +6,11 @@ drive it. This example adds a task that core does not ship, **counting warm obje
 four steps:
 
 1. a small network of its own (:class:`DensityCounter`) that predicts a density map whose sum is the count;
-2. a :class:`tdfusion_core.task.Task` subclass (:class:`WarmCountTask`) that builds it, computes a differentiable
+2. a :class:`tdfusion_core.kernel.task.Task` subclass (:class:`WarmCountTask`) that builds it, computes a differentiable
    loss against targets derived from the dataset's boxes, and evaluates it (count MAE, RMSE, exact-count accuracy);
 3. a plugin object with a ``hookimpl`` of ``tdfusion_register_tasks``, registered at run time with
-   :func:`tdfusion_core.plugins.register_plugin` (no packaging, no entry point);
-4. a :class:`tdfusion_core.trainer.MetaTrainer` run that builds the task *by its registered name*, on
+   :func:`tdfusion_core.plugin.manager.register_plugin` (no packaging, no entry point);
+4. a :class:`tdfusion_core.training.trainer.MetaTrainer` run that builds the task *by its registered name*, on
    :class:`tdfusion_core.data.SyntheticScenes`, then prints what G learned: the mean weight of each source overall,
    and the infrared weight per class region by day and by night (warm objects are clear only in infrared at night;
    road markings and cold objects exist only in the visible image), and the task's own metrics on held-out scenes.
@@ -38,12 +38,12 @@ import torch.nn as nn
 import torch.nn.functional as nnf
 
 from tdfusion_core import hookimpl
-from tdfusion_core.config import TrainConfig
 from tdfusion_core.data import SyntheticScenes
 from tdfusion_core.data.synthetic import COLD, MARKING, PERSON, VEHICLE
-from tdfusion_core.plugins import register_plugin, unregister_plugin
-from tdfusion_core.task import Task
-from tdfusion_core.trainer import MetaTrainer
+from tdfusion_core.kernel.task import Task
+from tdfusion_core.plugin.manager import register_plugin, unregister_plugin
+from tdfusion_core.training.config import TrainConfig
+from tdfusion_core.training.trainer import MetaTrainer
 
 #: box classes of SyntheticScenes(target="boxes") that count as warm objects (0 person, 1 vehicle; 2 is cold)
 WARM_BOX_CLASSES = (0, 1)
@@ -99,7 +99,7 @@ def density_targets(boxes: list[torch.Tensor], size: tuple[int, int], device: to
 class WarmCountTask(Task):
     """Count the warm objects (people, vehicles) of a scene from the fused image.
 
-    The Task contract (see ``tdfusion_core/task.py``) asks for three methods; the class attributes tell core what to
+    The Task contract (see ``tdfusion_core/kernel/task.py``) asks for three methods; the class attributes tell core what to
     feed the network and how to handle its targets:
 
     * ``input_kind = "luminance"``: the network sees the fused Y channel ``(B, 1, H, W)`` (``"rgb"`` would rebuild
@@ -122,7 +122,7 @@ class WarmCountTask(Task):
 
     def compute_loss(self, network: nn.Module, images: torch.Tensor, targets: Any) -> torch.Tensor:
         # Reach the parameters only through ``network``: core calls this with the one-step-updated T' substituted in
-        # (tdfusion_core.functional), and differentiates the result with respect to ``images``.
+        # (tdfusion_core.kernel.functional), and differentiates the result with respect to ``images``.
         density = network(images)
         target = density_targets(targets, tuple(images.shape[-2:]), images.device)
         count_error = nnf.smooth_l1_loss(density.sum(dim=(1, 2, 3)), target.sum(dim=(1, 2, 3)))
@@ -148,7 +148,7 @@ class WarmCountTask(Task):
 
 # ---------------------------------------------------------------------------------------------------------- 3. plugin
 class WarmCountPlugin:
-    """A plugin is any object with ``hookimpl`` functions named like the hooks of ``tdfusion_core/hookspecs.py``.
+    """A plugin is any object with ``hookimpl`` functions named like the hooks of ``tdfusion_core/plugin/hookspecs.py``.
 
     An installed plugin would be a module named by an entry point in the ``tdfusion`` group; here an object
     registered at run time does the same job.

@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tdfusion_core.fusion import Fuser
-from tdfusion_core.io import to_uint8
+from tdfusion_core.apps.fuse import Fuser
+from tdfusion_core.common.io import to_uint8
 
 
 def main() -> None:

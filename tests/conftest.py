@@ -45,7 +45,7 @@ def shared() -> Path:
 @pytest.fixture
 def fresh_plugins(monkeypatch: pytest.MonkeyPatch) -> Iterator[pytest.MonkeyPatch]:
     """Rebuild the plugin manager before and after the test so env changes take effect and do not leak."""
-    from tdfusion_core.plugins import reset_plugin_manager
+    from tdfusion_core.plugin.manager import reset_plugin_manager
 
     reset_plugin_manager()
     yield monkeypatch
@@ -58,9 +58,9 @@ def write_small_checkpoint(path: Path) -> Path:
     heads; fast on the CPU), drawn after ``torch.manual_seed(0)``; returns ``path``."""
     import torch
 
-    from tdfusion_core.checkpoints import save_model_checkpoint
     from tdfusion_core.nets.lpn import LossGenerator
     from tdfusion_core.nets.refusion import FusionNet
+    from tdfusion_core.training.checkpoints import save_model_checkpoint
 
     small = {"dim": 8, "num_blocks": 1, "heads": 2}
     torch.manual_seed(0)
@@ -79,7 +79,7 @@ def write_small_checkpoint(path: Path) -> Path:
 @contextlib.contextmanager
 def plugin_registered(plugin: _P, name: str) -> Iterator[_P]:
     """``plugin`` registered under ``name`` within the block, and unregistered after it however the block ends."""
-    from tdfusion_core.plugins import register_plugin, unregister_plugin
+    from tdfusion_core.plugin.manager import register_plugin, unregister_plugin
 
     register_plugin(plugin, name=name)
     try:

@@ -16,10 +16,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as nnf
 
-from tdfusion_core.config import TrainConfig
 from tdfusion_core.data.sample import Sample
-from tdfusion_core.task import Task
-from tdfusion_core.trainer import MetaTrainer
+from tdfusion_core.kernel.task import Task
+from tdfusion_core.training.config import TrainConfig
+from tdfusion_core.training.trainer import MetaTrainer
 from tests.trainer_utils import BlobScenes, SmallFusion, SmallGenerator, small_settings
 
 
@@ -139,7 +139,7 @@ def run_scenarios(rank: int, world_size: int, port: int, scenarios: list[dict[st
     """``mp.spawn`` target: run each scenario's trainer; every rank saves its final state and history."""
     os.environ.update(torchrun_env(rank, world_size, port))
     torch.set_num_threads(1)
-    from tdfusion_core.distributed import shutdown_distributed
+    from tdfusion_core.training.distributed import shutdown_distributed
 
     try:
         for scenario in scenarios:

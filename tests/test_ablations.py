@@ -15,9 +15,9 @@ import copy
 import pytest
 import torch
 
-from tdfusion_core.losses import FusionLoss, intensity_loss
-from tdfusion_core.meta import TaskInput
-from tdfusion_core.task import functional_task_loss
+from tdfusion_core.kernel.losses import FusionLoss, intensity_loss
+from tdfusion_core.kernel.meta import TaskInput
+from tdfusion_core.kernel.task import functional_task_loss
 from tests.trainer_utils import small_trainer
 
 

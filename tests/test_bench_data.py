@@ -6,7 +6,7 @@ import json
 
 from click.testing import CliRunner
 
-from tdfusion_core.bench.data import bench_data, data_command
+from tdfusion_core.apps.bench.data import bench_data, data_command
 from tests.torch_threads import one_torch_thread  # noqa: F401
 
 

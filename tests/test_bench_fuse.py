@@ -7,8 +7,8 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from tdfusion_core.bench.fuse import FuseConfig, bench_fuse, parse_size
-from tdfusion_core.cli import build_cli
+from tdfusion_core.apps.bench.fuse import FuseConfig, bench_fuse, parse_size
+from tdfusion_core.commands.cli import build_cli
 from tests.conftest import shared_path
 from tests.torch_threads import one_torch_thread  # noqa: F401
 

@@ -4,7 +4,7 @@ import json
 
 from click.testing import CliRunner
 
-from tdfusion_core.cli import build_cli
+from tdfusion_core.commands.cli import build_cli
 
 
 def test_bench_meta_json_side_by_side():

@@ -7,8 +7,8 @@ import json
 
 from click.testing import CliRunner
 
-from tdfusion_core.bench.suite import TARGETS
-from tdfusion_core.cli import build_cli
+from tdfusion_core.apps.bench.suite import TARGETS
+from tdfusion_core.commands.cli import build_cli
 from tests.torch_threads import one_torch_thread  # noqa: F401
 
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
-from tdfusion_core.bench import step_worker
-from tdfusion_core.bench.trees import format_trees, trees_command
+from tdfusion_core.apps.bench import step_worker
+from tdfusion_core.apps.bench.trees import format_trees, trees_command
 from tests.torch_threads import one_torch_thread  # noqa: F401
 
 REPO = Path(__file__).resolve().parents[1]

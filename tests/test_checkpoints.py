@@ -6,7 +6,10 @@ import pytest
 import torch
 from torch import nn
 
-from tdfusion_core.checkpoints import (
+from tdfusion_core.nets.lpn import LossGenerator
+from tdfusion_core.nets.refusion import FusionNet
+from tdfusion_core.plugin.registry import RegistryError
+from tdfusion_core.training.checkpoints import (
     FORMAT,
     FORMAT_VERSION,
     CheckpointError,
@@ -14,9 +17,6 @@ from tdfusion_core.checkpoints import (
     load_model_checkpoint,
     save_model_checkpoint,
 )
-from tdfusion_core.nets.lpn import LossGenerator
-from tdfusion_core.nets.refusion import FusionNet
-from tdfusion_core.registry import RegistryError
 from tests.conftest import shared_path
 from tests.torch_threads import one_torch_thread  # noqa: F401
 

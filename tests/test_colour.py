@@ -1,6 +1,6 @@
 import torch
 
-from tdfusion_core.colour import fused_rgb, mix_chroma, rgb_to_ycbcr, task_input, ycbcr_to_rgb
+from tdfusion_core.common.colour import fused_rgb, mix_chroma, rgb_to_ycbcr, task_input, ycbcr_to_rgb
 
 
 def test_ycbcr_round_trip():

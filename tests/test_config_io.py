@@ -9,14 +9,14 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from tdfusion_core import registry
-from tdfusion_core.cli import build_cli
+from tdfusion_core.commands.cli import build_cli
 from tdfusion_core.commands.train import next_run_dir, resolve_config
-from tdfusion_core.config import TrainConfig
-from tdfusion_core.config_docs import render
-from tdfusion_core.config_io import ConfigError, apply_override, check_task_options, load_yaml
-from tdfusion_core.devices import available_devices, pick_device
-from tdfusion_core.task import Task
+from tdfusion_core.common.devices import available_devices, pick_device
+from tdfusion_core.kernel.task import Task
+from tdfusion_core.plugin import registry
+from tdfusion_core.training.config import TrainConfig
+from tdfusion_core.training.config_docs import render
+from tdfusion_core.training.config_io import ConfigError, apply_override, check_task_options, load_yaml
 from tests.conftest import REPO
 
 
@@ -137,7 +137,7 @@ def test_train_command_config_errors_are_one_line_without_traceback(tmp_path):
 
 def test_config_reference_page_is_generated_and_up_to_date():
     page = (REPO / "docs" / "config.md").read_text(encoding="utf-8")
-    assert page == render(), "docs/config.md is stale: run `python -m tdfusion_core.config_docs`"
+    assert page == render(), "docs/config.md is stale: run `python -m tdfusion_core.training.config_docs`"
     import attrs
 
     for field in attrs.fields(TrainConfig):

@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from tdfusion_core.cli import build_cli
+from tdfusion_core.commands.cli import build_cli
 from tdfusion_core.data.check import check_dataset, check_split
 from tdfusion_core.data.labels import DataError
 from tdfusion_core.data.paired import PairedDataset

@@ -9,14 +9,14 @@ import pytest
 import torch
 from PIL import Image
 
-from tdfusion_core.batches import Batcher, resize_images
+from tdfusion_core.common.io import read_image
 from tdfusion_core.data.labels import DataError
 from tdfusion_core.data.paired import PairedDataset
 from tdfusion_core.data.presets import PRESETS, get_preset, preset_dataset
-from tdfusion_core.io import read_image
-from tdfusion_core.registry import available, get_dataset
-from tdfusion_core.sampling import ShardedBatches, StepSampler
+from tdfusion_core.data.sampling import ShardedBatches, StepSampler
+from tdfusion_core.plugin.registry import available, get_dataset
 from tdfusion_core.tasks.tiny_seg import TinySegTask
+from tdfusion_core.training.batches import Batcher, resize_images
 from tests.conftest import shared_path
 from tests.data_helpers import copy_real, make_folder, one_torch_thread  # noqa: F401
 

@@ -10,7 +10,7 @@ import torch
 from click.testing import CliRunner
 from scipy import ndimage
 
-from tdfusion_core.cli import build_cli
+from tdfusion_core.commands.cli import build_cli
 from tdfusion_core.data.check import check_dataset
 from tdfusion_core.data.paired import PairedDataset
 from tdfusion_core.data.synthetic import (

@@ -4,7 +4,7 @@ import json
 
 from click.testing import CliRunner
 
-from tdfusion_core.cli import build_cli
+from tdfusion_core.commands.cli import build_cli
 
 
 def test_quick_demo_writes_report(tmp_path):
@@ -39,7 +39,7 @@ def test_quick_demo_writes_report(tmp_path):
 
 
 def test_movement_note_says_when_the_preference_score_means_nothing():
-    from tdfusion_core.demo import movement_note
+    from tdfusion_core.apps.demo import movement_note
 
     near = {"warm objects, night": {"given": 0.504, "swapped": 0.504}, "markings": {"given": 0.5, "swapped": None}}
     assert "barely moved" in movement_note(near) and "0.004" in movement_note(near)

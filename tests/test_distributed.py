@@ -13,8 +13,8 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from tdfusion_core.distributed import DistContext, DistributedMetaStep, average_tensors
-from tdfusion_core.meta import MetaStep, adam_task_step
+from tdfusion_core.kernel.meta import MetaStep, adam_task_step
+from tdfusion_core.training.distributed import DistContext, DistributedMetaStep, average_tensors
 from tests.dist_worker import float64_trainer as _float64_trainer
 from tests.dist_worker import free_port, run_scenarios, torchrun_env, trainer_state
 from tests.torch_threads import one_torch_thread  # noqa: F401
@@ -193,7 +193,7 @@ def test_tdfusion_train_runs_unchanged_under_torchrun(tmp_path):
 def test_bench_scaling_reports_both_process_counts():
     from click.testing import CliRunner
 
-    from tdfusion_core.cli import build_cli
+    from tdfusion_core.commands.cli import build_cli
 
     args = ["bench", "scaling", "--json", "--steps", "1", "--warmup", "0", "--size", "24x32", "--crop", "16x16"]
     result = CliRunner().invoke(build_cli(), [*args, "--task-size", "24x32", "--scaling", "weak"])
@@ -206,7 +206,7 @@ def test_bench_scaling_reports_both_process_counts():
 
 
 def test_the_old_sampler_names_say_where_the_sampler_went():
-    import tdfusion_core.distributed as distributed
+    import tdfusion_core.training.distributed as distributed
 
     for old in ("DistributedMetaSampler", "MetaBatchSampler"):
         with pytest.raises(AttributeError, match=r"tdfusion_core\.sampling\.StepSampler"):

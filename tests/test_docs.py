@@ -22,9 +22,9 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from tdfusion_core import hookspecs
-from tdfusion_core.cli import build_cli
-from tdfusion_core.plugins import reset_plugin_manager
+from tdfusion_core.commands.cli import build_cli
+from tdfusion_core.plugin import hookspecs
+from tdfusion_core.plugin.manager import reset_plugin_manager
 from tests.conftest import REPO
 from tests.torch_threads import one_torch_thread  # noqa: F401
 
@@ -265,7 +265,10 @@ def test_mkdocs_build_is_strict_and_passes(tmp_path):
     for command in ("tdfusion train", "tdfusion fuse", "tdfusion new-plugin", "tdfusion data synth"):
         assert command in cli_page, f"{command} missing from the generated CLI reference"
     api_page = (site / "api" / "index.html").read_text(encoding="utf-8")
-    assert 'id="tdfusion_core.task.Task"' in api_page and 'id="tdfusion_core.trainer.MetaTrainer"' in api_page
+    assert (
+        'id="tdfusion_core.kernel.task.Task"' in api_page
+        and 'id="tdfusion_core.training.trainer.MetaTrainer"' in api_page
+    )
     concepts = (site / "concepts" / "index.html").read_text(encoding="utf-8")
     assert 'class="mermaid"' in concepts
     # offline: formulas are MathML already, mermaid is the vendored copy, and no page loads anything from a network

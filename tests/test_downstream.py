@@ -12,9 +12,9 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
-from tdfusion_core.cli import build_cli
-from tdfusion_core.downstream import DownstreamError, DownstreamMethod, run_downstream, source_index
-from tdfusion_core.registry import resolve_dataset
+from tdfusion_core.apps.downstream import DownstreamError, DownstreamMethod, run_downstream, source_index
+from tdfusion_core.commands.cli import build_cli
+from tdfusion_core.plugin.registry import resolve_dataset
 
 
 @pytest.fixture(autouse=True)

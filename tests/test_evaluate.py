@@ -13,8 +13,8 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
-from tdfusion_core.cli import build_cli
-from tdfusion_core.evaluate import EvaluationInputError, evaluate_folders, rank_methods, read_luminance
+from tdfusion_core.apps.evaluate import EvaluationInputError, evaluate_folders, rank_methods, read_luminance
+from tdfusion_core.commands.cli import build_cli
 from tdfusion_core.metrics import fusion as fm
 from tests.conftest import shared_path
 

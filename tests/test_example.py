@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from tdfusion_core.data import SyntheticScenes
-from tdfusion_core.task import check_task_class, functional_task_loss
+from tdfusion_core.kernel.task import check_task_class, functional_task_loss
 from tests.conftest import REPO
 from tests.torch_threads import one_torch_thread  # noqa: F401
 

@@ -11,8 +11,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from tdfusion_core.cli import build_cli
-from tdfusion_core.experiment import (
+from tdfusion_core.apps.experiment import (
     Budget,
     ExperimentSpec,
     Method,
@@ -22,7 +21,8 @@ from tdfusion_core.experiment import (
     summarise,
     write_reports,
 )
-from tdfusion_core.generator_stats import preference_scores
+from tdfusion_core.commands.cli import build_cli
+from tdfusion_core.training.generator_stats import preference_scores
 from tests.torch_threads import one_torch_thread  # noqa: F401
 
 TINY = Budget(1, 1, 1, 3, downstream_batch=2, n_train=4, n_test=3, size=(32, 40), crop=32)

@@ -11,8 +11,7 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
-from tdfusion_core.cli import build_cli
-from tdfusion_core.experiment import (
+from tdfusion_core.apps.experiment import (
     Budget,
     ExperimentSpec,
     Method,
@@ -22,7 +21,8 @@ from tdfusion_core.experiment import (
     run_experiment,
     to_markdown,
 )
-from tdfusion_core.registry import resolve_dataset
+from tdfusion_core.commands.cli import build_cli
+from tdfusion_core.plugin.registry import resolve_dataset
 from tests.data_helpers import copy_real, make_folder, one_torch_thread  # noqa: F401
 
 TINY = Budget(1, 1, 1, 3, downstream_batch=2, crop=16)

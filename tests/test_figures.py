@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tdfusion_core.figures import metrics_bar_chart, weight_map_figure
+from tdfusion_core.apps.figures import metrics_bar_chart, weight_map_figure
 
 
 def _scene() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -5,7 +5,7 @@ import torch
 import torch.nn as nn
 from torch.func import jvp
 
-from tdfusion_core.functional import call_with_parameters
+from tdfusion_core.kernel.functional import call_with_parameters
 
 
 class Shared(nn.Module):

@@ -15,10 +15,10 @@ from PIL import Image
 from torch import nn
 
 from tdfusion_core import fuse_images
-from tdfusion_core.checkpoints import load_model_checkpoint
-from tdfusion_core.cli import build_cli
-from tdfusion_core.colour import colormap
-from tdfusion_core.fusion import FusionInputError, ImageSizeMismatchError
+from tdfusion_core.apps.fuse import FusionInputError, ImageSizeMismatchError
+from tdfusion_core.commands.cli import build_cli
+from tdfusion_core.common.colour import colormap
+from tdfusion_core.training.checkpoints import load_model_checkpoint
 from tests.conftest import shared_path, write_small_checkpoint
 from tests.torch_threads import one_torch_thread  # noqa: F401
 
@@ -26,7 +26,7 @@ WEIGHTS = ("weights", "ReFusion_IVIF.pth")
 
 
 def luma(rgb: np.ndarray) -> np.ndarray:
-    """BT.601 luma of ``(H, W, 3)`` in [0, 255] (written out here, independent of tdfusion_core.colour)."""
+    """BT.601 luma of ``(H, W, 3)`` in [0, 255] (written out here, independent of tdfusion_core.common.colour)."""
     return 0.299 * rgb[..., 0] + 0.587 * rgb[..., 1] + 0.114 * rgb[..., 2]
 
 

@@ -13,8 +13,8 @@ from PIL import Image
 from torch import nn
 
 import tdfusion_core
-from tdfusion_core.cli import build_cli
-from tdfusion_core.fusion import FusionInputError, run_tiled
+from tdfusion_core.apps.fuse import FusionInputError, run_tiled
+from tdfusion_core.commands.cli import build_cli
 from tests.conftest import write_small_checkpoint
 from tests.torch_threads import one_torch_thread  # noqa: F401
 
@@ -69,7 +69,7 @@ def test_fuser_equals_tdfusion_fuse_for_every_input_kind(tmp_path, checkpoint):
     for kind, (a, b) in inputs.items():
         fused = fuser(a, b)
         assert np.array_equal(np.asarray(fused.image()), cli_rgb), kind
-        assert np.array_equal(np.asarray(Image.fromarray(tdfusion_core.fusion.to_uint8(fused.gray))), cli_gray), kind
+        assert np.array_equal(np.asarray(Image.fromarray(tdfusion_core.apps.fuse.to_uint8(fused.gray))), cli_gray), kind
     one_call = tdfusion_core.fuse_pair(ir, vis, checkpoint)
     assert np.array_equal(np.asarray(one_call.image()), cli_rgb)
     one_call.save(tmp_path / "saved.png")

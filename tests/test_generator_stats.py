@@ -8,14 +8,14 @@ import warnings
 import pytest
 import torch
 
-from tdfusion_core.generator_stats import (
+from tdfusion_core.kernel.meta import apply_maxnorm_update
+from tdfusion_core.nets.lpn import LossGenerator
+from tdfusion_core.training.generator_stats import (
     SaturationGuard,
     bounded_maxnorm_update,
     generator_stats,
     weight_stats,
 )
-from tdfusion_core.meta import apply_maxnorm_update
-from tdfusion_core.nets.lpn import LossGenerator
 from tests.torch_threads import one_torch_thread  # noqa: F401
 
 
@@ -96,9 +96,9 @@ def test_bounded_step_equals_the_released_step_below_the_bound():
 
 def test_weight_map_signal_is_the_outer_gradient_with_respect_to_the_weight_map():
     """Against autograd through the inner update itself (float64): W a leaf, θF' = θF − η∇θF Lf(W), ∂Lt/∂W."""
-    from tdfusion_core.generator_stats import weight_map_signal
-    from tdfusion_core.meta import sgd_task_step
-    from tdfusion_core.task import functional_task_loss
+    from tdfusion_core.kernel.meta import sgd_task_step
+    from tdfusion_core.kernel.task import functional_task_loss
+    from tdfusion_core.training.generator_stats import weight_map_signal
     from tests.test_meta import _setup
 
     step, crop, mtr, mts = _setup(seed=3)
@@ -121,7 +121,7 @@ def test_weight_map_signal_is_the_outer_gradient_with_respect_to_the_weight_map(
 
 
 def test_signal_by_region_counts_pushes_towards_the_source_that_shows_a_region():
-    from tdfusion_core.generator_stats import signal_by_region
+    from tdfusion_core.training.generator_stats import signal_by_region
 
     only = torch.tensor([[[1, 1, 2, 2, 0]]])
     signal = torch.zeros(1, 2, 1, 5)

@@ -1,6 +1,6 @@
 import inspect
 
-from tdfusion_core import hookspecs
+from tdfusion_core.plugin import hookspecs
 
 
 def _hooks():

@@ -3,7 +3,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tdfusion_core.io import ImageReadError, list_images, read_image, write_fused, write_image
+from tdfusion_core.common.io import ImageReadError, list_images, read_image, write_fused, write_image
 from tests.conftest import shared_path
 
 

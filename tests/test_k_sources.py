@@ -7,14 +7,14 @@ import pytest
 import torch
 import torch.nn.functional as nnf
 
-from tdfusion_core import registry
-from tdfusion_core.checkpoints import load_model_checkpoint
-from tdfusion_core.config import TrainConfig
 from tdfusion_core.data.sample import Sample
 from tdfusion_core.data.synthetic import SyntheticScenes
-from tdfusion_core.losses import FusionLoss
-from tdfusion_core.meta import MetaStep, TaskInput, detached_params, sgd_task_step
-from tdfusion_core.trainer import MetaTrainer
+from tdfusion_core.kernel.losses import FusionLoss
+from tdfusion_core.kernel.meta import MetaStep, TaskInput, detached_params, sgd_task_step
+from tdfusion_core.plugin import registry
+from tdfusion_core.training.checkpoints import load_model_checkpoint
+from tdfusion_core.training.config import TrainConfig
+from tdfusion_core.training.trainer import MetaTrainer
 from tests.test_meta import _outer_objective
 from tests.torch_threads import one_torch_thread  # noqa: F401
 from tests.trainer_utils import small_settings

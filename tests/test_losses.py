@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as nnf
 
-from tdfusion_core.losses import (
+from tdfusion_core.kernel.losses import (
     FusionLoss,
     discriminative_fusion,
     fixed_weights,

@@ -9,9 +9,9 @@ import torch
 from torch.func import jvp
 
 from tdfusion_core import get_loss_generator
-from tdfusion_core.generator_stats import generator_stats
 from tdfusion_core.nets.lpn import LossGenerator
 from tdfusion_core.nets.lpn_equivariant import EquivariantLossGenerator
+from tdfusion_core.training.generator_stats import generator_stats
 from tests.torch_threads import one_torch_thread  # noqa: F401
 
 

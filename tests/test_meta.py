@@ -7,8 +7,8 @@ import torch
 import torch.nn as nn
 from torch.func import functional_call
 
-from tdfusion_core.losses import FusionLoss
-from tdfusion_core.meta import (
+from tdfusion_core.kernel.losses import FusionLoss
+from tdfusion_core.kernel.meta import (
     MetaStep,
     OptimizerTaskStep,
     TaskInput,
@@ -18,8 +18,8 @@ from tdfusion_core.meta import (
     sgd_task_step,
     task_step_rule,
 )
-from tdfusion_core.registry import get_task
-from tdfusion_core.task import functional_task_loss
+from tdfusion_core.kernel.task import functional_task_loss
+from tdfusion_core.plugin.registry import get_task
 
 
 class TinyFusion(nn.Module):
@@ -85,7 +85,7 @@ def _outer_objective(step, crop, mts, theta_g, theta_t1, lr):
     lf = step.fusion_loss(functional_call(F, theta_f, (crop,)), crop, w)
     grads = torch.autograd.grad(lf, list(theta_f.values()))
     theta_f1 = {n: p.detach() - lr * g for (n, p), g in zip(theta_f.items(), grads)}
-    from tdfusion_core.colour import task_input
+    from tdfusion_core.common.colour import task_input
 
     fused = functional_call(F, theta_f1, (mts.sources,))
     return functional_task_loss(

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from tdfusion_core import inspection, train_state
-from tdfusion_core.meta import apply_maxnorm_update, sgd_task_step
-from tdfusion_core.meta_phase import MetaPhaseStep
+from tdfusion_core.kernel.meta import apply_maxnorm_update, sgd_task_step
+from tdfusion_core.kernel.meta_phase import MetaPhaseStep
+from tdfusion_core.training import inspection, train_state
 from tests.trainer_utils import small_trainer
 
 

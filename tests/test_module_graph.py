@@ -10,57 +10,26 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "tdfusion_core"
 
-#: layer of each module (first matching prefix wins); a module may import its own layer and those below it
+#: layer of each folder (first matching prefix wins): a module's layer is its folder's, and a module may import its
+#: own layer and those below it; the package root holds only the public API (``__init__``) and the old-path table
 LAYERS: list[tuple[str, int]] = [
     # 0: foundations every layer may use
-    ("tdfusion_core.data", 0),
+    ("tdfusion_core.common", 0),
     ("tdfusion_core.nets", 0),
+    ("tdfusion_core.data", 0),
     ("tdfusion_core.metrics", 0),
-    ("tdfusion_core.io", 0),
-    ("tdfusion_core.colour", 0),
-    ("tdfusion_core.functional", 0),
-    ("tdfusion_core.losses", 0),
-    ("tdfusion_core.precision", 0),
-    ("tdfusion_core.sampling", 0),
-    ("tdfusion_core.sizes", 0),
-    ("tdfusion_core.atomic", 0),
-    ("tdfusion_core.devices", 0),
-    ("tdfusion_core.torch_files", 0),
-    # 1: the kernel (the paper) and the plugin system
-    ("tdfusion_core.task", 1),
+    # 1: the kernel (the paper), the plugin system and the built-in tasks
+    ("tdfusion_core.kernel", 1),
+    ("tdfusion_core.plugin", 1),
     ("tdfusion_core.tasks", 1),
-    ("tdfusion_core.meta", 1),
-    ("tdfusion_core.fusion_phase", 1),
-    ("tdfusion_core.meta_phase", 1),
-    ("tdfusion_core.multitask", 1),
-    ("tdfusion_core.hookspecs", 1),
-    ("tdfusion_core.plugins", 1),
-    ("tdfusion_core.registry", 1),
-    ("tdfusion_core.builtin_", 1),
     # 2: the training harness
-    ("tdfusion_core.config_docs", 3),
-    ("tdfusion_core.config_io", 2),
-    ("tdfusion_core.config", 2),
-    ("tdfusion_core.state_guard", 2),
-    ("tdfusion_core.provenance", 2),
-    ("tdfusion_core.run_files", 2),
-    ("tdfusion_core.run_logger", 2),
-    ("tdfusion_core.validation", 2),
-    ("tdfusion_core.generator_stats", 2),
-    ("tdfusion_core.distributed", 2),
-    ("tdfusion_core.checkpoints", 2),
-    ("tdfusion_core.batches", 2),
-    ("tdfusion_core.builders", 2),
-    ("tdfusion_core.train_state", 2),
-    ("tdfusion_core.inspection", 2),
-    ("tdfusion_core.trainer", 2),
-    ("tdfusion_core.tb_logger", 2),
-    ("tdfusion_core.visual", 2),
-    # 3: apps, experiments and the command line
-    ("tdfusion_core.bench.trees", 3),
-    ("tdfusion_core.bench.step_worker", 3),
+    ("tdfusion_core.training", 2),
+    # 3: apps and the command line
+    ("tdfusion_core.apps", 3),
+    ("tdfusion_core.commands", 3),
     ("tdfusion_core", 3),
 ]
+ROOT_MODULES = {"tdfusion_core", "tdfusion_core._moved"}
 
 
 def layer(module: str) -> int:
@@ -150,7 +119,7 @@ def test_the_cycle_finder_finds_one():
 
 
 def test_the_plugin_manager_does_not_know_the_registries():
-    assert "tdfusion_core.registry" not in import_graph()["tdfusion_core.plugins"]
+    assert "tdfusion_core.plugin.registry" not in import_graph()["tdfusion_core.plugin.manager"]
 
 
 def test_no_module_imports_a_layer_above_its_own():
@@ -161,3 +130,14 @@ def test_no_module_imports_a_layer_above_its_own():
         if d != "tdfusion_core" and layer(d) > layer(m)
     )
     assert upward == []
+
+
+def test_every_module_lives_in_a_layer_folder():
+    at_root = sorted(
+        m
+        for m in modules()
+        if m.count(".") <= 1
+        and m not in ROOT_MODULES
+        and not any(m == prefix or m.startswith(prefix + ".") for prefix, _ in LAYERS[:-1])
+    )
+    assert at_root == [], "put each module in the folder of its layer (docs/architecture.md)"

@@ -11,15 +11,15 @@ import torch.nn as nn
 import torch.nn.functional as nnf
 
 from tdfusion_core import hookimpl
-from tdfusion_core.colour import rgb_to_ycbcr, task_input
-from tdfusion_core.config import TrainConfig
+from tdfusion_core.common.colour import rgb_to_ycbcr, task_input
 from tdfusion_core.data.sample import Sample
 from tdfusion_core.data.synthetic import BOX_CLASSES, SyntheticScenes
-from tdfusion_core.meta import MetaStep, adam_task_step
-from tdfusion_core.multitask import MultiTask, TaskTargets
-from tdfusion_core.task import Task
+from tdfusion_core.kernel.meta import MetaStep, adam_task_step
+from tdfusion_core.kernel.multitask import MultiTask, TaskTargets
+from tdfusion_core.kernel.task import Task
 from tdfusion_core.tasks.tiny_seg import TinySegTask
-from tdfusion_core.trainer import MetaTrainer
+from tdfusion_core.training.config import TrainConfig
+from tdfusion_core.training.trainer import MetaTrainer
 from tests.conftest import plugin_registered
 from tests.torch_threads import one_torch_thread  # noqa: F401
 from tests.trainer_utils import SmallFusion, SmallGenerator, small_settings

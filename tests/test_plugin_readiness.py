@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from tdfusion_core import hookimpl
-from tdfusion_core.hookspecs import PluginNotReadyError
+from tdfusion_core.plugin.hookspecs import PluginNotReadyError
 
 FIX = 'pip install "tdfusion-frob[lite]"'
 
@@ -43,7 +43,7 @@ class NeedsFrob:
 
 @pytest.fixture
 def registered(fresh_plugins: pytest.MonkeyPatch) -> Any:
-    from tdfusion_core.plugins import register_plugin
+    from tdfusion_core.plugin.manager import register_plugin
 
     fresh_plugins.setenv("TDFUSION_LOAD_PLUGINS", "")
     for name, plugin in (("not-ready", NotReady()), ("ready", Ready()), ("broken-check", BrokenCheck())):
@@ -58,11 +58,11 @@ def test_report_marks_each_plugin_ready_or_not_with_the_fix(registered: Any) -> 
     assert rows["not-ready"]["ready"] is False and rows["not-ready"]["problem"].endswith(FIX)
     assert rows["ready"]["ready"] is True and rows["ready"]["problem"] is None
     assert rows["broken-check"]["ready"] is False and "RuntimeError: boom" in rows["broken-check"]["problem"]
-    assert rows["tdfusion_core.builtin_tasks"]["ready"] is True  # plugins without the hook are ready
+    assert rows["tdfusion_core.plugin.builtin_tasks"]["ready"] is True  # plugins without the hook are ready
 
 
 def test_plugins_command_json_and_check(registered: Any) -> None:
-    from tdfusion_core.cli import build_cli
+    from tdfusion_core.commands.cli import build_cli
 
     cli = build_cli()
     listed = CliRunner().invoke(cli, ["plugins"])
@@ -77,7 +77,7 @@ def test_plugins_command_json_and_check(registered: Any) -> None:
 
 
 def test_check_passes_when_every_plugin_is_ready(fresh_plugins: pytest.MonkeyPatch) -> None:
-    from tdfusion_core.cli import build_cli
+    from tdfusion_core.commands.cli import build_cli
 
     fresh_plugins.setenv("TDFUSION_LOAD_PLUGINS", "")
     checked = CliRunner().invoke(build_cli(), ["plugins", "--check"])
@@ -88,8 +88,8 @@ def test_check_passes_when_every_plugin_is_ready(fresh_plugins: pytest.MonkeyPat
 def test_plugin_not_ready_error_is_one_line_without_traceback(
     fresh_plugins: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from tdfusion_core.cli import main
-    from tdfusion_core.plugins import register_plugin
+    from tdfusion_core.commands.cli import main
+    from tdfusion_core.plugin.manager import register_plugin
 
     fresh_plugins.setenv("TDFUSION_LOAD_PLUGINS", "")
     register_plugin(NeedsFrob(), name="needs-frob")

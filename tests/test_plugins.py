@@ -7,9 +7,9 @@ import warnings
 import pytest
 from click.testing import CliRunner
 
-from tdfusion_core import registry
-from tdfusion_core.cli import build_cli
-from tdfusion_core.plugins import PluginLoadWarning, describe_plugins, get_plugin_manager
+from tdfusion_core.commands.cli import build_cli
+from tdfusion_core.plugin import registry
+from tdfusion_core.plugin.manager import PluginLoadWarning, describe_plugins, get_plugin_manager
 
 
 @pytest.fixture(autouse=True)
@@ -66,7 +66,7 @@ def test_cli_plugins_lists_builtin_and_installed(fresh_plugins):
     assert result.exit_code == 0, result.output
     rows = json.loads(result.output)
     by_name = {r["name"]: r for r in rows}
-    assert by_name["tdfusion_core.builtin_tasks"]["registers"]["task"] == ["tiny-seg"]
+    assert by_name["tdfusion_core.plugin.builtin_tasks"]["registers"]["task"] == ["tiny-seg"]
     assert "testplugin" in by_name and by_name["brokenplugin"]["error"]
     assert CliRunner().invoke(cli, ["hello-test"]).output.strip() == "hello from testplugin"
 

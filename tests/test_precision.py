@@ -1,4 +1,4 @@
-"""One precision policy (tdfusion_core.precision): the names, autocast, the replaced --amp options, and fuse's
+"""One precision policy (tdfusion_core.common.precision): the names, autocast, the replaced --amp options, and fuse's
 loss generator computing in the chosen precision."""
 
 from __future__ import annotations
@@ -9,16 +9,16 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
-from tdfusion_core.cli import build_cli
-from tdfusion_core.fusion import Fuser
-from tdfusion_core.nets.refusion_fast import PRECISIONS
-from tdfusion_core.precision import (
+from tdfusion_core.apps.fuse import Fuser
+from tdfusion_core.commands.cli import build_cli
+from tdfusion_core.common.precision import (
     PRECISION_NAMES,
     autocast,
     autocast_dtype,
     precision_dtype,
     training_precision,
 )
+from tdfusion_core.nets.refusion_fast import PRECISIONS
 
 
 def test_names_and_dtypes():

@@ -10,8 +10,8 @@ import torch
 from torch.func import functional_call, jvp
 
 from tdfusion_core import get_fusion_net
-from tdfusion_core.checkpoints import convert_reference_state_dict, load_model_checkpoint
 from tdfusion_core.nets.refusion import FusionNet
+from tdfusion_core.training.checkpoints import convert_reference_state_dict, load_model_checkpoint
 from tests.conftest import shared_path
 from tests.torch_threads import one_torch_thread  # noqa: F401
 

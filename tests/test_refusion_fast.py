@@ -16,11 +16,11 @@ from click.testing import CliRunner
 from PIL import Image
 from torch import nn
 
-from tdfusion_core.checkpoints import load_model_checkpoint, save_model_checkpoint
-from tdfusion_core.cli import build_cli
+from tdfusion_core.commands.cli import build_cli
+from tdfusion_core.common.speed import keep_freed_memory
 from tdfusion_core.nets.refusion import FusionNet
 from tdfusion_core.nets.refusion_fast import FastFusion, fast_forward, fast_inference, precision_error, use_fast_pass
-from tdfusion_core.speed import keep_freed_memory
+from tdfusion_core.training.checkpoints import load_model_checkpoint, save_model_checkpoint
 from tests.conftest import shared_path
 from tests.torch_threads import one_torch_thread  # noqa: F401
 
@@ -182,8 +182,8 @@ def test_use_fast_pass_switches_refusion_only_and_can_be_undone():
 
 @pytest.mark.parametrize("enabled", [True, False])
 def test_the_trainer_follows_the_fast_fusion_pass_switch(enabled):
-    from tdfusion_core.config import TrainConfig
-    from tdfusion_core.trainer import MetaTrainer
+    from tdfusion_core.training.config import TrainConfig
+    from tdfusion_core.training.trainer import MetaTrainer
     from tests.trainer_utils import BlobScenes, SmallGenerator
 
     config = TrainConfig(task="tiny-seg", task_options={"width": 4}, progress=False, fast_fusion_pass=enabled)

@@ -3,10 +3,11 @@ from typing import Any
 import pytest
 import torch
 
-from tdfusion_core import hookimpl, registry
-from tdfusion_core.plugins import register_plugin, unregister_plugin
-from tdfusion_core.registry import RegistryError, get_task
-from tdfusion_core.task import Task, TaskDefinitionError
+from tdfusion_core import hookimpl
+from tdfusion_core.kernel.task import Task, TaskDefinitionError
+from tdfusion_core.plugin import registry
+from tdfusion_core.plugin.manager import register_plugin, unregister_plugin
+from tdfusion_core.plugin.registry import RegistryError, get_task
 
 
 def test_unknown_task_lists_available_names():

@@ -27,10 +27,10 @@ import torch.nn as nn
 import torch.nn.functional as nnf
 from torch.func import functional_call
 
-from tdfusion_core.config import TrainConfig
-from tdfusion_core.meta import MetaStepResult, TaskInput
-from tdfusion_core.registry import get_task
-from tdfusion_core.trainer import MetaTrainer
+from tdfusion_core.kernel.meta import MetaStepResult, TaskInput
+from tdfusion_core.plugin.registry import get_task
+from tdfusion_core.training.config import TrainConfig
+from tdfusion_core.training.trainer import MetaTrainer
 from tests.trainer_utils import BlobScenes
 
 LR_F, LR_T, LR_G = 0.3, 0.05, 0.01

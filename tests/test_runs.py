@@ -11,13 +11,13 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from tdfusion_core.cli import build_cli
-from tdfusion_core.config import TrainConfig
-from tdfusion_core.run_logger import epoch_line, read_results_csv
+from tdfusion_core.commands.cli import build_cli
 from tdfusion_core.tasks.tiny_seg import TinySegTask
-from tdfusion_core.trainer import MetaTrainer
-from tdfusion_core.validation import Validator, resolve_val_set
-from tdfusion_core.visual import colour_tiles, weight_grid
+from tdfusion_core.training.config import TrainConfig
+from tdfusion_core.training.run_logger import epoch_line, read_results_csv
+from tdfusion_core.training.trainer import MetaTrainer
+from tdfusion_core.training.validation import Validator, resolve_val_set
+from tdfusion_core.training.visual import colour_tiles, weight_grid
 from tests.conftest import REPO, shared_path
 from tests.trainer_utils import BlobScenes, SmallFusion, SmallGenerator, small_settings
 
@@ -191,7 +191,7 @@ def test_instances_are_recorded_by_class_path_and_cli_resume_refuses(tmp_path, m
     assert saved.task == "python:tests.test_runs.MyTask"
     assert saved.data == "python:tests.trainer_utils.BlobScenes"
     seen = {}  # what model.pt would record (fit writes model.pt only for registry-built F and G, not these)
-    monkeypatch.setattr("tdfusion_core.checkpoints.save_model_checkpoint", lambda path, **kw: seen.update(kw))
+    monkeypatch.setattr("tdfusion_core.training.checkpoints.save_model_checkpoint", lambda path, **kw: seen.update(kw))
     trainer.export_model(tmp_path / "model.pt")
     assert seen["extra"]["task"] == "python:tests.test_runs.MyTask" and seen["extra"]["data"] == saved.data
     result = CliRunner().invoke(build_cli(), ["train", "--out", str(out), "--resume"])
@@ -223,7 +223,7 @@ def test_public_names_are_reexported_lazily():
 
 @pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
 def test_export_matches_pytorch_on_roadscene(tmp_path, fmt):
-    from tdfusion_core.export import check_export, export_fusion_net, read_pairs
+    from tdfusion_core.apps.export import check_export, export_fusion_net, read_pairs
 
     weights = shared_path("weights", "ReFusion_IVIF.pth")
     path = export_fusion_net(weights, tmp_path / f"f.{fmt}", fmt)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tdfusion_core.sampling import (
+from tdfusion_core.data.sampling import (
     FUSION_PHASE,
     META_PHASE,
     ShardedBatches,

@@ -2,7 +2,7 @@
 
 import pytest
 
-from tdfusion_core.sizes import optional_size, parse_size
+from tdfusion_core.common.sizes import optional_size, parse_size
 
 
 def test_every_written_form_gives_height_and_width():

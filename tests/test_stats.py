@@ -8,7 +8,7 @@ import random
 import pytest
 from scipy import stats as sps
 
-from tdfusion_core.stats import mean_ci, paired_comparison, t_cdf, t_quantile, verdict
+from tdfusion_core.apps.stats import mean_ci, paired_comparison, t_cdf, t_quantile, verdict
 
 
 @pytest.mark.parametrize("df", [1, 2, 3, 4, 7, 19, 100])

@@ -4,8 +4,8 @@ from typing import ClassVar
 import pytest
 import torch
 
-from tdfusion_core.registry import get_task
-from tdfusion_core.task import functional_task_loss
+from tdfusion_core.kernel.task import functional_task_loss
+from tdfusion_core.plugin.registry import get_task
 from tdfusion_core.tasks.tiny_seg import TinySegTask
 
 

@@ -17,8 +17,8 @@ import pytest
 import tomllib
 from click.testing import CliRunner
 
-from tdfusion_core.cli import build_cli
-from tdfusion_core.template import TemplateError, normalise_name, render, render_plugin, template_context
+from tdfusion_core.apps.new_plugin import TemplateError, normalise_name, render, render_plugin, template_context
+from tdfusion_core.commands.cli import build_cli
 
 EXPECTED_FILES = {
     "pyproject.toml",
@@ -127,7 +127,9 @@ def test_generated_plugin_installs_is_listed_and_passes_its_own_tests(tmp_path):
     env["PYTHONPATH"] = os.pathsep.join([str(site), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     env["OMP_NUM_THREADS"] = "1"
 
-    listed = _run([sys.executable, "-c", "from tdfusion_core.cli import main; main(['plugins'])"], env, tmp_path)
+    listed = _run(
+        [sys.executable, "-c", "from tdfusion_core.commands.cli import main; main(['plugins'])"], env, tmp_path
+    )
     assert listed.returncode == 0, listed.stderr
     rows = {row["name"]: row for row in json.loads(listed.stdout)}
     assert "crowd-count" in rows, sorted(rows)

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from tdfusion_core import hookimpl
-from tdfusion_core.config import TrainConfig
-from tdfusion_core.trainer import TrainingDivergedError
+from tdfusion_core.training.config import TrainConfig
+from tdfusion_core.training.trainer import TrainingDivergedError
 from tests.conftest import plugin_registered
 from tests.trainer_utils import BlobScenes, small_trainer
 

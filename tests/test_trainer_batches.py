@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import torch
 
-from tdfusion_core import batches
 from tdfusion_core.data import loading
 from tdfusion_core.data.sample import Sample
-from tdfusion_core.meta import TaskInput
+from tdfusion_core.kernel.meta import TaskInput
+from tdfusion_core.training import batches
 from tests.torch_threads import one_torch_thread  # noqa: F401
 from tests.trainer_utils import BlobScenes, small_trainer
 

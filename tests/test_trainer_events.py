@@ -8,7 +8,7 @@ import warnings
 import pytest
 
 from tdfusion_core import hookimpl
-from tdfusion_core.trainer import TrainingDivergedError
+from tdfusion_core.training.trainer import TrainingDivergedError
 from tests.conftest import plugin_registered
 from tests.test_trainer import _NaNScenes
 from tests.trainer_utils import small_trainer

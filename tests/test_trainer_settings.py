@@ -11,8 +11,8 @@ import torch
 import torch.nn as nn
 
 from tdfusion_core import hookimpl
-from tdfusion_core.distributed import DistContext, convert_sync_batchnorm
-from tdfusion_core.meta import MetaStep, sgd_task_step
+from tdfusion_core.kernel.meta import MetaStep, sgd_task_step
+from tdfusion_core.training.distributed import DistContext, convert_sync_batchnorm
 from tests.conftest import plugin_registered
 from tests.dist_worker import float64_trainer
 from tests.trainer_utils import small_trainer
@@ -166,7 +166,7 @@ def test_task_step_sgd_takes_t_prime_by_plain_gradient_descent():
 
 # ---------------------------------------------------------------------------------------------------- SyncBatchNorm
 def test_sync_batchnorm_is_refused_on_cpu_in_a_multi_process_run(monkeypatch):
-    import tdfusion_core.trainer as trainer_module
+    import tdfusion_core.training.trainer as trainer_module
 
     monkeypatch.setattr(trainer_module, "init_distributed", lambda *a, **k: DistContext(rank=0, world_size=2))
     with pytest.raises(ValueError, match="sync_batchnorm needs CUDA"):

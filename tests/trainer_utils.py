@@ -7,9 +7,9 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from tdfusion_core.config import TrainConfig
 from tdfusion_core.data.sample import Sample
-from tdfusion_core.trainer import MetaTrainer
+from tdfusion_core.training.config import TrainConfig
+from tdfusion_core.training.trainer import MetaTrainer
 
 
 class SmallFusion(nn.Module):

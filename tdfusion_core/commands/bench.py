@@ -72,7 +72,7 @@ def bench_fuse_command(
     as_json: bool,
 ) -> None:
     """Time the fusion network's forward pass: ms/image, images/s, peak memory, difference to fp32 eager."""
-    from tdfusion_core.bench.fuse import FuseConfig, bench_fuse, format_result
+    from tdfusion_core.apps.bench.fuse import FuseConfig, bench_fuse, format_result
 
     if compare is not None:
         try:
@@ -102,11 +102,11 @@ def bench_fuse_command(
 
 @hookimpl
 def tdfusion_register_commands(cli: Any) -> None:
-    from tdfusion_core.bench.data import data_command  # tdfusion bench data (reading and building batches)
-    from tdfusion_core.bench.meta import meta_command  # tdfusion bench meta (the training steps)
-    from tdfusion_core.bench.scaling import scaling_command  # tdfusion bench scaling (multi-process training)
-    from tdfusion_core.bench.suite import suite_command  # tdfusion bench suite (every target, GPU)
-    from tdfusion_core.bench.trees import trees_command  # tdfusion bench trees (two commits side by side)
+    from tdfusion_core.apps.bench.data import data_command  # tdfusion bench data (reading and building batches)
+    from tdfusion_core.apps.bench.meta import meta_command  # tdfusion bench meta (the training steps)
+    from tdfusion_core.apps.bench.scaling import scaling_command  # tdfusion bench scaling (multi-process training)
+    from tdfusion_core.apps.bench.suite import suite_command  # tdfusion bench suite (every target, GPU)
+    from tdfusion_core.apps.bench.trees import trees_command  # tdfusion bench trees (two commits side by side)
 
     bench_group.add_command(suite_command)
     bench_group.add_command(meta_command)

@@ -32,7 +32,7 @@ def demo_command(out: Path, quick: bool, epochs: int | None, seeds: int | None, 
     """
     import shutil
 
-    from tdfusion_core.demo import DemoSettings, run_demo
+    from tdfusion_core.apps.demo import DemoSettings, run_demo
 
     logging.basicConfig(level=logging.WARNING)
     parts = ("runs", "cells", "images", "sources")

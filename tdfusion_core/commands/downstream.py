@@ -79,10 +79,10 @@ def downstream_command(
     Every method starts from the same random initialisation (--seed) and sees the same samples in the same order;
     only the images differ. Writes OUT/downstream.md, .csv and .json (best bold, second underlined).
     """
+    from tdfusion_core.apps.downstream import DownstreamError, DownstreamMethod, run_downstream, source_index
+    from tdfusion_core.apps.evaluate import to_csv, to_json, to_markdown
     from tdfusion_core.commands.eval import _split_named
-    from tdfusion_core.downstream import DownstreamError, DownstreamMethod, run_downstream, source_index
-    from tdfusion_core.evaluate import to_csv, to_json, to_markdown
-    from tdfusion_core.registry import RegistryError, resolve_dataset
+    from tdfusion_core.plugin.registry import RegistryError, resolve_dataset
 
     methods: list[DownstreamMethod] = []
     for value in fused:

@@ -90,8 +90,8 @@ def eval_command(
     over the images common to every folder, one row per method, best in bold and second best underlined. RGB images
     are scored on their luminance (Y of YCbCr).
     """
-    from tdfusion_core.evaluate import EvaluationInputError, evaluate_folders, to_markdown, write_reports
-    from tdfusion_core.io import ImageReadError
+    from tdfusion_core.apps.evaluate import EvaluationInputError, evaluate_folders, to_markdown, write_reports
+    from tdfusion_core.common.io import ImageReadError
 
     names = _parse_metrics(metrics)
     methods: dict[str, Path] = {}
@@ -130,7 +130,7 @@ def eval_command(
     }
     files = write_reports([result], out_dir, per_image=per_image, extra=extra)
     if plot:
-        from tdfusion_core.figures import metrics_bar_chart
+        from tdfusion_core.apps.figures import metrics_bar_chart
 
         try:
             files["plot"] = metrics_bar_chart(result.means, out_dir / "metrics.png", metrics=names, title=result.name)
@@ -143,7 +143,7 @@ def eval_command(
 def _fuse_checkpoint(ir_dir: Path, vis_dir: Path, out: Path, checkpoint: Path, device: str, quiet: bool) -> Path:
     """Fuse the source folders with ``checkpoint`` into ``out`` (``fuse_images`` defaults: each image min-max
     stretched as the reference ``test.py``) and return the folder of fused luminances."""
-    from tdfusion_core.fusion import fuse_images
+    from tdfusion_core.apps.fuse import fuse_images
 
     try:
         summary = fuse_images(ir_dir, vis_dir, out, checkpoint, device=device, overwrite=True, progress=not quiet)

@@ -121,7 +121,7 @@ def experiment_command(
     """
     import attrs
 
-    from tdfusion_core.experiment import BUDGETS, ExperimentSpec, Method, builtin_method, run_experiment
+    from tdfusion_core.apps.experiment import BUDGETS, ExperimentSpec, Method, builtin_method, run_experiment
 
     logging.basicConfig(level=logging.WARNING)
     if methods is None:

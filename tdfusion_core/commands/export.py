@@ -43,8 +43,8 @@ def export_command(
     tolerance: float,
 ) -> None:
     """Export F (sources (B, K, H, W) in [0, 1] -> fused luminance (B, 1, H, W)) for inference without tdfusion."""
-    from tdfusion_core.checkpoints import CheckpointError
-    from tdfusion_core.export import ExportError, check_export, export_fusion_net, read_pairs
+    from tdfusion_core.apps.export import ExportError, check_export, export_fusion_net, read_pairs
+    from tdfusion_core.training.checkpoints import CheckpointError
 
     if out is None:
         out = checkpoint.with_suffix(".onnx" if fmt == "onnx" else ".torchscript.pt")

@@ -98,9 +98,9 @@ def fuse_command(
     is written through a temporary file and a rename. Images larger than --max-pixels are fused in overlapping
     tiles, so any size fits in memory.
     """
-    from tdfusion_core.checkpoints import CheckpointError
-    from tdfusion_core.fusion import FusionInputError, fuse_images
-    from tdfusion_core.registry import RegistryError
+    from tdfusion_core.apps.fuse import FusionInputError, fuse_images
+    from tdfusion_core.plugin.registry import RegistryError
+    from tdfusion_core.training.checkpoints import CheckpointError
 
     if threads is not None:
         import torch

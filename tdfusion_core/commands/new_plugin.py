@@ -21,7 +21,7 @@ def new_plugin_command(name: str, out_dir: Path, task_name: str | None, force: b
 
     NAME is lower case with hyphens (e.g. crowd-count); the package is tdfusion_NAME with underscores.
     """
-    from tdfusion_core.template import TemplateError, template_context, write_plugin
+    from tdfusion_core.apps.new_plugin import TemplateError, template_context, write_plugin
 
     try:
         dest = write_plugin(name, out_dir, task_name=task_name, overwrite=force)

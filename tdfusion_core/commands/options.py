@@ -8,8 +8,8 @@ from typing import Any
 
 import click
 
-from tdfusion_core.config_io import ConfigError, apply_override
-from tdfusion_core.sizes import optional_size
+from tdfusion_core.common.sizes import optional_size
+from tdfusion_core.training.config_io import ConfigError, apply_override
 
 #: what an option decorator does to a command function
 Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
@@ -32,7 +32,7 @@ def folder_option(
 def device_option(
     default: str | None = "auto", help: str | None = "auto (CUDA, then MPS, else CPU), cpu, cuda ..."
 ) -> Decorator:
-    """``--device``: a device name for :func:`tdfusion_core.devices.pick_device` (``auto`` picks one)."""
+    """``--device``: a device name for :func:`tdfusion_core.common.devices.pick_device` (``auto`` picks one)."""
     return click.option("--device", default=default, show_default=default is not None, help=help)
 
 
@@ -52,16 +52,16 @@ def json_option(help: str = "Print one JSON object.") -> Decorator:
 
 
 def default_allocator_option() -> Decorator:
-    """``--default-allocator``: opt out of :func:`tdfusion_core.speed.keep_freed_memory` (the benchmarks' default)."""
+    """``--default-allocator``: opt out of :func:`tdfusion_core.common.speed.keep_freed_memory` (the benchmarks' default)."""
     return click.option(
         "--default-allocator",
         is_flag=True,
-        help="Leave glibc malloc as it is (default: keep freed memory, as tdfusion fuse does; see tdfusion_core.speed).",
+        help="Leave glibc malloc as it is (default: keep freed memory, as tdfusion fuse does; see tdfusion_core.common.speed).",
     )
 
 
 def size_callback(minimum: int = 1) -> Callable[[click.Context, click.Parameter, Any], tuple[int, int] | None]:
-    """Click callback parsing an ``HxW`` option with :func:`tdfusion_core.sizes.parse_size` (``None`` if unset)."""
+    """Click callback parsing an ``HxW`` option with :func:`tdfusion_core.common.sizes.parse_size` (``None`` if unset)."""
 
     def callback(_ctx: click.Context, param: click.Parameter, value: Any) -> tuple[int, int] | None:
         try:
@@ -77,7 +77,7 @@ def key_value_options(pairs: tuple[str, ...] | list[str], hint: str, *, dotted: 
 
     With ``dotted`` (the default) each value is read as YAML 1.2 (``1e-4`` is a number, ``[1, 2]`` a list) and
     ``KEY.SUB=VALUE`` sets one entry of a mapping, as ``tdfusion train --set`` does
-    (:func:`tdfusion_core.config_io.apply_override`); without it, keys are taken whole and values kept as text
+    (:func:`tdfusion_core.training.config_io.apply_override`); without it, keys are taken whole and values kept as text
     (``--fused NAME=FOLDER``). A malformed pair is a usage error naming the option.
     """
     out: dict[str, Any] = {}
@@ -96,9 +96,9 @@ def key_value_options(pairs: tuple[str, ...] | list[str], hint: str, *, dotted: 
 
 
 def precision_options(help_text: str, default: str | None = "fp32") -> Callable[[Any], Any]:
-    """``--precision fp32|bf16|fp16`` (:mod:`tdfusion_core.precision`), with the options it replaced (``--amp``,
+    """``--precision fp32|bf16|fp16`` (:mod:`tdfusion_core.common.precision`), with the options it replaced (``--amp``,
     ``--amp-dtype``) kept hidden so that using one stops with a one-line error naming ``--precision``."""
-    from tdfusion_core.precision import PRECISION_NAMES, REPLACED_OPTIONS
+    from tdfusion_core.common.precision import PRECISION_NAMES, REPLACED_OPTIONS
 
     def replaced(ctx: click.Context, param: click.Parameter, value: Any) -> None:
         if value:

@@ -16,7 +16,7 @@ def readiness_problems() -> dict[str, str]:
 
     Each implementation is called on its own, so one plugin's failing check is reported against that plugin only.
     """
-    from tdfusion_core.plugins import get_plugin_manager
+    from tdfusion_core.plugin.manager import get_plugin_manager
 
     pm = get_plugin_manager()
     problems: dict[str, str] = {}
@@ -32,12 +32,12 @@ def readiness_problems() -> dict[str, str]:
 
 
 def plugin_report() -> list[dict[str, Any]]:
-    """:func:`tdfusion_core.plugins.describe_plugins` rows plus ``ready`` (bool) and ``problem`` (the fix, or None).
+    """:func:`tdfusion_core.plugin.manager.describe_plugins` rows plus ``ready`` (bool) and ``problem`` (the fix, or None).
 
     A plugin is not ready when it failed to load (``problem`` is its load error) or when its
     ``tdfusion_plugin_ready`` hook names a missing runtime dependency.
     """
-    from tdfusion_core.plugins import describe_plugins
+    from tdfusion_core.plugin.manager import describe_plugins
 
     rows = describe_plugins()
     problems = readiness_problems()

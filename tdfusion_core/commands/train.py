@@ -33,9 +33,9 @@ def resolve_config(
     """Defaults (those of ``profile``), then the run's saved settings (``--resume``), then ``--config``, then
     options, then ``--set``. Trusting a task checkpoint comes only from ``--trust-checkpoint``: a config file that
     sets it is refused, and a saved run's setting is dropped."""
-    from tdfusion_core.config import TrainConfig
-    from tdfusion_core.config_io import apply_override, load_yaml_file
-    from tdfusion_core.trust import refuse_trust_from_file, with_trust, without_trust
+    from tdfusion_core.training.config import TrainConfig
+    from tdfusion_core.training.config_io import apply_override, load_yaml_file
+    from tdfusion_core.training.trust import refuse_trust_from_file, with_trust, without_trust
 
     values: dict[str, Any] = {}  # unset keys take their defaults, profile-dependent ones from the chosen profile
     if saved is not None:
@@ -61,8 +61,8 @@ def resolve_config(
 
 def saved_settings(out_dir: Path) -> dict[str, Any]:
     """The settings of the run in ``out_dir``: its ``config.yaml``, or the checkpoint's own copy when that is lost."""
-    from tdfusion_core.config import TrainConfig
-    from tdfusion_core.run_files import load_training_state
+    from tdfusion_core.training.config import TrainConfig
+    from tdfusion_core.training.run_files import load_training_state
 
     saved = out_dir / "config.yaml"
     if saved.is_file():
@@ -128,9 +128,9 @@ def train_command(
     Settings come from the defaults (those of the released TDFusion code), then --config, then the options given
     here. With --resume the settings saved in the run directory are used and options given here override them.
     """
-    from tdfusion_core import registry
-    from tdfusion_core.config_io import ConfigError, check_task_options
-    from tdfusion_core.trainer import MetaTrainer, TrainingDivergedError
+    from tdfusion_core.plugin import registry
+    from tdfusion_core.training.config_io import ConfigError, check_task_options
+    from tdfusion_core.training.trainer import MetaTrainer, TrainingDivergedError
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     given = {

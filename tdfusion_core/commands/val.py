@@ -27,10 +27,10 @@ def evaluate_run(
     """
     import torch
 
-    from tdfusion_core.config import TrainConfig
-    from tdfusion_core.registry import resolve_dataset
-    from tdfusion_core.trainer import MetaTrainer
-    from tdfusion_core.validation import Validator
+    from tdfusion_core.plugin.registry import resolve_dataset
+    from tdfusion_core.training.config import TrainConfig
+    from tdfusion_core.training.trainer import MetaTrainer
+    from tdfusion_core.training.validation import Validator
 
     saved = run / "config.yaml"
     if not saved.is_file():
@@ -85,7 +85,7 @@ def val_command(
     run: Path, split: str, checkpoint: str, data: str | None, device: str, max_samples: int | None, as_json: bool
 ) -> None:
     """Evaluate a training run: T on F's fused images of a split (task metrics) and fusion metrics of F."""
-    from tdfusion_core.config_io import ConfigError
+    from tdfusion_core.training.config_io import ConfigError
 
     try:
         metrics = evaluate_run(run, split, checkpoint, device, max_samples, data)

@@ -1,12 +1,12 @@
 """Reading dataset items, in the training process or in ``num_workers`` worker processes.
 
-Training reads its samples here and nowhere else (:mod:`tdfusion_core.batches` builds its batches from them). On
+Training reads its samples here and nowhere else (:mod:`tdfusion_core.training.batches` builds its batches from them). On
 real image folders reading is decoding, and decoding dominates the data time (a 640x512 LLVIP pair: about 35 ms of
 CPU to read, 6 ms to crop, resize and stack; docs/datasets.md), so ``num_workers > 0`` moves the reads to worker
 processes that run ahead of the training steps. The workers read the samples and do the image work that needs no
-task (the crop for the fusion loss, the resize to the task size: :func:`tdfusion_core.batches.sample_images`).
+task (the crop for the fusion loss, the resize to the task size: :func:`tdfusion_core.training.batches.sample_images`).
 Which indices, in which order, and every random draw are decided in the training process beforehand
-(:mod:`tdfusion_core.sampling`), the task's target operations stay in the training process, and the items come
+(:mod:`tdfusion_core.data.sampling`), the task's target operations stay in the training process, and the items come
 back in order, so a run gives the same batches bit for bit whatever ``num_workers`` is.
 
 A dataset read in workers must be picklable when the start method is not ``fork`` (macOS, Windows; ``forkserver``

@@ -30,10 +30,10 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
+from tdfusion_core.common.io import ImageReadError, NonFiniteImageError, list_images, read_image
 from tdfusion_core.data import labels as L
 from tdfusion_core.data.labels import DataError, Problem
 from tdfusion_core.data.sample import Sample
-from tdfusion_core.io import ImageReadError, NonFiniteImageError, list_images, read_image
 
 logger = logging.getLogger("tdfusion.data")
 

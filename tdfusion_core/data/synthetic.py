@@ -31,7 +31,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from tdfusion_core.colour import rgb_to_ycbcr
+from tdfusion_core.common.colour import rgb_to_ycbcr
 from tdfusion_core.data.sample import Sample
 
 SEG_CLASSES = ("background", "person", "vehicle", "marking", "cold object")
@@ -419,7 +419,7 @@ class SyntheticScenes(Dataset[Sample]):
     def best_source(self, index: int) -> torch.Tensor:
         """``(H, W)`` uint8 map of the source that shows each object best: 1 (infrared) on warm objects, day and
         night; 2 (visible) where only the visible image shows the class (markings, cold objects); 0 elsewhere.
-        The oracle fusion of :mod:`tdfusion_core.experiment` takes each pixel from that source."""
+        The oracle fusion of :mod:`tdfusion_core.apps.experiment` takes each pixel from that source."""
         scene = self.scene(index)
         assert scene.only is not None
         best = scene.only.copy()

@@ -6,7 +6,7 @@ linear in the number of pixels and any image size works) and a gated-Dconv feed-
 reference wraps every convolution in a ``MetaConv2d`` that stores a second copy of the weights for its meta step; here
 they are plain :class:`torch.nn.Conv2d`, and the meta step substitutes parameters with
 :func:`torch.func.functional_call` instead. Parameter names are the reference's minus that duplication, so published
-state dicts load after dropping the ``X.conv.weight`` copies (see :mod:`tdfusion_core.checkpoints`).
+state dicts load after dropping the ``X.conv.weight`` copies (see :mod:`tdfusion_core.training.checkpoints`).
 
 Every operation here supports forward-mode automatic differentiation (``torch.func.jvp``), which the meta step needs.
 """

@@ -14,7 +14,7 @@ Every layer is stride 1 and the attention is across channels, so the network tak
 (``size_multiple = 1``); padding would even change the result, since attention pools over the whole image. With
 two sources the state-dict keys are exactly the reference's (after dropping its duplicated ``X.conv.weight``
 entries), so the published ``ReFusion_IVIF.pth`` and the TDFusion release checkpoints load unchanged through
-:func:`tdfusion_core.checkpoints.load_model_checkpoint`.
+:func:`tdfusion_core.training.checkpoints.load_model_checkpoint`.
 """
 
 from __future__ import annotations

@@ -29,9 +29,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tdfusion_core.common.precision import PRECISION_NAMES, precision_dtype
 from tdfusion_core.nets.blocks import TransformerBlock, check_sources
 from tdfusion_core.nets.refusion import AdaptiveFusion, FusionNet
-from tdfusion_core.precision import PRECISION_NAMES, precision_dtype
 
 #: ``--precision`` names and the dtype each computes in.
 PRECISIONS: dict[str, torch.dtype] = {name: precision_dtype(name) for name in PRECISION_NAMES}

@@ -15,8 +15,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as nnf
 
+from tdfusion_core.kernel.task import Task
 from tdfusion_core.metrics.segmentation import ConfusionMatrix
-from tdfusion_core.task import Task
 
 
 def _block(cin: int, cout: int, stride: int = 1) -> nn.Sequential:

@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from tdfusion_core import atomic
-from tdfusion_core.atomic import OutputWriteError, atomic_save, previous_path, remove_stale_temps
-from tdfusion_core.run_files import ResumeError, RunLock, RunLockedError, load_training_state
+from tdfusion_core.common import atomic
+from tdfusion_core.common.atomic import OutputWriteError, atomic_save, previous_path, remove_stale_temps
+from tdfusion_core.training.run_files import ResumeError, RunLock, RunLockedError, load_training_state
 from tests.trainer_utils import small_trainer
 
 REPO = Path(__file__).resolve().parents[2]
@@ -94,9 +94,9 @@ def test_read_only_folder_is_one_line(tmp_path, monkeypatch):
 
 
 def test_one_line_cli_error_for_full_disk(tmp_path, monkeypatch, capsys):
-    from tdfusion_core.checkpoints import save_model_checkpoint
-    from tdfusion_core.cli import main
-    from tdfusion_core.registry import get_fusion_net
+    from tdfusion_core.commands.cli import main
+    from tdfusion_core.plugin.registry import get_fusion_net
+    from tdfusion_core.training.checkpoints import save_model_checkpoint
 
     net = get_fusion_net("refusion", 2, dim=8, num_blocks=1, heads=1)
     monkeypatch.setattr(atomic, "_write_all", lambda _fh, _d: (_ for _ in ()).throw(OSError(errno.ENOSPC, "full")))

@@ -6,11 +6,11 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from tdfusion_core.checkpoints import CheckpointError, save_model_checkpoint
-from tdfusion_core.cli import build_cli, main
-from tdfusion_core.devices import DeviceError, pick_device
-from tdfusion_core.io import list_images
+from tdfusion_core.commands.cli import build_cli, main
+from tdfusion_core.common.devices import DeviceError, pick_device
+from tdfusion_core.common.io import list_images
 from tdfusion_core.nets.refusion import FusionNet
+from tdfusion_core.training.checkpoints import CheckpointError, save_model_checkpoint
 from tests.trainer_utils import small_trainer
 
 
@@ -19,8 +19,8 @@ def test_fusion_checkpoint_of_another_width_names_the_tensors(tmp_path):
     save_model_checkpoint(
         tmp_path / "w8.pt", fusion_net=FusionNet(**small), fusion_arch="refusion", fusion_config=small
     )
-    from tdfusion_core.config import TrainConfig
-    from tdfusion_core.trainer import MetaTrainer
+    from tdfusion_core.training.config import TrainConfig
+    from tdfusion_core.training.trainer import MetaTrainer
     from tests.trainer_utils import BlobScenes
 
     config = TrainConfig(

@@ -13,10 +13,10 @@ from click.testing import CliRunner
 from PIL import Image
 from torch import nn
 
-from tdfusion_core.checkpoints import save_model_checkpoint
-from tdfusion_core.cli import build_cli, main
-from tdfusion_core.fusion import fuse_images
+from tdfusion_core.apps.fuse import fuse_images
+from tdfusion_core.commands.cli import build_cli, main
 from tdfusion_core.nets.refusion import FusionNet
+from tdfusion_core.training.checkpoints import save_model_checkpoint
 from tests.torch_threads import one_torch_thread  # noqa: F401
 
 SMALL = {"dim": 8, "num_blocks": 1, "heads": 2}

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from tdfusion_core.cli import build_cli
-from tdfusion_core.config import TrainConfig
+from tdfusion_core.commands.cli import build_cli
 from tdfusion_core.data.labels import DataError
 from tdfusion_core.data.paired import PairedDataset
-from tdfusion_core.trainer import MetaTrainer
+from tdfusion_core.training.config import TrainConfig
+from tdfusion_core.training.trainer import MetaTrainer
 from tests.data_helpers import make_folder, write_gray
 
 

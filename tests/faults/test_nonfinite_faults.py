@@ -11,13 +11,13 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
-from tdfusion_core.checkpoints import CheckpointError, load_model_checkpoint, save_model_checkpoint
+from tdfusion_core.common.io import NonFiniteImageError, read_image
 from tdfusion_core.data.check import check_dataset
 from tdfusion_core.data.labels import DataError
 from tdfusion_core.data.paired import PairedDataset
-from tdfusion_core.io import NonFiniteImageError, read_image
-from tdfusion_core.state_guard import non_finite_tensors
-from tdfusion_core.trainer import TrainingDivergedError
+from tdfusion_core.training.checkpoints import CheckpointError, load_model_checkpoint, save_model_checkpoint
+from tdfusion_core.training.state_guard import non_finite_tensors
+from tdfusion_core.training.trainer import TrainingDivergedError
 from tests.data_helpers import make_folder
 from tests.trainer_utils import small_trainer
 
@@ -40,7 +40,7 @@ def test_nan_float_tiff_is_refused_by_reader_loader_and_data_check(tmp_path):
     problems, _ = check_dataset(root)
     assert [(p.path.name, p.kind) for p in problems] == [("b.tif", "non-finite")]
 
-    from tdfusion_core.cli import build_cli
+    from tdfusion_core.commands.cli import build_cli
 
     result = CliRunner().invoke(build_cli(), ["data", "check", str(root)])
     assert result.exit_code == 1 and "b.tif" in result.output and "non-finite" in result.output
@@ -121,7 +121,7 @@ def test_nan_data_run_stops_non_zero_and_every_saved_tensor_is_finite(tmp_path):
 
 
 def test_checkpoint_with_nan_weights_is_neither_saved_nor_loaded(tmp_path):
-    from tdfusion_core.registry import get_fusion_net
+    from tdfusion_core.plugin.registry import get_fusion_net
 
     net = get_fusion_net("refusion", 2, dim=8, num_blocks=1, heads=1)
     with torch.no_grad():
@@ -135,7 +135,7 @@ def test_checkpoint_with_nan_weights_is_neither_saved_nor_loaded(tmp_path):
 
 
 def test_32_bit_values_beyond_16_bits_are_refused_not_saturated(tmp_path):
-    from tdfusion_core.io import ImageReadError
+    from tdfusion_core.common.io import ImageReadError
 
     arr = np.full((8, 8), 1000, dtype=np.int32)
     arr[1, 1] = 70000

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from tdfusion_core import registry
-from tdfusion_core.cli import build_cli
-from tdfusion_core.plugins import PluginLoadWarning, describe_plugins, get_plugin_manager
+from tdfusion_core.commands.cli import build_cli
+from tdfusion_core.plugin import registry
+from tdfusion_core.plugin.manager import PluginLoadWarning, describe_plugins, get_plugin_manager
 from tests.faults.plugin_helpers import (
     BAD_COMMANDS,
     EXITING,
@@ -85,7 +85,7 @@ def _run_cli(args, root: Path, **env):
     environ["PYTHONPATH"] = os.pathsep.join([str(root), str(REPO), str(REPO / "tests/plugins/tdfusion-testplugin")])
     environ.update(env)
     return subprocess.run(
-        [sys.executable, "-c", "from tdfusion_core.cli import main; main()", *args],
+        [sys.executable, "-c", "from tdfusion_core.commands.cli import main; main()", *args],
         capture_output=True,
         text=True,
         env=environ,
@@ -107,7 +107,7 @@ def test_hanging_plugin_is_diagnosable_by_trace_and_avoidable_by_allow_list(tmp_
         environ = {k: v for k, v in os.environ.items() if k != "TDFUSION_LOAD_PLUGINS"}
         environ.update(PYTHONPATH=os.pathsep.join([str(root), str(REPO)]), TDFUSION_TRACE_PLUGINS="1")
         subprocess.run(
-            [sys.executable, "-c", "from tdfusion_core.cli import main; main()", "plugins"],
+            [sys.executable, "-c", "from tdfusion_core.commands.cli import main; main()", "plugins"],
             capture_output=True,
             env=environ,
             timeout=20,

@@ -6,7 +6,7 @@ from types import SimpleNamespace
 
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from tdfusion_core import tb_logger
+from tdfusion_core.training import tb_logger
 
 
 def _trainer(out, epoch: int, meta: int, fusion: int) -> SimpleNamespace:

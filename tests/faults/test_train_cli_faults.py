@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from click.testing import CliRunner
 
-from tdfusion_core.cli import build_cli
+from tdfusion_core.commands.cli import build_cli
 
 TINY = [
     "--data", "synthetic", "--epochs", "1", "--meta-steps", "0", "--fusion-steps", "1",

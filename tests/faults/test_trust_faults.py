@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from click.testing import CliRunner
 
-from tdfusion_core.cli import build_cli
-from tdfusion_core.trust import refuse_trust_from_file, with_trust, without_trust
+from tdfusion_core.commands.cli import build_cli
+from tdfusion_core.training.trust import refuse_trust_from_file, with_trust, without_trust
 
 
 def test_config_file_setting_trust_is_refused_before_anything_runs(tmp_path):
@@ -45,9 +45,9 @@ class _Payload:
 def test_malicious_pickle_never_runs_and_the_refusal_explains(tmp_path, where):
     import torch
 
-    from tdfusion_core.checkpoints import CheckpointError, load_model_checkpoint
-    from tdfusion_core.registry import get_task
-    from tdfusion_core.run_files import ResumeError, load_training_state
+    from tdfusion_core.plugin.registry import get_task
+    from tdfusion_core.training.checkpoints import CheckpointError, load_model_checkpoint
+    from tdfusion_core.training.run_files import ResumeError, load_training_state
 
     marker = tmp_path / "payload-ran"
     path = tmp_path / "checkpoints" / "last.pt"

@@ -23,7 +23,7 @@ _built: dict[str, Any] = {}
 @pytest.fixture(scope="session")
 def build_detector(offline_guard: None) -> Any:
     """``build_detector(name)``: the 1-class ``mmdet`` task of a :data:`DETECTORS` entry, built once, offline."""
-    from tdfusion_core.registry import get_task
+    from tdfusion_core.plugin.registry import get_task
 
     def build(name: str) -> Any:
         if name not in _built:

@@ -14,9 +14,9 @@ def test_meta_trainer_steps_with_rtmdet_on_llvip(build_detector: Any) -> None:
     from tdfusion_mmdet.task import MMDetTask
     from torch.utils.data import Subset
 
-    from tdfusion_core.config import TrainConfig
     from tdfusion_core.data.paired import PairedDataset
-    from tdfusion_core.trainer import MetaTrainer
+    from tdfusion_core.training.config import TrainConfig
+    from tdfusion_core.training.trainer import MetaTrainer
 
     llvip = PairedDataset(shared_path("data", "LLVIP"), split="train")
     assert llvip.target_kind == "boxes"

@@ -8,12 +8,12 @@ import pytest
 import torch
 from mmdet_testutils import DETECTORS
 
-from tdfusion_core.task import functional_task_loss
+from tdfusion_core.kernel.task import functional_task_loss
 
 
 def test_task_registered_by_the_entry_point(monkeypatch: pytest.MonkeyPatch) -> None:
-    from tdfusion_core import registry
-    from tdfusion_core.plugins import reset_plugin_manager
+    from tdfusion_core.plugin import registry
+    from tdfusion_core.plugin.manager import reset_plugin_manager
 
     monkeypatch.setenv("TDFUSION_LOAD_PLUGINS", "mmdet")
     reset_plugin_manager()

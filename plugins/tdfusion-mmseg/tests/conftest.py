@@ -23,7 +23,7 @@ def offline_guard() -> Iterator[None]:
 def base_task(offline_guard: None) -> Any:
     """The default ``segformer`` task (mit-b0, 5 classes, luminance input, full-resolution loss), built offline with
     a fixed seed. Do not mutate it."""
-    from tdfusion_core.registry import get_task
+    from tdfusion_core.plugin.registry import get_task
 
     torch.manual_seed(0)
     task = get_task("segformer", num_classes=NUM_CLASSES)
@@ -44,7 +44,7 @@ def seg_task(base_task: Any) -> Any:
 @pytest.fixture(scope="session")
 def rgb_base_task(offline_guard: None) -> Any:
     """The ``mmseg`` task with its defaults (SegFormer mit-b0 config, RGB input) and the ``"task"`` loss resolution."""
-    from tdfusion_core.registry import get_task
+    from tdfusion_core.plugin.registry import get_task
 
     torch.manual_seed(0)
     task = get_task("mmseg", num_classes=NUM_CLASSES, loss_resolution="task")

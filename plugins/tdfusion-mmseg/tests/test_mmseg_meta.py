@@ -14,9 +14,9 @@ from tdfusion_openmmlab.testing import PhaseChecks
 def test_meta_trainer_steps_with_segformer_on_synthetic_scenes(base_task: Any) -> None:
     from tdfusion_mmseg.task import SegFormerTask
 
-    from tdfusion_core.config import TrainConfig
     from tdfusion_core.data.synthetic import SyntheticScenes
-    from tdfusion_core.trainer import MetaTrainer
+    from tdfusion_core.training.config import TrainConfig
+    from tdfusion_core.training.trainer import MetaTrainer
 
     train_set = SyntheticScenes(n=4, size=(64, 80), target="mask", seed=3)
     assert train_set.num_classes == NUM_CLASSES
@@ -57,7 +57,7 @@ def test_meta_trainer_steps_with_segformer_on_synthetic_scenes(base_task: Any) -
 
 def test_bench_meta_runs_segformer_on_cpu(offline_guard: None) -> None:
     """The meta-step benchmark behind ``tdfusion bench meta --task segformer`` (small sizes, one timed step)."""
-    from tdfusion_core.bench.meta import bench_meta, format_meta_results
+    from tdfusion_core.apps.bench.meta import bench_meta, format_meta_results
 
     results = bench_meta(
         task="segformer", device="cpu", modes=("jvp",), iters=1, warmup=0, image_size=(64, 80), crop_size=(32, 32),

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as nnf
 from mmseg_testutils import NUM_CLASSES
 
-from tdfusion_core.task import functional_task_loss
+from tdfusion_core.kernel.task import functional_task_loss
 
 MEAN = torch.tensor([123.675, 116.28, 103.53]).view(1, 3, 1, 1)
 STD = torch.tensor([58.395, 57.12, 57.375]).view(1, 3, 1, 1)
@@ -30,8 +30,8 @@ def _walk(node: Any) -> list[dict[str, Any]]:
 
 
 def test_tasks_registered_by_the_entry_point(monkeypatch: pytest.MonkeyPatch) -> None:
-    from tdfusion_core import registry
-    from tdfusion_core.plugins import reset_plugin_manager
+    from tdfusion_core.plugin import registry
+    from tdfusion_core.plugin.manager import reset_plugin_manager
 
     monkeypatch.setenv("TDFUSION_LOAD_PLUGINS", "mmseg")
     reset_plugin_manager()

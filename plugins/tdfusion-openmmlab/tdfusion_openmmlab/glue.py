@@ -32,7 +32,7 @@ import torch.nn as nn
 import torch.nn.functional as nnf
 from tdfusion_mmcv_compat import MmcvNotInstalledError, install
 
-from tdfusion_core.torch_files import read_torch_file
+from tdfusion_core.common.torch_files import read_torch_file
 from tdfusion_openmmlab.luminance import is_rgb_weight_for_luminance, rgb_to_luminance_weight
 from tdfusion_openmmlab.readiness import OpenMMLabNotReadyError, install_line
 
@@ -392,7 +392,7 @@ def load_weights(network: NormalizedModel, path: Path) -> dict[str, list[str]]:
     Keys may be the OpenMMLab model's own (``backbone.…``) or the wrapper's (``model.backbone.…``). A first
     convolution trained on RGB is summed over its colour channels for a luminance network (the same response to a
     grey image). Other tensors whose shape differs (typically a head trained for another class count) are skipped with a
-    warning. Read with :func:`tdfusion_core.torch_files.read_torch_file` (``weights_only=True``: no code from the file
+    warning. Read with :func:`tdfusion_core.common.torch_files.read_torch_file` (``weights_only=True``: no code from the file
     runs; a file that needs more is refused with how to convert one you trust). Returns the skipped / missing /
     unexpected keys.
     """

@@ -13,7 +13,7 @@ import importlib.metadata
 import importlib.util
 import re
 
-from tdfusion_core.hookspecs import PluginNotReadyError
+from tdfusion_core.plugin.hookspecs import PluginNotReadyError
 
 #: first mmcv version mmseg 1.2.2 / mmdet 3.3.0 refuse (they assert ``mmcv < 2.2.0`` on import)
 MMCV_TOO_NEW = (2, 2)

@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 
 import torch.nn as nn
 
-from tdfusion_core.task import Task
+from tdfusion_core.kernel.task import Task
 from tdfusion_openmmlab.glue import (
     NormalizedModel,
     build_model,

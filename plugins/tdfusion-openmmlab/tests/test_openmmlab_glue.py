@@ -90,7 +90,7 @@ def test_a_checkpoint_that_would_run_code_is_refused_with_safe_advice(tmp_path) 
     import pytest
     from tdfusion_openmmlab.glue import load_weights
 
-    from tdfusion_core.torch_files import CheckpointError
+    from tdfusion_core.common.torch_files import CheckpointError
 
     marker = tmp_path / "pwned"
     path = tmp_path / "evil.pth"

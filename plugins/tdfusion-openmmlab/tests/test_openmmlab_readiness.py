@@ -30,7 +30,7 @@ def test_missing_mmcv_names_the_lite_extra(monkeypatch: pytest.MonkeyPatch, pack
     assert "\n" not in text
     with pytest.raises(OpenMMLabNotReadyError, match="mmcv is not installed") as info:
         ensure_ready(package)
-    from tdfusion_core.hookspecs import PluginNotReadyError
+    from tdfusion_core.plugin.hookspecs import PluginNotReadyError
 
     assert isinstance(info.value, PluginNotReadyError) and isinstance(info.value, ImportError)
 
@@ -63,7 +63,7 @@ def test_tdfusion_plugins_reports_the_missing_mmcv(monkeypatch: pytest.MonkeyPat
     from click.testing import CliRunner
 
     from tdfusion_core.commands.plugins_cmd import plugin_report, plugins_command
-    from tdfusion_core.plugins import reset_plugin_manager
+    from tdfusion_core.plugin.manager import reset_plugin_manager
 
     monkeypatch.setenv("TDFUSION_LOAD_PLUGINS", "mmseg,mmdet")
     reset_plugin_manager()
@@ -74,7 +74,7 @@ def test_tdfusion_plugins_reports_the_missing_mmcv(monkeypatch: pytest.MonkeyPat
         rows = {row["name"]: row for row in plugin_report()}
         for name in ("mmseg", "mmdet"):
             assert rows[name]["ready"] is False and f'pip install "tdfusion-{name}[lite]"' in rows[name]["problem"]
-        assert rows["tdfusion_core.builtin_tasks"]["ready"]
+        assert rows["tdfusion_core.plugin.builtin_tasks"]["ready"]
         result = CliRunner().invoke(plugins_command, ["--check"])
         assert result.exit_code == 1
         assert (
@@ -89,8 +89,8 @@ def test_tdfusion_plugins_reports_the_missing_mmcv(monkeypatch: pytest.MonkeyPat
 def test_cli_prints_a_missing_dependency_as_one_line(
     monkeypatch: pytest.MonkeyPatch, capsys: Any, tmp_path: Any
 ) -> None:
-    from tdfusion_core.cli import main
-    from tdfusion_core.plugins import reset_plugin_manager
+    from tdfusion_core.commands.cli import main
+    from tdfusion_core.plugin.manager import reset_plugin_manager
 
     monkeypatch.setenv("TDFUSION_LOAD_PLUGINS", "mmseg")
     reset_plugin_manager()

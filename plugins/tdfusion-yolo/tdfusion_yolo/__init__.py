@@ -87,9 +87,9 @@ def problem() -> str | None:
 
 
 def ensure_ready() -> None:
-    """Raise :class:`tdfusion_core.hookspecs.PluginNotReadyError` (one line, with the fix) when :func:`problem`
+    """Raise :class:`tdfusion_core.plugin.hookspecs.PluginNotReadyError` (one line, with the fix) when :func:`problem`
     finds one."""
-    from tdfusion_core.hookspecs import PluginNotReadyError
+    from tdfusion_core.plugin.hookspecs import PluginNotReadyError
 
     found = problem()
     if found is not None:

@@ -13,7 +13,7 @@
   (``loss_reduction="mean"``: ``box*L_box + cls*L_cls + dfl*L_dfl``, what the released TDFusion code optimises and
   independent of the batch size), or ultralytics' value (``loss_reduction="ultralytics"``).
   The criterion is rebuilt from ``network`` on every call and nothing is cached on the model, so the loss reaches
-  the parameters only through the module passed in, as :func:`tdfusion_core.task.functional_task_loss` requires.
+  the parameters only through the module passed in, as :func:`tdfusion_core.kernel.task.functional_task_loss` requires.
 * **Images** are ``(B, C, H, W)`` in [0, 1]; if H or W is not a multiple of the network's largest stride (32) the
   batch is padded at the bottom and right with ultralytics' letterbox grey (114/255), which leaves pixel boxes valid.
 * **Targets**: core's per-image ``(N, 5)`` rows ``class, x0, y0, x1, y1`` in pixels (see :mod:`.targets`).
@@ -36,8 +36,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as nnf
 
-from tdfusion_core.task import Task
-from tdfusion_core.torch_files import CheckpointError, read_torch_file, unsafe_pickle_message
+from tdfusion_core.common.torch_files import CheckpointError, read_torch_file, unsafe_pickle_message
+from tdfusion_core.kernel.task import Task
 from tdfusion_yolo import ensure_offline, ensure_ready
 from tdfusion_yolo.targets import as_box_list, to_ultralytics_batch
 
@@ -188,7 +188,7 @@ class YoloTask(Task):
     def load_checkpoint(self, network: Any, path: Path) -> None:
         """Load weights from a local file: a state dict (strict), or an ultralytics ``.pt`` checkpoint.
 
-        The file is read with :func:`tdfusion_core.torch_files.read_torch_file` (``weights_only=True``, one-line
+        The file is read with :func:`tdfusion_core.common.torch_files.read_torch_file` (``weights_only=True``, one-line
         errors for empty, truncated and foreign files). Ultralytics checkpoints are pickles of whole models, which that
         refuses; they are then read with ultralytics' allow-listed ``weights_only`` loader (no arbitrary code runs)
         and transferred tensor by tensor where names and shapes match (so ``nc`` may differ). A file neither accepts

@@ -44,7 +44,7 @@ def yolo_task(base_task: YoloTask) -> YoloTask:
 @pytest.fixture
 def fresh_registry(monkeypatch: pytest.MonkeyPatch):
     """Rebuild the plugin manager so the installed entry points are read again (no allow-list)."""
-    from tdfusion_core.plugins import reset_plugin_manager
+    from tdfusion_core.plugin.manager import reset_plugin_manager
 
     monkeypatch.delenv("TDFUSION_LOAD_PLUGINS", raising=False)
     reset_plugin_manager()

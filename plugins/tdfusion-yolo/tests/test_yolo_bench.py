@@ -7,7 +7,7 @@ import math
 
 from click.testing import CliRunner
 
-from tdfusion_core.cli import build_cli
+from tdfusion_core.commands.cli import build_cli
 
 
 def test_bench_meta_cli_with_the_yolo_task_on_cpu():

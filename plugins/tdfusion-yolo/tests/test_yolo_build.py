@@ -8,7 +8,7 @@ import pytest
 import torch
 from tdfusion_yolo.task import YoloTask
 
-from tdfusion_core.registry import get_task
+from tdfusion_core.plugin.registry import get_task
 
 
 def _first_conv(net: torch.nn.Module) -> torch.nn.Conv2d:
@@ -16,7 +16,7 @@ def _first_conv(net: torch.nn.Module) -> torch.nn.Conv2d:
 
 
 def test_registered_through_the_entry_point(fresh_registry):
-    from tdfusion_core.plugins import describe_plugins
+    from tdfusion_core.plugin.manager import describe_plugins
 
     task = get_task("yolo", num_classes=2, model="yolov8n.yaml")
     assert isinstance(task, YoloTask) and task.target_kind == "boxes"
@@ -136,7 +136,7 @@ def test_missing_ultralytics_is_reported_with_the_install_line(monkeypatch: pyte
 
     from tdfusion_yolo.plugin import tdfusion_plugin_ready
 
-    from tdfusion_core.hookspecs import PluginNotReadyError
+    from tdfusion_core.plugin.hookspecs import PluginNotReadyError
 
     assert tdfusion_plugin_ready() is None
     real = importlib.util.find_spec
@@ -159,7 +159,7 @@ class _WritesMarker:
 
 def test_a_checkpoint_that_would_run_code_is_refused_with_safe_advice(tmp_path):
     """Neither core's reader nor ultralytics' allow-listed loader runs it; the error says how to convert safely."""
-    from tdfusion_core.torch_files import CheckpointError
+    from tdfusion_core.common.torch_files import CheckpointError
 
     marker = tmp_path / "pwned"
     path = tmp_path / "evil.pt"

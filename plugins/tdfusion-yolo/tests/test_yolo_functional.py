@@ -9,7 +9,7 @@ import torch
 from tdfusion_yolo.task import YoloTask
 from yolo_testutils import load_pairs
 
-from tdfusion_core.task import functional_task_loss
+from tdfusion_core.kernel.task import functional_task_loss
 
 
 def _state(net: torch.nn.Module) -> dict[str, torch.Tensor]:

@@ -67,7 +67,7 @@ SCRIPT = textwrap.dedent(
     socket.getaddrinfo = refuse("getaddrinfo")
 
     import torch
-    from tdfusion_core.registry import get_task      # the plugin is found through its entry point
+    from tdfusion_core.plugin.registry import get_task      # the plugin is found through its entry point
     task = get_task("yolo", num_classes=1, input_kind="rgb")
     net = task.network
     x = torch.rand(1, 3, 64, 64, requires_grad=True)

@@ -9,9 +9,9 @@ import torch
 from click.testing import CliRunner
 from yolo_testutils import shared_path
 
-from tdfusion_core.config import TrainConfig
-from tdfusion_core.registry import resolve_dataset
-from tdfusion_core.trainer import MetaTrainer
+from tdfusion_core.plugin.registry import resolve_dataset
+from tdfusion_core.training.config import TrainConfig
+from tdfusion_core.training.trainer import MetaTrainer
 
 #: small sizes so a meta step pair takes seconds on a busy CPU (task size: multiples of YOLO's stride 32)
 TINY = {"crop_size": (48, 48), "task_size": (64, 96), "batch_size": 1, "progress": False, "log_images": False}
@@ -93,7 +93,7 @@ def test_meta_and_fusion_steps_on_real_data(dataset, data_options, nc):
 def test_tdfusion_train_cli_end_to_end_on_llvip(tmp_path):
     from tdfusion_yolo.task import YoloTask
 
-    from tdfusion_core.cli import build_cli
+    from tdfusion_core.commands.cli import build_cli
 
     out = tmp_path / "run"
     args = ["train", "--task", "yolo", "--data", str(shared_path("data", "LLVIP")), "--out", str(out)]

@@ -9,8 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as nnf
 
-from tdfusion_core.colour import ycbcr_to_rgb
-from tdfusion_core.io import read_image
+from tdfusion_core.common.colour import ycbcr_to_rgb
+from tdfusion_core.common.io import read_image
 
 #: the repository root (tests -> tdfusion-yolo -> plugins -> repo)
 REPO = Path(__file__).resolve().parents[3]

@@ -8,7 +8,7 @@ import click
 import torch
 
 from tdfusion_core import hookimpl
-from tdfusion_core.task import Task
+from tdfusion_core.kernel.task import Task
 
 
 class ConstantTask(Task):

@@ -1,1 +1,0 @@
-"""Benchmarks behind ``tdfusion bench``: one module per benchmark (:mod:`tdfusion_core.bench.fuse`, ...)."""

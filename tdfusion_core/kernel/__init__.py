@@ -1,0 +1,6 @@
+"""Layer 1: the paper: Task contract, fusion loss, meta step, fusion step, several tasks as one.
+
+Modules here import their own layer and those below it, never one above (docs/architecture.md,
+tests/test_module_graph.py). Nothing is re-exported here: the short public API is ``tdfusion_core`` itself,
+and importing this package costs nothing.
+"""
