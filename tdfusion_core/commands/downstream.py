@@ -13,6 +13,7 @@ from tdfusion_core.commands.options import (
     batch_size_option,
     device_option,
     folder_option,
+    key_value_option,
     key_value_options,
     size_callback,
 )
@@ -52,8 +53,8 @@ from tdfusion_core.commands.options import (
 )
 @click.option("--seed", type=int, default=0, show_default=True, help="Same initial weights and order for all methods.")
 @device_option()
-@click.option("--task-option", "task_opts", multiple=True, metavar="KEY=VALUE", help="Task configuration (YAML value).")
-@click.option("--data-option", "data_opts", multiple=True, metavar="KEY=VALUE", help="Dataset options (YAML value).")
+@key_value_option("--task-option", "task_opts", help="Task configuration (YAML value).")
+@key_value_option("--data-option", "data_opts", help="Dataset options (YAML value).")
 @click.option("--quiet", is_flag=True)
 def downstream_command(
     task: str,

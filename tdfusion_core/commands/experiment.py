@@ -9,7 +9,13 @@ from typing import Any
 import click
 
 from tdfusion_core import hookimpl
-from tdfusion_core.commands.options import device_option, folder_option, key_value_options, size_callback
+from tdfusion_core.commands.options import (
+    device_option,
+    folder_option,
+    key_value_option,
+    key_value_options,
+    size_callback,
+)
 
 DEFAULT_METHODS = "tdfusion,I,ir,vis,mean,oracle"
 #: without ground truth of which source shows what, there is no oracle
@@ -67,12 +73,12 @@ def parse_seeds(value: str) -> list[int]:
     help="Real data with one split: hold out its last N images (the test split is not read).",
 )
 @click.option("--data", default="synthetic", show_default=True, help="Registered dataset or folder.")
-@click.option("--data-option", multiple=True, metavar="KEY=VALUE", help="Dataset option (e.g. root=/data/LLVIP).")
+@key_value_option("--data-option", help="Dataset option (e.g. root=/data/LLVIP).")
 @click.option("--train-split", default="train", show_default=True)
 @click.option("--test-split", default="test", show_default=True)
 @click.option("--task", default="tiny-seg", show_default=True, help="Registered task (tiny-seg, yolo, segformer...).")
-@click.option("--task-option", multiple=True, metavar="KEY=VALUE", help="Task option.")
-@click.option("--set", "settings", multiple=True, metavar="KEY=VALUE", help="TrainConfig setting for trained methods.")
+@key_value_option("--task-option", help="Task option.")
+@key_value_option("--set", "settings", help="TrainConfig setting for trained methods.")
 @click.option("--reference", help="Method the others are compared with (default: TDFusion).")
 @click.option(
     "--fusion-metrics",
@@ -163,6 +169,7 @@ def experiment_command(
         train_options.setdefault("lr_fusion", 1e-3)
         train_options.setdefault("lr_task", 1e-3)
     metrics = () if fusion_metrics.strip().lower() == "none" else tuple(m.strip() for m in fusion_metrics.split(","))
+    # Each option passed on by name: alike in shape only to the other commands' calls of their functions.
     try:
         spec = ExperimentSpec(
             out=out,

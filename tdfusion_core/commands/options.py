@@ -46,6 +46,11 @@ def threads_option(help: str = "CPU threads for torch (default: torch's).") -> D
     return click.option("--threads", type=click.IntRange(min=1), default=None, help=help)
 
 
+def key_value_option(*decls: str, help: str) -> Decorator:
+    """A repeatable ``KEY=VALUE`` option (read with :func:`key_value_options`)."""
+    return click.option(*decls, multiple=True, metavar="KEY=VALUE", help=help)
+
+
 def json_option(help: str = "Print one JSON object.") -> Decorator:
     """``--json`` (parameter ``as_json``): print the result as JSON instead of text."""
     return click.option("--json", "as_json", is_flag=True, help=help)

@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 from tdfusion_core import hookimpl
-from tdfusion_core.commands.options import device_option, folder_option
+from tdfusion_core.commands.options import device_option, folder_option, key_value_option
 
 
 def next_run_dir(path: Path) -> Path:
@@ -98,11 +98,9 @@ def saved_settings(out_dir: Path) -> dict[str, Any]:
 @click.option("--meta-steps", type=int, help="Meta steps M per epoch.")
 @click.option("--fusion-steps", type=int, help="Fusion-phase steps per epoch (default: the whole training set).")
 @click.option("--seed", type=int, help="Random seed.")
-@click.option(
+@key_value_option(
     "--set",
     "overrides",
-    multiple=True,
-    metavar="KEY=VALUE",
     help="Any setting (value read as YAML; KEY.SUB for one entry of a mapping), e.g. --set crop_size=128 "
     "--set lr_fusion=1e-4 --set task_options.num_classes=1. Keys: docs/config.md.",
 )

@@ -27,7 +27,13 @@ import torch
 import torch.nn as nn
 
 from tdfusion_core.apps.bench.machine import cpu_seconds, machine_info
-from tdfusion_core.commands.options import key_value_options, size_callback
+from tdfusion_core.commands.options import (
+    batch_size_option,
+    json_option,
+    key_value_option,
+    key_value_options,
+    size_callback,
+)
 from tdfusion_core.kernel.task import Task
 
 
@@ -140,16 +146,14 @@ def format_data_results(result: dict[str, Any]) -> str:
 
 @click.command(name="data")
 @click.option("--data", required=True, help="Registered dataset (llvip, msrs, ...) or a folder.")
-@click.option(
+@key_value_option(
     "--data-option",
     "data_sets",
-    multiple=True,
-    metavar="KEY=VALUE",
     help="Dataset option, repeatable (e.g. root=../shared/data/LLVIP).",
 )
 @click.option("--split", default="train", show_default=True)
 @click.option("--workers", default="0,2", show_default=True, help="Comma-separated num_workers values to compare.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=1, show_default=True)
+@batch_size_option(1)
 @click.option(
     "--crop-size", default="256x256", show_default=True, callback=size_callback(), help="Fusion-loss crop HEIGHTxWIDTH."
 )
@@ -158,7 +162,8 @@ def format_data_results(result: dict[str, Any]) -> str:
 )
 @click.option("--step-ms", type=click.FloatRange(min=0), default=0.0, show_default=True, help="Wait per step.")
 @click.option("--repeats", type=click.IntRange(min=1), default=3, show_default=True)
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@json_option()
+# One parameter per option: alike in shape only to the other bench commands' signatures.
 def data_command(
     data: str,
     data_sets: tuple[str, ...],

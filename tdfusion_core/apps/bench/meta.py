@@ -24,6 +24,7 @@ from tdfusion_core.commands.options import (
     default_allocator_option,
     device_option,
     json_option,
+    key_value_option,
     key_value_options,
     size_callback,
     threads_option,
@@ -249,18 +250,14 @@ def format_meta_results(results: dict[str, Any]) -> str:
 )
 @click.option("--num-classes", type=click.IntRange(min=1), default=9, show_default=True)
 @threads_option()
-@click.option(
+@key_value_option(
     "--set",
     "task_sets",
-    multiple=True,
-    metavar="KEY=VALUE",
     help="Task option, repeatable (e.g. --set input_kind=luminance); VALUE is read as YAML (numbers, true, text).",
 )
-@click.option(
+@key_value_option(
     "--train-set",
     "train_sets",
-    multiple=True,
-    metavar="KEY=VALUE",
     help="Training-config field, repeatable (e.g. --train-set task_step=sgd).",
 )
 @default_allocator_option()

@@ -23,7 +23,7 @@ import click
 
 from tdfusion_core.apps.bench import step_worker
 from tdfusion_core.apps.bench.machine import load_average, machine_info
-from tdfusion_core.commands.options import key_value_options, size_callback
+from tdfusion_core.commands.options import key_value_option, key_value_options, size_callback
 
 #: glibc settings equal to :func:`tdfusion_core.common.speed.keep_freed_memory`, given to every tree's process alike
 KEEP_FREED_MEMORY_ENV = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(2**31 - 1)}
@@ -122,8 +122,8 @@ def format_trees(result: dict[str, Any]) -> str:
 @click.option("--rounds", type=click.IntRange(min=1), default=2, show_default=True, help="Processes per tree.")
 @click.option("--steps", type=click.IntRange(min=1), default=2, show_default=True, help="Timed steps per process.")
 @click.option("--warmup", type=click.IntRange(min=0), default=1, show_default=True, help="Untimed steps first.")
-@click.option("--set", "task_sets", multiple=True, metavar="KEY=VALUE", help="Task option, repeatable.")
-@click.option("--train-set", "train_sets", multiple=True, metavar="KEY=VALUE", help="Training-config field.")
+@key_value_option("--set", "task_sets", help="Task option, repeatable.")
+@key_value_option("--train-set", "train_sets", help="Training-config field.")
 @click.option(
     "--path",
     "extra_paths",
@@ -133,6 +133,7 @@ def format_trees(result: dict[str, Any]) -> str:
 @click.option("--default-allocator", is_flag=True, help="Leave glibc malloc as it is in every process.")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Also write the JSON here.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+# One parameter per option: alike in shape only to the other bench commands' signatures.
 def trees_command(
     tree_args: tuple[str, ...],
     task: str,
