@@ -1,8 +1,8 @@
 """Time the trainer's meta step pair and fusion step in this process, for :mod:`tdfusion_core.apps.bench.trees`.
 
 Run as a script (``python path/to/step_worker.py JSON``) with another source tree first on ``PYTHONPATH``: it imports
-only what older trees also have (``MetaTrainer``, ``TrainConfig``, ``bench.meta.RandomScenes``), so the same
-measurement runs on two commits. Prints one JSON line: CPU and wall seconds of each timed step, the process's peak
+only what older trees also have (``MetaTrainer``, ``TrainConfig``, ``bench.meta.RandomScenes``, from their old
+paths in a tree from before the layer folders), so the same measurement runs on two commits. Prints one JSON line: CPU and wall seconds of each timed step, the process's peak
 resident set size, the tree's ``tdfusion_core`` path.
 """
 
@@ -25,10 +25,17 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
     import torch
 
     import tdfusion_core
-    from tdfusion_core.apps.bench.meta import RandomScenes
-    from tdfusion_core.plugin.registry import get_task
-    from tdfusion_core.training.config import TrainConfig
-    from tdfusion_core.training.trainer import MetaTrainer
+
+    try:
+        from tdfusion_core.apps.bench.meta import RandomScenes
+        from tdfusion_core.plugin.registry import get_task
+        from tdfusion_core.training.config import TrainConfig
+        from tdfusion_core.training.trainer import MetaTrainer
+    except ImportError:  # a tree from before the layer folders
+        from tdfusion_core.bench.meta import RandomScenes  # type: ignore[no-redef]
+        from tdfusion_core.config import TrainConfig  # type: ignore[no-redef]
+        from tdfusion_core.registry import get_task  # type: ignore[no-redef]
+        from tdfusion_core.trainer import MetaTrainer  # type: ignore[no-redef]
 
     torch.set_num_threads(int(spec["threads"]))
     options = {"num_classes": spec["num_classes"], **spec["task_options"]}
