@@ -209,5 +209,5 @@ def test_the_old_sampler_names_say_where_the_sampler_went():
     import tdfusion_core.training.distributed as distributed
 
     for old in ("DistributedMetaSampler", "MetaBatchSampler"):
-        with pytest.raises(AttributeError, match=r"tdfusion_core\.sampling\.StepSampler"):
+        with pytest.raises(AttributeError, match=r"tdfusion_core\.data\.sampling\.StepSampler"):
             getattr(distributed, old)
