@@ -17,7 +17,6 @@ process takes the same update.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Literal
 
 import attrs
 import torch
@@ -33,12 +32,11 @@ from tdfusion_core.kernel.meta import (
     task_step_rule,
 )
 
-GeneratorUpdateRule = Literal["maxnorm", "adam", "adamw", "sgd"]
 #: ``(G's meta-gradient, meta-train crops) -> metrics of the update`` (e.g. ``g/step_scale``); it changes G
-GeneratorUpdate = Callable[[Params, torch.Tensor], dict[str, float]]
+GeneratorStep = Callable[[Params, torch.Tensor], dict[str, float]]
 
 
-def generator_update_rule(rule: str, generator: nn.Module, optimizer: torch.optim.Optimizer) -> GeneratorUpdate:
+def generator_update_rule(rule: str, generator: nn.Module, optimizer: torch.optim.Optimizer) -> GeneratorStep:
     """G's update named ``rule`` (``TrainConfig.generator_update``): ``"maxnorm"`` (released: ``θ −= lr·g/max|g|``
     with the optimizer's scheduled learning rate) or one step of G's optimizer (``adam``, ``adamw``, ``sgd``)."""
     if rule == "maxnorm":
@@ -82,7 +80,7 @@ class MetaPhaseStep:
     meta_step: MetaStep
     opt_fusion: torch.optim.Optimizer
     opt_task: torch.optim.Optimizer
-    update_generator: GeneratorUpdate
+    update_generator: GeneratorStep
     task_step: str = "adam"
     inner_lr: float | None = None
 

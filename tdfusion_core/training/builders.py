@@ -17,7 +17,7 @@ import torch.nn as nn
 from tdfusion_core.kernel.fusion_phase import FusionPhaseStep
 from tdfusion_core.kernel.losses import FusionLoss, discriminative_fusion
 from tdfusion_core.kernel.meta import MetaStep, Params
-from tdfusion_core.kernel.meta_phase import GeneratorUpdate, MetaPhaseStep, generator_update_rule
+from tdfusion_core.kernel.meta_phase import GeneratorStep, MetaPhaseStep, generator_update_rule
 from tdfusion_core.kernel.task import Task, TaskLoss
 from tdfusion_core.nets.refusion_fast import use_fast_pass
 from tdfusion_core.plugin import registry
@@ -156,7 +156,7 @@ def build_optimizers(config: TrainConfig, fusion_net: nn.Module, task: Task, gen
     return Optimizers(opt_fusion, opt_task, opt_generator, schedulers)
 
 
-def generator_update(config: TrainConfig, generator: nn.Module, optimizer: torch.optim.Optimizer) -> GeneratorUpdate:
+def generator_update(config: TrainConfig, generator: nn.Module, optimizer: torch.optim.Optimizer) -> GeneratorStep:
     """G's update of ``config.generator_update``; ``maxnorm`` with ``generator_max_change`` bounds G's change
     (:func:`~tdfusion_core.training.generator_stats.bounded_maxnorm_update`, logged as ``g/step_scale``)."""
     max_change = config.generator_max_change
