@@ -41,6 +41,7 @@ import torch.nn as nn
 from torch.func import jvp
 
 from tdfusion_core.common.colour import task_input
+from tdfusion_core.common.precision import autocast
 from tdfusion_core.kernel.functional import call_with_parameters
 from tdfusion_core.kernel.losses import FusionLoss, intensity_loss
 from tdfusion_core.kernel.task import Task, functional_task_loss
@@ -247,10 +248,6 @@ class MetaStep:
     autocast_dtype: torch.dtype | None = None
 
     # ----------------------------------------------------------------- helpers
-    def _autocast(self, device: torch.device) -> Any:
-        enabled = self.autocast_dtype is not None
-        return torch.autocast(device.type, dtype=self.autocast_dtype or torch.bfloat16, enabled=enabled)
-
     def _fuse(self, params: Mapping[str, torch.Tensor], sources: torch.Tensor) -> torch.Tensor:
         return call_with_parameters(self.fusion_net, params, (sources,))
 
@@ -335,7 +332,7 @@ class MetaStep:
         double_backward = self.mode == "double-backward"
         if self.mode == "jvp":
             check_deterministic_forward(F)
-        with preserved_buffers(F, G, T), self._autocast(mtr_crop.device):
+        with preserved_buffers(F, G, T), autocast(mtr_crop.device, self.autocast_dtype):
             # 1. inner update of F on the meta-train crop (Eq. 4), G's weights held constant
             weights = G(mtr_crop)
             theta_f = {n: p.detach().requires_grad_(True) for n, p in F.named_parameters() if p.requires_grad}
