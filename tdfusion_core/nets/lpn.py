@@ -16,6 +16,7 @@ With two sources the parameter names are the reference's (minus its duplicated `
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -45,6 +46,9 @@ class LossGenerator(nn.Module):
 
     #: Inputs need no padding (stride-1 layers, attention across channels).
     size_multiple: int = 1
+    #: another implementation of this same function, ``(net, x) -> weights``, that :meth:`forward` runs instead of
+    #: the layers' own forwards (set per network by :func:`tdfusion_core.nets.refusion_fast.use_fast_pass`)
+    forward_pass: Callable[[LossGenerator, torch.Tensor], torch.Tensor] | None = None
 
     # Argument list and layer names as in the reference constructor (TDFusion's nets/ReFusion.py), so released
     # weights load unchanged: the nets' constructors look alike by design, not by copy.
@@ -88,6 +92,8 @@ class LossGenerator(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Per-pixel source weights ``(B, K, H, W)``: a softmax over the K channels."""
+        if self.forward_pass is not None:
+            return self.forward_pass(self, x)
         check_sources(x, self.num_sources, "LossGenerator")
         out = torch.cat(encode_sources(self, x, "patch_embed{k}"), dim=1)
         for block in self.joint:

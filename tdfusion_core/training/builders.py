@@ -103,6 +103,7 @@ def build_networks(
         if loss_generator is not None
         else registry.get_loss_generator(config.loss_generator, num_sources, **config.loss_generator_options)
     ).to(device)
+    use_fast_pass(generator, config.fast_fusion_pass)
     if config.discriminative:
         return WeightedSum(generator), generator
     fusion = (
