@@ -36,6 +36,7 @@ from typing import Any, ClassVar, Literal
 import torch
 import torch.nn as nn
 
+from tdfusion_core.common.modes import eval_mode
 from tdfusion_core.data import targets as target_ops
 from tdfusion_core.kernel.functional import call_with_parameters
 
@@ -76,12 +77,8 @@ def in_eval_mode(evaluate: Callable[..., dict[str, float]]) -> Callable[..., dic
 
     @functools.wraps(evaluate)
     def wrapper(self: Task, network: nn.Module, batches: Iterable[tuple[torch.Tensor, Any]]) -> dict[str, float]:
-        was_training = network.training
-        network.eval()
-        try:
+        with eval_mode(network):
             return evaluate(self, network, batches)
-        finally:
-            network.train(was_training)
 
     wrapper.runs_in_eval_mode = True  # type: ignore[attr-defined]
     return wrapper

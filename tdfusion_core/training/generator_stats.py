@@ -27,6 +27,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from tdfusion_core.common.modes import eval_mode
+
 __all__ = [
     "SATURATION_THRESHOLD",
     "SaturationGuard",
@@ -56,12 +58,8 @@ def weight_stats(weights: torch.Tensor) -> dict[str, float]:
 def weights_both_orders(generator: nn.Module, sources: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """G's weights ``(B, K, H, W)`` for the sources as given and for the sources reversed (mapped back to the given
     order, so ``swapped[:, k]`` is source k's weight either way); G runs in eval mode and its mode is restored."""
-    was = generator.training
-    generator.eval()
-    try:
+    with eval_mode(generator):
         return generator(sources).float(), generator(sources.flip(1)).float().flip(1)
-    finally:
-        generator.train(was)
 
 
 @torch.no_grad()
@@ -155,9 +153,7 @@ def bounded_maxnorm_update(
     """
     from tdfusion_core.kernel.meta import apply_maxnorm_update
 
-    was = generator.training
-    generator.eval()
-    try:
+    with eval_mode(generator):
         before = generator(probe)
         saved = {n: p.detach().clone() for n, p in generator.named_parameters() if n in grads}
         apply_maxnorm_update(generator, grads, lr)
@@ -170,8 +166,6 @@ def bounded_maxnorm_update(
                 p.copy_(saved[name])
         apply_maxnorm_update(generator, grads, lr * scale)
         return scale
-    finally:
-        generator.train(was)
 
 
 def weight_map_signal(

@@ -17,6 +17,7 @@ import torch
 import torch.nn as nn
 
 from tdfusion_core.common.colour import task_input
+from tdfusion_core.common.modes import eval_mode
 from tdfusion_core.kernel.task import Task
 from tdfusion_core.training.batches import Batcher, resize_images
 from tdfusion_core.training.config import TrainConfig
@@ -34,14 +35,8 @@ def fuse_and_weigh(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """F's fused image (clamped to [0, 1]) and the fusion loss's ``weights`` of ``sources``, with F and G in eval
     mode (their modes restored)."""
-    was_f, was_g = fusion_net.training, loss_generator.training
-    fusion_net.eval()
-    loss_generator.eval()
-    try:
+    with eval_mode(fusion_net, loss_generator):
         return fusion_net(sources).clamp(0, 1), weights(sources)
-    finally:
-        fusion_net.train(was_f)
-        loss_generator.train(was_g)
 
 
 @torch.no_grad()
@@ -49,15 +44,13 @@ def mean_source_weights(
     loss_generator: nn.Module, dataset: Any, size: tuple[int, int], device: torch.device, max_samples: int = 8
 ) -> list[float]:
     """Mean weight G gives each source over the first ``max_samples`` samples of ``dataset`` resized to ``size``."""
-    was = loss_generator.training
-    loss_generator.eval()
     totals: torch.Tensor | None = None
     count = min(max_samples, len(dataset))
-    for i in range(count):
-        sources = resize_images(dataset[i].sources[None], size).to(device)
-        means = loss_generator(sources).mean(dim=(0, 2, 3)).float().cpu()
-        totals = means if totals is None else totals + means
-    loss_generator.train(was)
+    with eval_mode(loss_generator):
+        for i in range(count):
+            sources = resize_images(dataset[i].sources[None], size).to(device)
+            means = loss_generator(sources).mean(dim=(0, 2, 3)).float().cpu()
+            totals = means if totals is None else totals + means
     return [] if totals is None else (totals / count).tolist()
 
 

@@ -36,6 +36,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as nnf
 
+from tdfusion_core.common.modes import eval_mode
 from tdfusion_core.common.torch_files import CheckpointError, read_torch_file, unsafe_pickle_message
 from tdfusion_core.kernel.task import Task
 from tdfusion_yolo import ensure_offline, ensure_ready
@@ -301,12 +302,8 @@ class YoloTask(Task):
 
         Runs ``network`` in eval mode and restores its previous mode (``evaluate`` gets that from the Task base class).
         """
-        was_training = network.training
-        network.eval()
-        try:
+        with eval_mode(network):
             return self._detect(network, images)
-        finally:
-            network.train(was_training)
 
     @torch.no_grad()
     def _detect(self, network: nn.Module, images: torch.Tensor) -> list[torch.Tensor]:
