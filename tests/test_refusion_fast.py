@@ -253,6 +253,11 @@ def test_a_call_without_derivatives_reuses_buffers_and_computes_the_same():
         assert net(x).requires_grad
     assert calls == [True, False, False]
     assert tangent.abs().max() > 1e-3
+    generator = random_generator()
+    weights = generator(x)
+    use_fast_pass(generator)
+    with torch.no_grad():
+        assert (generator(x) - weights).abs().max() < 1e-12
 
 
 def test_use_fast_pass_switches_refusion_and_lpn_only_and_can_be_undone():

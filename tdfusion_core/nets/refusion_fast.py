@@ -324,17 +324,19 @@ def fast_forward(net: FusionNet, x: torch.Tensor, inplace: bool = False, strip_r
 
 def lpn_forward(net: LossGenerator, x: torch.Tensor) -> torch.Tensor:
     """The LPN loss generator's forward pass (:class:`LossGenerator`) through the same channels-last blocks as
-    :func:`fast_forward`; ``(B, K, H, W)`` -> softmax weights ``(B, K, H, W)``. Out of place (differentiable)."""
+    :func:`fast_forward`; ``(B, K, H, W)`` -> softmax weights ``(B, K, H, W)``. Out of place (differentiable),
+    unless no derivative of the call can be taken (then in place, as :func:`fast_forward` ``inplace=True``)."""
     check_sources(x, net.num_sources, "LossGenerator")
+    inplace = _no_derivative_taken()
     branches = []
     for k in range(net.num_sources):
         h = _conv3x3(_nhwc(x[:, k : k + 1]), getattr(net, f"patch_embed{k + 1}"))
         for block in getattr(net, f"encoder{k + 1}"):
-            h = transformer_block(block, h, inplace=False)
+            h = transformer_block(block, h, inplace)
         branches.append(h)
     out = torch.cat(branches, dim=-1)
     for block in cast(list[TransformerBlock], net.joint):
-        out = transformer_block(block, out, inplace=False)
+        out = transformer_block(block, out, inplace)
     out = F.prelu(_conv3x3(out, net.out1), net.out2.weight)
     out = _conv3x3(out, net.out3)
     return _nchw(out).softmax(dim=1).contiguous()
@@ -344,8 +346,8 @@ def use_fast_pass(net: nn.Module, enabled: bool = True) -> bool:
     """Make ``net(x)`` run its fast pass for training: :func:`fast_forward` for ReFusion (a :class:`FusionNet`),
     :func:`lpn_forward` for the LPN loss generator (a :class:`LossGenerator`).
 
-    The passes are out of place, so autograd and forward-mode AD work; a ReFusion call that no derivative can be
-    taken of (grad mode off, no forward-mode level) reuses its buffers as :func:`fast_forward` ``inplace=True`` does.
+    The passes are out of place, so autograd and forward-mode AD work; a call that no derivative can be taken of
+    (grad mode off, no forward-mode level) reuses its buffers as :func:`fast_forward` ``inplace=True`` does.
     Only those two classes are switched (returns ``True``); any other network is left as it is (``False``). The state
     dict, parameters and results (up to floating-point rounding: float64 outputs, gradients and JVPs agree with the
     layers' forwards to 1e-12, ``tests/test_refusion_fast.py``) are unchanged; ``enabled=False`` undoes it.
