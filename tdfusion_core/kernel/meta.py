@@ -10,7 +10,9 @@ With fusion loss ``Lf(θF, θG)`` on the meta-train crop ``x_mtr`` and task loss
 and ``⟨∇θF Lf, v⟩ = Σ_pixels ∂Lf/∂If · (J_F v)``, where ``J_F v`` is the forward-mode derivative of F's output at
 θF (not θF') along ``v``. Three modes compute the G gradient:
 
-* ``"jvp"`` (default, exact): one ``torch.func.jvp`` of F along ``v`` and a double backward through the loss only.
+* ``"jvp"`` (default, exact): ``J_F v`` by forward mode and a double backward through the loss only. An F with a
+  linearized pass (``linearized_pass``: two-source ReFusion's fast pass) records step 1's forward and replays only
+  the tangent; any other F (or autocast) gets one ``torch.func.jvp``.
 * ``"double-backward"`` (exact, generic, slow): ``autograd.grad(create_graph=True)`` through F, as the released code.
 * ``"finite-difference"`` (approximate, DARTS): ``−η (∇θG Lf(θF + εv) − ∇θG Lf(θF − εv)) / 2ε``.
 
@@ -42,7 +44,7 @@ from torch.func import jvp
 
 from tdfusion_core.common.colour import task_input
 from tdfusion_core.common.precision import autocast
-from tdfusion_core.kernel.functional import call_with_parameters
+from tdfusion_core.kernel.functional import call_with_parameters, substituted_parameters
 from tdfusion_core.kernel.losses import FusionLoss, intensity_loss
 from tdfusion_core.kernel.task import Task, functional_task_loss
 
@@ -50,6 +52,8 @@ MetaMode = Literal["jvp", "double-backward", "finite-difference"]
 TaskStepRule = Literal["adam", "adam-readonly", "sgd"]
 TASK_STEP_RULES: tuple[str, ...] = ("adam", "adam-readonly", "sgd")
 Params = dict[str, torch.Tensor]
+#: ``v -> J_F v``: F's output derivative along the parameter tangent ``v`` (by name), at a fixed point
+TangentMap = Callable[[Mapping[str, torch.Tensor]], torch.Tensor]
 
 
 @attrs.define
@@ -251,6 +255,18 @@ class MetaStep:
     def _fuse(self, params: Mapping[str, torch.Tensor], sources: torch.Tensor) -> torch.Tensor:
         return call_with_parameters(self.fusion_net, params, (sources,))
 
+    def _fuse_linearized(self, params: Params, sources: torch.Tensor) -> tuple[torch.Tensor, TangentMap | None]:
+        """F's output at ``params`` and, when F has a linearized pass (``linearized_pass``, e.g. ReFusion's fast
+        pass: :func:`~tdfusion_core.nets.refusion_tangent.linearize`), the map ``v -> J_F v`` at the same point, so
+        that step 4 needs no second forward of F. ``None`` (another F, another mode, or autocast): step 4 runs
+        ``torch.func.jvp``."""
+        linearized = getattr(self.fusion_net, "linearized_pass", None)
+        if self.mode != "jvp" or linearized is None or self.autocast_dtype is not None:
+            return self._fuse(params, sources), None
+        with substituted_parameters(self.fusion_net, params):
+            fused, tangent_map = linearized(self.fusion_net, sources)
+        return fused, tangent_map
+
     def _task_loss(self, fused: torch.Tensor, batch: TaskInput, params: Params) -> torch.Tensor:
         images = task_input(fused, batch.chroma, self.task.input_kind)
         loss = functional_task_loss(self.task, images, batch.targets, params=params)
@@ -336,7 +352,7 @@ class MetaStep:
             # 1. inner update of F on the meta-train crop (Eq. 4), G's weights held constant
             weights = G(mtr_crop)
             theta_f = {n: p.detach().requires_grad_(True) for n, p in F.named_parameters() if p.requires_grad}
-            fused = self._fuse(theta_f, mtr_crop)
+            fused, tangent_map = self._fuse_linearized(theta_f, mtr_crop)
             lf = self.fusion_loss(fused, mtr_crop, weights.detach())
             if double_backward:  # the generic path keeps ∇θF Lf as a function of θG for step 4
                 lf_graph = self.fusion_loss(fused, mtr_crop, weights)
@@ -368,7 +384,12 @@ class MetaStep:
 
             # 4. −η ∂/∂θG ⟨∇θF Lf(θF, θG), v⟩ (Eq. 7)
             if self.mode == "jvp":
-                grad_g = self._jvp_grad(theta_f, v, mtr_crop, weights, inner_lr, g_names, theta_g)
+                if tangent_map is not None:  # J_F v from step 1's recorded forward
+                    fused_at, jv = fused.detach(), tangent_map(v)
+                else:
+                    primals = {n: p.detach() for n, p in theta_f.items()}
+                    fused_at, jv = jvp(lambda p: self._fuse(p, mtr_crop), (primals,), (v,))  # type: ignore[misc]
+                grad_g = self._jvp_grad(fused_at, jv, mtr_crop, weights, inner_lr, g_names, theta_g)
             elif self.mode == "finite-difference":
                 grad_g = self._finite_difference_grad(theta_f, v, mtr_crop, inner_lr, g_names, theta_g)
             else:
@@ -385,16 +406,15 @@ class MetaStep:
 
     def _jvp_grad(
         self,
-        theta_f: Params,
-        v: Params,
+        fused: torch.Tensor,
+        jv: torch.Tensor,
         sources: torch.Tensor,
         weights: torch.Tensor,
         inner_lr: float,
         g_names: list[str],
         theta_g: Sequence[torch.Tensor],
     ) -> Params:
-        primals = {n: p.detach() for n, p in theta_f.items()}
-        fused, jv = jvp(lambda p: self._fuse(p, sources), (primals,), (v,))  # type: ignore[misc]
+        """Step 4 from ``fused = F(x)`` and ``jv = J_F v`` at θF: ``−η ∂/∂θG Σ ∂Lf/∂If · J_F v``."""
         dlf_dfused = self._intensity_grad(fused, sources, weights)
         s = (dlf_dfused * jv.detach()).sum()
         grads = torch.autograd.grad(s, theta_g, allow_unused=True)

@@ -129,6 +129,9 @@ class FusionNet(nn.Module):
     #: another implementation of this same function, ``(net, x) -> output``, that :meth:`forward` runs instead of
     #: the layers' own forwards (set per network by :func:`tdfusion_core.nets.refusion_fast.use_fast_pass`)
     forward_pass: Callable[[FusionNet, torch.Tensor], torch.Tensor] | None = None
+    #: ``(net, x) -> (net(x), v -> J v)``: the output and its derivative along parameter tangents, from one recorded
+    #: forward (set with the fast pass, :func:`tdfusion_core.nets.refusion_tangent.linearize`); the meta step uses it
+    linearized_pass: Callable[[FusionNet, torch.Tensor], tuple[torch.Tensor, Any]] | None = None
 
     # Argument list and layer names as in the reference constructor (TDFusion's nets/ReFusion.py), so released
     # weights load unchanged: the nets' constructors look alike by design, not by copy.

@@ -77,7 +77,21 @@ def _matrix(conv: Any) -> torch.Tensor:
     return conv.weight.reshape(conv.weight.shape[0], -1)
 
 
-def _pointwise_depthwise_parts(h: torch.Tensor, pointwise: Any, depthwise: Any, parts: int) -> list[torch.Tensor]:
+#: where a recording forward pass (:func:`fast_forward` with ``tape``) leaves the intermediates that
+#: :mod:`~tdfusion_core.nets.refusion_tangent` replays, in the order they were computed
+Tape = list[dict[str, Any]]
+
+
+def _record(tape: Tape | None, **tensors: torch.Tensor | list[torch.Tensor]) -> None:
+    if tape is not None:
+        tape.append(
+            {k: v.detach() if isinstance(v, torch.Tensor) else [t.detach() for t in v] for k, v in tensors.items()}
+        )
+
+
+def _pointwise_depthwise_parts(
+    h: torch.Tensor, pointwise: Any, depthwise: Any, parts: int, tape: Tape | None = None
+) -> list[torch.Tensor]:
     """``depthwise(pointwise(h)).chunk(parts, channels)`` of an NHWC map, each part computed on its own.
 
     Both layers act on each output channel separately, so a part needs only its rows of the two weights; the parts
@@ -93,6 +107,7 @@ def _pointwise_depthwise_parts(h: torch.Tensor, pointwise: Any, depthwise: Any, 
         weight = _matrix(pointwise)[sl]
         bias = None if pointwise.bias is None else pointwise.bias[sl]
         mixed = (rows @ weight.t() if bias is None else torch.addmm(bias, rows, weight.t())).view(b, hh, ww, width)
+        _record(tape, mixed=mixed)
         kernel = depthwise.weight[sl].contiguous(memory_format=torch.channels_last)
         dw_bias = None if depthwise.bias is None else depthwise.bias[sl]
         conv = F.conv2d(_nchw(mixed), kernel, dw_bias, padding=depthwise.padding, groups=width)
@@ -158,22 +173,31 @@ def _split_qkv(qkv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return qk, v
 
 
-def transformer_block(block: TransformerBlock, h: torch.Tensor, inplace: bool, rows: int | None = None) -> torch.Tensor:
+def transformer_block(
+    block: TransformerBlock, h: torch.Tensor, inplace: bool, rows: int | None = None, tape: Tape | None = None
+) -> torch.Tensor:
     """:class:`TransformerBlock` on an NHWC map: ``h + MDTA(LN(h))``, then ``+ GDFN(LN(h))``.
 
-    ``rows``: compute by strips of that many rows (inference only, implies ``inplace``).
+    ``rows``: compute by strips of that many rows (inference only, implies ``inplace``). ``tape`` (out of place
+    only): record the intermediates the tangent pass needs.
     """
     if rows is not None:
         return _gdfn_strips(block, _mdta_strips(block, h, rows), rows)
     attn_mod, ffn = block.attn, block.ffn
-    qkv = _conv3x3(_pointwise(_norm(h, block.norm1), attn_mod.qkv), attn_mod.qkv_dwconv)
+    normed = _norm(h, block.norm1)
+    mixed = _pointwise(normed, attn_mod.qkv)
+    qkv = _conv3x3(mixed, attn_mod.qkv_dwconv)
     qk, v = _split_qkv(qkv)
-    attn = _attention_matrix(*_qk_gram(qk), attn_mod.temperature, attn_mod.num_heads)
+    gram, q_sq, k_sq = _qk_gram(qk)
+    attn = _attention_matrix(gram, q_sq, k_sq, attn_mod.temperature, attn_mod.num_heads)
+    _record(tape, h=h, normed=normed, mixed=mixed, qk=qk, v=v, gram=gram, q_sq=q_sq, k_sq=k_sq, attn=attn)
     h = _attend_project(h, v, attn, attn_mod.project_out, inplace)
     del qkv, qk, v
-    gate, value = _pointwise_depthwise_parts(_norm(h, block.norm2), ffn.project_in, ffn.dwconv, 2)
-    gated = F.gelu(gate)
-    gated = gated.mul_(value) if inplace else gated * value
+    normed = _norm(h, block.norm2)
+    gate, value = _pointwise_depthwise_parts(normed, ffn.project_in, ffn.dwconv, 2, tape)
+    act = F.gelu(gate)
+    gated = act.mul_(value) if inplace else act * value
+    _record(tape, h=h, normed=normed, gate=gate, value=value, act=act, gated=gated)
     del gate, value
     return _residual_pointwise(h, gated, ffn.project_out, inplace)
 
@@ -191,17 +215,20 @@ def _residual_pointwise(h: torch.Tensor, z: torch.Tensor, conv: Any, inplace: bo
 
 
 def adaptive_fusion(
-    fm: AdaptiveFusion, branches: list[torch.Tensor], inplace: bool, rows: int | None = None
+    fm: AdaptiveFusion,
+    branches: list[torch.Tensor],
+    inplace: bool,
+    rows: int | None = None,
+    tape: Tape | None = None,
 ) -> torch.Tensor:
     """:class:`AdaptiveFusion` on NHWC branches; returns the ``(B, H, W, K·dim)`` fused features.
 
-    ``rows``: the gated part by strips of that many rows (inference only).
+    ``rows``: the gated part by strips of that many rows (inference only). ``tape``: as :func:`transformer_block`.
     """
     heads = fm.num_heads
     n = len(branches)
-    qkvs = [
-        _conv3x3(_pointwise(x, fm._sub("qkv", i)), getattr(fm, f"qkv{i + 1}_dwconv")) for i, x in enumerate(branches)
-    ]
+    pre = [_pointwise(x, fm._sub("qkv", i)) for i, x in enumerate(branches)]
+    qkvs = [_conv3x3(m, getattr(fm, f"qkv{i + 1}_dwconv")) for i, m in enumerate(pre)]
     splits = [_split_qkv(t) for t in qkvs]
     grams = [_qk_gram(qk) for qk, _ in splits]  # own qᵀk (unused), ‖q‖², ‖k‖²
     qks = [qk.chunk(2, dim=-1) for qk, _ in splits]  # (q, k) of each branch
@@ -218,16 +245,21 @@ def adaptive_fusion(
             query_sq = (query.transpose(1, 2) @ query).diagonal(dim1=1, dim2=2)
         gram = query.transpose(1, 2) @ k
         attn = _attention_matrix(gram, query_sq, grams[i][2], getattr(fm, f"temperature{i + 1}"), heads)
+        _record(tape, x=x, pre=pre[i], qk=splits[i][0], v=splits[i][1], query_sq=query_sq, k_sq=grams[i][2], gram=gram)
+        _record(tape, attn=attn)
         mixed.append(_attend_project(x, splits[i][1], attn, fm._sub("project_mid", i), inplace))
-    del qkvs, splits, qks
+    del qkvs, splits, qks, pre
     out = torch.cat(mixed, dim=-1)
     if rows is not None:
         return _gates_strips(fm, out, mixed, rows)
-    gates = _pointwise_depthwise_parts(out, fm.project_E, fm.project_E_d, n)
+    gates = _pointwise_depthwise_parts(out, fm.project_E, fm.project_E_d, n, tape)
+    _record(tape, out=out, gates=gates)
     for i, x in enumerate(mixed):
-        expanded = _conv3x3(_pointwise(x, fm._sub("project_E", i)), getattr(fm, f"project_E{i + 1}_d"))
-        gate = F.gelu(gates[i])
-        z = gate.mul_(expanded) if inplace else gate * expanded
+        pre_e = _pointwise(x, fm._sub("project_E", i))
+        expanded = _conv3x3(pre_e, getattr(fm, f"project_E{i + 1}_d"))
+        act = F.gelu(gates[i])
+        z = act.mul_(expanded) if inplace else act * expanded
+        _record(tape, x=x, pre=pre_e, expanded=expanded, act=act, z=z)
         del expanded
         out = _residual_pointwise(out, z, fm._sub("project_out", i), inplace)
     return out
@@ -296,30 +328,46 @@ def _gates_strips(fm: AdaptiveFusion, out: torch.Tensor, mixed: list[torch.Tenso
     return result
 
 
-def fast_forward(net: FusionNet, x: torch.Tensor, inplace: bool = False, strip_rows: int | None = None) -> torch.Tensor:
+def fast_forward(
+    net: FusionNet,
+    x: torch.Tensor,
+    inplace: bool = False,
+    strip_rows: int | None = None,
+    tape: Tape | None = None,
+) -> torch.Tensor:
     """ReFusion's forward pass, channels-last with fused kernels; ``(B, K, H, W)`` -> ``(B, 1, H, W)``.
 
     Reads ``net``'s parameters at call time, so parameter substitution (the meta step's) applies. ``inplace=True``
     reuses buffers and is for inference only (no autograd); ``False`` is differentiable. ``strip_rows`` (inference,
-    implies ``inplace``) computes the feed-forward parts by strips of that many rows.
+    implies ``inplace``) computes the feed-forward parts by strips of that many rows. ``tape`` (out of place only)
+    receives the intermediates :func:`~tdfusion_core.nets.refusion_tangent.linearize` replays.
     """
     check_sources(x, net.num_sources, "FusionNet")
     rows = strip_rows if strip_rows is not None and strip_rows < x.shape[-2] else None
     inplace = inplace or rows is not None
+    if tape is not None and inplace:
+        raise ValueError("a recording pass (tape) must be out of place")
     branches = []
     for k in range(net.num_sources):
-        h = _conv3x3(_nhwc(x[:, k : k + 1]), getattr(net, f"project_in_{k + 1}"))
+        source = _nhwc(x[:, k : k + 1])
+        _record(tape, x=source)
+        h = _conv3x3(source, getattr(net, f"project_in_{k + 1}"))
         for block in getattr(net, f"encoder{k + 1}"):
-            h = transformer_block(block, h, inplace, rows)
+            h = transformer_block(block, h, inplace, rows, tape)
         branches.append(h)
-    out = adaptive_fusion(net.FM, branches, inplace, rows)
+    out = adaptive_fusion(net.FM, branches, inplace, rows, tape)
     del branches
     for block in cast(list[TransformerBlock], net.decoder):
-        out = transformer_block(block, out, inplace, rows)
+        out = transformer_block(block, out, inplace, rows, tape)
+    _record(tape, x=out)
     out = _conv3x3(out, net.project_out_0)
+    _record(tape, x=out)
     out = F.leaky_relu(out, net.act.negative_slope, inplace=inplace)
+    _record(tape, x=out)
     out = _conv3x3(out, net.project_out_1)
-    return torch.sigmoid(_nchw(out)).contiguous()
+    fused = torch.sigmoid(_nchw(out)).contiguous()
+    _record(tape, y=fused)
+    return fused
 
 
 def lpn_forward(net: LossGenerator, x: torch.Tensor) -> torch.Tensor:
@@ -348,12 +396,17 @@ def use_fast_pass(net: nn.Module, enabled: bool = True) -> bool:
 
     The passes are out of place, so autograd and forward-mode AD work; a call that no derivative can be taken of
     (grad mode off, no forward-mode level) reuses its buffers as :func:`fast_forward` ``inplace=True`` does.
+    Two-source ReFusion also gets ``linearized_pass`` (:func:`~tdfusion_core.nets.refusion_tangent.linearize`),
+    which the meta step uses for ``J_F v`` without a second forward.
     Only those two classes are switched (returns ``True``); any other network is left as it is (``False``). The state
     dict, parameters and results (up to floating-point rounding: float64 outputs, gradients and JVPs agree with the
     layers' forwards to 1e-12, ``tests/test_refusion_fast.py``) are unchanged; ``enabled=False`` undoes it.
     """
     if isinstance(net, FusionNet):
+        from tdfusion_core.nets.refusion_tangent import linearize  # built on this module
+
         net.forward_pass = _training_pass if enabled else None
+        net.linearized_pass = linearize if enabled and net.num_sources == 2 else None
     elif isinstance(net, LossGenerator):
         net.forward_pass = lpn_forward if enabled else None
     else:
