@@ -275,7 +275,7 @@ def test_use_fast_pass_switches_refusion_and_lpn_only_and_can_be_undone():
 
 
 @pytest.mark.parametrize("enabled", [True, False])
-def test_the_trainer_follows_the_fast_fusion_pass_switch(enabled):
+def test_the_trainer_follows_the_fast_pass_switch_and_keeps_freed_memory_on_the_cpu(enabled):
     from tdfusion_core.training.config import TrainConfig
     from tdfusion_core.training.trainer import MetaTrainer
     from tests.trainer_utils import BlobScenes, SmallGenerator
@@ -285,7 +285,14 @@ def test_the_trainer_follows_the_fast_fusion_pass_switch(enabled):
     trainer = MetaTrainer(config, train_set=BlobScenes(2), fusion_net=net, loss_generator=SmallGenerator())
     assert trainer.fusion_net is net and (net.forward_pass is not None) is enabled
     generator = LossGenerator(dim=4, num_blocks=1, heads=2)
-    MetaTrainer(
-        config, train_set=BlobScenes(2), fusion_net=FusionNet(dim=4, num_blocks=1, heads=2), loss_generator=generator
-    )
+    with pytest.MonkeyPatch.context() as mp:
+        applied = []
+        mp.setattr("tdfusion_core.training.trainer.keep_freed_memory", lambda: applied.append(True))
+        MetaTrainer(
+            config,
+            train_set=BlobScenes(2),
+            fusion_net=FusionNet(dim=4, num_blocks=1, heads=2),
+            loss_generator=generator,
+        )
     assert (generator.forward_pass is not None) is enabled
+    assert applied == [True]  # a CPU run keeps freed memory for reuse (common.speed)

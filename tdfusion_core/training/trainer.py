@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from tdfusion_core.common.devices import pick_device
 from tdfusion_core.common.precision import autocast_dtype, training_precision
+from tdfusion_core.common.speed import keep_freed_memory
 from tdfusion_core.data.sampling import ShardedBatches, StepSampler, seed_everything
 from tdfusion_core.kernel.losses import FusionLoss
 from tdfusion_core.kernel.meta import TaskInput
@@ -92,6 +93,8 @@ class MetaTrainer:
         #: this process's place in a multi-process run (world_size 1 without torchrun)
         self.dist: DistContext = init_distributed(config.device, config.dist_backend)
         self.device = resolve_device(config.device, self.dist)
+        if self.device.type == "cpu":  # large CPU temporaries reuse mapped pages instead of faulting fresh ones in
+            keep_freed_memory()
         self.out_dir = Path(out_dir) if out_dir is not None else None
         seed_everything(config.seed, config.deterministic)
         self.train_set = train_set if train_set is not None else builders.build_dataset(config)
