@@ -28,6 +28,9 @@ import torch.nn.functional as nnf
 from torch.func import functional_call
 
 from tdfusion_core.kernel.meta import MetaStepResult, TaskInput
+from tdfusion_core.nets.lpn import LossGenerator
+from tdfusion_core.nets.refusion import FusionNet
+from tdfusion_core.nets.refusion_fast import use_fast_pass
 from tdfusion_core.plugin.registry import get_task
 from tdfusion_core.training.config import TrainConfig
 from tdfusion_core.training.trainer import MetaTrainer
@@ -192,7 +195,9 @@ def _mask(g: torch.Generator, classes: int) -> torch.Tensor:
     return torch.randint(0, classes, (2, 16, 16), generator=g)
 
 
-def _trainer(**overrides: Any) -> MetaTrainer:
+def _trainer(nets: str = "tiny", **overrides: Any) -> MetaTrainer:
+    """A trainer on tiny stand-in networks, or (``nets="restormer"``) on small ReFusion and LPN, which the trainer
+    runs through their fast passes (and ReFusion's linearized pass in the ``jvp`` mode)."""
     torch.manual_seed(0)
     task = get_task("tiny-seg", num_classes=3, width=4)
     task.network.double()
@@ -212,8 +217,8 @@ def _trainer(**overrides: Any) -> MetaTrainer:
         TrainConfig(**settings),
         task=task,
         train_set=BlobScenes(4),
-        fusion_net=TinyFusion().double(),
-        loss_generator=TinyGenerator().double(),
+        fusion_net=(TinyFusion() if nets == "tiny" else FusionNet(dim=4, num_blocks=1, heads=2)).double(),
+        loss_generator=(TinyGenerator() if nets == "tiny" else LossGenerator(dim=4, num_blocks=1, heads=2)).double(),
     )
 
 
@@ -252,15 +257,19 @@ def _run_both(trainer: MetaTrainer, port: Any) -> list[dict[str, Any]]:
 
 
 def _port_of(trainer: MetaTrainer, cls: type = ReleasedPort) -> Any:
-    return cls(
-        copy.deepcopy(trainer.fusion_net), copy.deepcopy(trainer.loss_generator), copy.deepcopy(trainer.task.network)
-    )
+    """The port on copies of the trainer's networks, running their layers' own forwards (no fast pass)."""
+    fusion, generator = copy.deepcopy(trainer.fusion_net), copy.deepcopy(trainer.loss_generator)
+    use_fast_pass(fusion, enabled=False)
+    use_fast_pass(generator, enabled=False)
+    return cls(fusion, generator, copy.deepcopy(trainer.task.network))
 
 
-@pytest.mark.parametrize("mode", ["jvp", "double-backward"])
-def test_default_meta_step_is_the_released_one_over_three_steps(mode):
-    trainer = _trainer(meta_mode=mode)
+@pytest.mark.parametrize(("mode", "nets"), [("jvp", "tiny"), ("double-backward", "tiny"), ("jvp", "restormer")])
+def test_default_meta_step_is_the_released_one_over_three_steps(mode, nets):
+    trainer = _trainer(nets, meta_mode=mode)
     assert trainer.config.profile == "released" and trainer.task.input_kind == "luminance"
+    if nets == "restormer":  # the trainer's F and G run the fast passes, the port's the layers
+        assert trainer.fusion_net.linearized_pass is not None and trainer.loss_generator.forward_pass is not None
     port = _port_of(trainer)
     for step, r in enumerate(_run_both(trainer, port)):
         assert r["grad_rel"] < 1e-10, f"step {step + 1}: G's gradient differs by {r['grad_rel']:.3g} (relative)"
