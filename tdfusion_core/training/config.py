@@ -157,8 +157,9 @@ class TrainConfig:
     #: ``auto``: CUDA when present, then Apple MPS, else the CPU; or any torch device (``cpu``, ``cuda:1``)
     device: str = "auto"
     amp: bool = False
-    #: train ReFusion through its fast pass (same function, float64 outputs and gradients equal to 1e-12;
-    #: docs/benchmarks.md); false: the layers' own forwards. Other fusion networks are not affected
+    #: train ReFusion and the LPN loss generator through their fast passes, and take the meta step's JVP from
+    #: ReFusion's recorded forward (same functions: float64 outputs, gradients and JVPs equal to 1e-11;
+    #: docs/benchmarks.md); false: the layers' own forwards and torch.func.jvp. Other networks are not affected
     fast_fusion_pass: bool = True
     max_bad_steps: int = attrs.field(default=10, validator=_positive)
     checkpoint_every: int = attrs.field(default=1, validator=_positive)
