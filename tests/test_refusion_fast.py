@@ -8,6 +8,8 @@ the biases shows up far above 1e-12); the published weights' golden outputs pin 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import pytest
@@ -34,14 +36,21 @@ from tests.conftest import shared_path
 from tests.torch_threads import one_torch_thread  # noqa: F401
 
 
-def random_net(num_sources: int = 2, bias: bool = False) -> FusionNet:
-    """A small float64 network with weights moved off their initial values (LayerNorm 1/0, temperature 1)."""
-    torch.manual_seed(num_sources + 10 * bias)
-    net = FusionNet(num_sources=num_sources, dim=8, num_blocks=2, heads=2, bias=bias).double()
+def perturbed(make: Callable[[], nn.Module], seed: int) -> Any:
+    """``make()`` in float64 with weights moved off their initial values (LayerNorm 1/0, temperature 1)."""
+    torch.manual_seed(seed)
+    net = make().double()
     with torch.no_grad():
         for p in net.parameters():
             p.add_(0.2 * torch.randn_like(p))
     return net
+
+
+def random_net(num_sources: int = 2, bias: bool = False) -> FusionNet:
+    """A small perturbed float64 ReFusion."""
+    return perturbed(
+        lambda: FusionNet(num_sources=num_sources, dim=8, num_blocks=2, heads=2, bias=bias), num_sources + 10 * bias
+    )
 
 
 @pytest.mark.parametrize(("num_sources", "bias"), [(2, False), (2, True), (3, False)])
@@ -183,13 +192,11 @@ def test_training_pass_outputs_gradients_and_jvp_equal_the_layers_in_float64(num
 
 
 def random_generator(num_sources: int = 2, bias: bool = False) -> LossGenerator:
-    """A small float64 LPN with weights moved off their initial values."""
-    torch.manual_seed(7 + num_sources + 10 * bias)
-    net = LossGenerator(num_sources=num_sources, dim=8, num_blocks=2, heads=2, bias=bias).double()
-    with torch.no_grad():
-        for p in net.parameters():
-            p.add_(0.2 * torch.randn_like(p))
-    return net
+    """A small perturbed float64 LPN."""
+    return perturbed(
+        lambda: LossGenerator(num_sources=num_sources, dim=8, num_blocks=2, heads=2, bias=bias),
+        7 + num_sources + 10 * bias,
+    )
 
 
 @pytest.mark.parametrize(("num_sources", "bias"), [(2, False), (2, True), (3, False)])

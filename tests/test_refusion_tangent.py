@@ -14,16 +14,12 @@ from tdfusion_core.nets.refusion import FusionNet
 from tdfusion_core.nets.refusion_fast import use_fast_pass
 from tdfusion_core.nets.refusion_tangent import linearize
 from tdfusion_core.plugin.registry import get_task
+from tests.test_refusion_fast import random_net
 from tests.torch_threads import one_torch_thread  # noqa: F401
 
 
 def _net(bias: bool = False, num_sources: int = 2) -> FusionNet:
-    torch.manual_seed(3 + bias)
-    net = FusionNet(num_sources=num_sources, dim=8, num_blocks=2, heads=2, bias=bias).double()
-    with torch.no_grad():
-        for p in net.parameters():
-            p.add_(0.2 * torch.randn_like(p))
-    return net
+    return random_net(num_sources, bias)
 
 
 def _layers_jvp(net: FusionNet, x: torch.Tensor, params: dict, tangents: dict) -> tuple[torch.Tensor, torch.Tensor]:
