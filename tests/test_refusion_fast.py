@@ -235,8 +235,8 @@ def test_lpn_pass_outputs_gradients_jvp_and_second_derivative_equal_the_layers_i
 
 
 def test_a_call_without_derivatives_reuses_buffers_and_computes_the_same():
-    """Grad mode off and no forward-mode level: ReFusion's pass runs in place; a JVP, even under ``no_grad``,
-    still gets the differentiable pass."""
+    """Grad mode off, no forward-mode level and no autocast: ReFusion's pass runs in place; a JVP, even under
+    ``no_grad``, and an autocast call still get the out-of-place pass."""
     from torch.func import functional_call, jvp
 
     net = random_net()
@@ -258,7 +258,10 @@ def test_a_call_without_derivatives_reuses_buffers_and_computes_the_same():
             assert (net(x) - expected).abs().max() < 1e-12
             _, tangent = jvp(lambda p: functional_call(net, p, (x,)), (params,), (tangents,))
         assert net(x).requires_grad
-    assert calls == [True, False, False]
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):  # in-place products would not autocast
+            assert net.float()(x.float()).shape == (2, 1, 9, 12)
+        net.double()
+    assert calls == [True, False, False, False]
     assert tangent.abs().max() > 1e-3
     generator = random_generator()
     weights = generator(x)

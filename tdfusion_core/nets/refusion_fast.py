@@ -373,9 +373,10 @@ def fast_forward(
 def lpn_forward(net: LossGenerator, x: torch.Tensor) -> torch.Tensor:
     """The LPN loss generator's forward pass (:class:`LossGenerator`) through the same channels-last blocks as
     :func:`fast_forward`; ``(B, K, H, W)`` -> softmax weights ``(B, K, H, W)``. Out of place (differentiable),
-    unless no derivative of the call can be taken (then in place, as :func:`fast_forward` ``inplace=True``)."""
+    unless no derivative of the call can be taken and no autocast is on (then in place, as :func:`fast_forward`
+    ``inplace=True``)."""
     check_sources(x, net.num_sources, "LossGenerator")
-    inplace = _no_derivative_taken()
+    inplace = _may_run_in_place(x)
     branches = []
     for k in range(net.num_sources):
         h = _conv3x3(_nhwc(x[:, k : k + 1]), getattr(net, f"patch_embed{k + 1}"))
@@ -395,7 +396,8 @@ def use_fast_pass(net: nn.Module, enabled: bool = True) -> bool:
     :func:`lpn_forward` for the LPN loss generator (a :class:`LossGenerator`).
 
     The passes are out of place, so autograd and forward-mode AD work; a call that no derivative can be taken of
-    (grad mode off, no forward-mode level) reuses its buffers as :func:`fast_forward` ``inplace=True`` does.
+    (grad mode off, no forward-mode level) and that runs without autocast reuses its buffers as
+    :func:`fast_forward` ``inplace=True`` does.
     Two-source ReFusion also gets ``linearized_pass`` (:func:`~tdfusion_core.nets.refusion_tangent.linearize`),
     which the meta step uses for ``J_F v`` without a second forward.
     Only those two classes are switched (returns ``True``); any other network is left as it is (``False``). The state
@@ -414,18 +416,20 @@ def use_fast_pass(net: nn.Module, enabled: bool = True) -> bool:
     return enabled
 
 
-def _no_derivative_taken() -> bool:
-    """Whether no derivative of the current computation can be asked for: grad mode off, outside any
-    ``torch.func`` transform and any ``torch.autograd.forward_ad`` level."""
+def _may_run_in_place(x: torch.Tensor) -> bool:
+    """Whether a pass over ``x`` may reuse its buffers: no derivative of it can be asked for (grad mode off, outside
+    any ``torch.func`` transform and ``torch.autograd.forward_ad`` level) and no autocast on ``x``'s device (in-place
+    products do not autocast, so they would mix low-precision results into float32 buffers)."""
     return (
         not torch.is_grad_enabled()
         and torch._C._functorch.maybe_current_level() is None
         and forward_ad._current_level < 0
+        and not torch.is_autocast_enabled(x.device.type)
     )
 
 
 def _training_pass(net: FusionNet, x: torch.Tensor) -> torch.Tensor:
-    return fast_forward(net, x, inplace=_no_derivative_taken())
+    return fast_forward(net, x, inplace=_may_run_in_place(x))
 
 
 # ------------------------------------------------------------------------------------------------ inference wrapper
