@@ -20,17 +20,16 @@ from torch import nn
 
 from tdfusion_core.commands.cli import build_cli
 from tdfusion_core.common.speed import keep_freed_memory
-from tdfusion_core.nets import refusion_fast
+from tdfusion_core.nets import refusion_fast, training_passes
 from tdfusion_core.nets.lpn import LossGenerator
 from tdfusion_core.nets.refusion import FusionNet
 from tdfusion_core.nets.refusion_fast import (
     FastFusion,
     fast_forward,
     fast_inference,
-    lpn_forward,
     precision_error,
-    use_fast_pass,
 )
+from tdfusion_core.nets.training_passes import lpn_forward, use_fast_pass
 from tdfusion_core.training.checkpoints import load_model_checkpoint, save_model_checkpoint
 from tests.conftest import shared_path
 from tests.torch_threads import one_torch_thread  # noqa: F401
@@ -253,7 +252,7 @@ def test_a_call_without_derivatives_reuses_buffers_and_computes_the_same():
     params = {n: p.detach() for n, p in net.named_parameters()}
     tangents = {n: torch.ones_like(p) for n, p in params.items()}
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(refusion_fast, "fast_forward", spy)
+        mp.setattr(training_passes.refusion_fast, "fast_forward", spy)
         with torch.no_grad():
             assert (net(x) - expected).abs().max() < 1e-12
             _, tangent = jvp(lambda p: functional_call(net, p, (x,)), (params,), (tangents,))

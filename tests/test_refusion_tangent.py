@@ -11,8 +11,8 @@ from tdfusion_core.kernel.losses import FusionLoss
 from tdfusion_core.kernel.meta import MetaStep, TaskInput, sgd_task_step
 from tdfusion_core.nets.lpn import LossGenerator
 from tdfusion_core.nets.refusion import FusionNet
-from tdfusion_core.nets.refusion_fast import use_fast_pass
 from tdfusion_core.nets.refusion_tangent import linearize
+from tdfusion_core.nets.training_passes import use_fast_pass
 from tdfusion_core.plugin.registry import get_task
 from tests.test_refusion_fast import random_net
 from tests.torch_threads import one_torch_thread  # noqa: F401

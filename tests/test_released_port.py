@@ -30,7 +30,7 @@ from torch.func import functional_call
 from tdfusion_core.kernel.meta import MetaStepResult, TaskInput
 from tdfusion_core.nets.lpn import LossGenerator
 from tdfusion_core.nets.refusion import FusionNet
-from tdfusion_core.nets.refusion_fast import use_fast_pass
+from tdfusion_core.nets.training_passes import use_fast_pass
 from tdfusion_core.plugin.registry import get_task
 from tdfusion_core.training.config import TrainConfig
 from tdfusion_core.training.trainer import MetaTrainer

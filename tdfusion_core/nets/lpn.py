@@ -47,7 +47,7 @@ class LossGenerator(nn.Module):
     #: Inputs need no padding (stride-1 layers, attention across channels).
     size_multiple: int = 1
     #: another implementation of this same function, ``(net, x) -> weights``, that :meth:`forward` runs instead of
-    #: the layers' own forwards (set per network by :func:`tdfusion_core.nets.refusion_fast.use_fast_pass`)
+    #: the layers' own forwards (set per network by :func:`tdfusion_core.nets.training_passes.use_fast_pass`)
     forward_pass: Callable[[LossGenerator, torch.Tensor], torch.Tensor] | None = None
 
     # Argument list and layer names as in the reference constructor (TDFusion's nets/ReFusion.py), so released

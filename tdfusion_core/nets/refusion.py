@@ -127,7 +127,7 @@ class FusionNet(nn.Module):
     #: Inputs need no padding: every layer is stride 1 and the attention spans the whole image.
     size_multiple: int = 1
     #: another implementation of this same function, ``(net, x) -> output``, that :meth:`forward` runs instead of
-    #: the layers' own forwards (set per network by :func:`tdfusion_core.nets.refusion_fast.use_fast_pass`)
+    #: the layers' own forwards (set per network by :func:`tdfusion_core.nets.training_passes.use_fast_pass`)
     forward_pass: Callable[[FusionNet, torch.Tensor], torch.Tensor] | None = None
     #: ``(net, x) -> (net(x), v -> J v)``: the output and its derivative along parameter tangents, from one recorded
     #: forward (set with the fast pass, :func:`tdfusion_core.nets.refusion_tangent.linearize`); the meta step uses it

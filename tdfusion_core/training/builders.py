@@ -19,7 +19,7 @@ from tdfusion_core.kernel.losses import FusionLoss, discriminative_fusion
 from tdfusion_core.kernel.meta import MetaStep, Params
 from tdfusion_core.kernel.meta_phase import GeneratorStep, MetaPhaseStep, generator_update_rule
 from tdfusion_core.kernel.task import Task, TaskLoss
-from tdfusion_core.nets.refusion_fast import use_fast_pass
+from tdfusion_core.nets.training_passes import use_fast_pass
 from tdfusion_core.plugin import registry
 from tdfusion_core.plugin.registry import resolve_dataset
 from tdfusion_core.training.config import TrainConfig
