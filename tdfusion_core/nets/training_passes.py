@@ -43,8 +43,8 @@ def lpn_forward(net: LossGenerator, x: torch.Tensor) -> torch.Tensor:
 
 
 def use_fast_pass(net: nn.Module, enabled: bool = True) -> bool:
-    """Make ``net(x)`` run its fast pass for training: :func:`~.refusion_fast.fast_forward` for ReFusion (a :class:`FusionNet`),
-    :func:`lpn_forward` for the LPN loss generator (a :class:`LossGenerator`).
+    """Make ``net(x)`` run its fast pass for training: :func:`~.refusion_fast.fast_forward` for ReFusion (a
+    :class:`FusionNet`), :func:`lpn_forward` for the LPN loss generator (a :class:`LossGenerator`).
 
     The passes are out of place, so autograd and forward-mode AD work; a call that no derivative can be taken of
     (grad mode off, no forward-mode level) and that runs without autocast reuses its buffers as
