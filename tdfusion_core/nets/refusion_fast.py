@@ -243,8 +243,8 @@ def adaptive_fusion(
             query_sq = (query.transpose(1, 2) @ query).diagonal(dim1=1, dim2=2)
         gram = query.transpose(1, 2) @ k
         attn = _attention_matrix(gram, query_sq, grams[i][2], getattr(fm, f"temperature{i + 1}"), heads)
-        _record(tape, x=x, pre=pre[i], qk=splits[i][0], v=splits[i][1], query_sq=query_sq, k_sq=grams[i][2], gram=gram)
-        _record(tape, attn=attn)
+        qk, v = splits[i]
+        _record(tape, x=x, pre=pre[i], qk=qk, v=v, query_sq=query_sq, k_sq=grams[i][2], gram=gram, attn=attn)
         mixed.append(_attend_project(x, splits[i][1], attn, fm._sub("project_mid", i), inplace))
     del qkvs, splits, qks, pre
     out = torch.cat(mixed, dim=-1)

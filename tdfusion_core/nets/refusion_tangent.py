@@ -27,7 +27,7 @@ from torch.func import jvp
 
 from tdfusion_core.nets.blocks import TransformerBlock
 from tdfusion_core.nets.refusion import AdaptiveFusion, FusionNet
-from tdfusion_core.nets.refusion_fast import Tape, _attention_matrix, _nchw, _nhwc, fast_forward
+from tdfusion_core.nets.refusion_fast import Tape, _attention_matrix, _nchw, _nhwc, _split_qkv, fast_forward
 
 #: ``{parameter name: tangent}`` -> ``J_F v`` ``(B, 1, H, W)``
 TangentMap = Callable[[Mapping[str, torch.Tensor]], torch.Tensor]
@@ -55,12 +55,6 @@ def linearize(net: FusionNet, x: torch.Tensor) -> tuple[torch.Tensor, TangentMap
 
 def _gelu_tangent(pre: torch.Tensor, d_pre: torch.Tensor) -> torch.Tensor:
     return torch.ops.aten.gelu_backward(d_pre, pre)
-
-
-def _split_qkv(qkv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    b, hh, ww, c3 = qkv.shape
-    flat = qkv.reshape(b, hh * ww, c3)
-    return flat[..., : 2 * (c3 // 3)], flat[..., 2 * (c3 // 3) :]
 
 
 class _Tangent:
@@ -217,7 +211,7 @@ class _Tangent:
         self, fm: AdaptiveFusion, d_branches: list[torch.Tensor], tape: Iterator[dict[str, Any]]
     ) -> torch.Tensor:
         n = len(d_branches)
-        records = [{**next(tape), **next(tape)} for _ in range(n)]  # each branch's inputs, then its attention
+        records = [next(tape) for _ in range(n)]
         d_qkv = [
             self.conv3x3(r["pre"], self.pointwise(r["x"], d_x, fm._sub("qkv", i)), getattr(fm, f"qkv{i + 1}_dwconv"))
             for i, (r, d_x) in enumerate(zip(records, d_branches))
