@@ -245,7 +245,7 @@ def adaptive_fusion(
         attn = _attention_matrix(gram, query_sq, grams[i][2], getattr(fm, f"temperature{i + 1}"), heads)
         qk, v = splits[i]
         _record(tape, x=x, pre=pre[i], qk=qk, v=v, query_sq=query_sq, k_sq=grams[i][2], gram=gram, attn=attn)
-        mixed.append(_attend_project(x, splits[i][1], attn, fm._sub("project_mid", i), inplace))
+        mixed.append(_attend_project(x, v, attn, fm._sub("project_mid", i), inplace))
     del qkvs, splits, qks, pre
     out = torch.cat(mixed, dim=-1)
     if rows is not None:
@@ -357,14 +357,10 @@ def fast_forward(
     del branches
     for block in cast(list[TransformerBlock], net.decoder):
         out = transformer_block(block, out, inplace, rows, tape)
-    _record(tape, x=out)
-    out = _conv3x3(out, net.project_out_0)
-    _record(tape, x=out)
-    out = F.leaky_relu(out, net.act.negative_slope, inplace=inplace)
-    _record(tape, x=out)
-    out = _conv3x3(out, net.project_out_1)
-    fused = torch.sigmoid(_nchw(out)).contiguous()
-    _record(tape, y=fused)
+    pre_act = _conv3x3(out, net.project_out_0)
+    act = F.leaky_relu(pre_act, net.act.negative_slope, inplace=inplace)
+    fused = torch.sigmoid(_nchw(_conv3x3(act, net.project_out_1))).contiguous()
+    _record(tape, features=out, pre_act=pre_act, act=act, fused=fused)
     return fused
 
 

@@ -260,7 +260,8 @@ class _Tangent:
         d_out = self.fusion_module(net.FM, d_branches, tape)
         for block in cast(list[TransformerBlock], net.decoder):
             d_out = self.block(block, d_out, tape)
-        d_pre_act = self.conv3x3(next(tape)["x"], d_out, net.project_out_0)
-        d_act = torch.ops.aten.leaky_relu_backward(d_pre_act, next(tape)["x"], net.act.negative_slope, False)
-        d_last = self.conv3x3(next(tape)["x"], d_act, net.project_out_1)
-        return torch.ops.aten.sigmoid_backward(_nchw(d_last), next(tape)["y"])
+        r = next(tape)
+        d_pre_act = self.conv3x3(r["features"], d_out, net.project_out_0)
+        d_act = torch.ops.aten.leaky_relu_backward(d_pre_act, r["pre_act"], net.act.negative_slope, False)
+        d_last = self.conv3x3(r["act"], d_act, net.project_out_1)
+        return torch.ops.aten.sigmoid_backward(_nchw(d_last), r["fused"])
