@@ -37,6 +37,7 @@ from torch import nn
 
 from tdfusion_core.common.precision import PRECISION_NAMES, precision_dtype
 from tdfusion_core.nets.blocks import TransformerBlock, check_sources
+from tdfusion_core.nets.gram import cross_gram, symmetric_gram
 from tdfusion_core.nets.refusion import AdaptiveFusion, FusionNet
 
 #: ``--precision`` names and the dtype each computes in.
@@ -143,7 +144,7 @@ def _attention_matrix(
 def _qk_gram(qk: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``qᵀk``, ``‖q‖²`` and ``‖k‖²`` from the ``(B, N, 2C)`` view ``[q k]``, with one batched product."""
     c = qk.shape[-1] // 2
-    full = qk.transpose(1, 2) @ qk
+    full = symmetric_gram(qk)
     diag = full.diagonal(dim1=1, dim2=2)
     return full[:, :c, c:], diag[:, :c], diag[:, c:]
 
@@ -240,11 +241,11 @@ def adaptive_fusion(
             query = torch.stack(
                 [qks[j][0] / grams[j][1].sqrt().clamp_min(_EPS_NORMALIZE)[:, None, :] for j in others]
             ).mean(0)
-            query_sq = (query.transpose(1, 2) @ query).diagonal(dim1=1, dim2=2)
-        gram = query.transpose(1, 2) @ k
-        attn = _attention_matrix(gram, query_sq, grams[i][2], getattr(fm, f"temperature{i + 1}"), heads)
+            query_sq = symmetric_gram(query).diagonal(dim1=1, dim2=2)
+        qk_gram = cross_gram(query, k)
+        attn = _attention_matrix(qk_gram, query_sq, grams[i][2], getattr(fm, f"temperature{i + 1}"), heads)
         qk, v = splits[i]
-        _record(tape, x=x, pre=pre[i], qk=qk, v=v, query_sq=query_sq, k_sq=grams[i][2], gram=gram, attn=attn)
+        _record(tape, x=x, pre=pre[i], qk=qk, v=v, query_sq=query_sq, k_sq=grams[i][2], gram=qk_gram, attn=attn)
         mixed.append(_attend_project(x, v, attn, fm._sub("project_mid", i), inplace))
     del qkvs, splits, qks, pre
     out = torch.cat(mixed, dim=-1)
