@@ -4,7 +4,7 @@ Why: ReFusion's channel attention forms ``qᵀk`` and the squared norms of q and
 with N (pixels) far larger than C. Autograd's backward of ``a.transpose(1, 2) @ b`` computes ``∂a`` as ``g bᵀ``, a
 ``(C, N)`` product written through a transposed view, plus a second product for ``∂b``. Here the backward is
 ``∂a = b gᵀ``, ``∂b = a g``; for the symmetric Gram ``G = aᵀa`` it is one product, ``∂a = a (g + gᵀ)``. Same maths,
-every product ``(B, N, C) @ (B, C, C)``; this cuts the attention Gram's forward and backward 2.0-2.4 times on the CPU
+every backward product ``(B, N, C) @ (B, C, C)``; this cuts the attention Gram's forward and backward 2.0-2.4 times on the CPU
 (``docs/benchmarks.md``). Forward mode: ``dG = daᵀa + aᵀda``, ``d(aᵀb) = daᵀb + aᵀdb``. Both work under
 ``torch.func`` transforms, and their backward is differentiable (double backward).
 """

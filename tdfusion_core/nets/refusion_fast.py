@@ -10,7 +10,8 @@ same function with every feature map kept channels-last (``(B, H, W, C)``, conti
   ``F.layer_norm`` over the last dimension (affine included);
 * 3x3 convolutions (depth-wise and dense) run on channels-last maps (oneDNN on the CPU, cuDNN NHWC on GPUs);
 * the transposed (channel) attention never normalises q and k as tensors: it forms the Gram matrix of ``[q k]``
-  with one batched product (``qᵀk`` and, on its diagonal, the squared norms), divides by the two norm vectors (``F.normalize``'s ``max(‖·‖, 1e-12)``),
+  with one batched product (``qᵀk`` and, on its diagonal, the squared norms; :mod:`~tdfusion_core.nets.gram`, whose
+  backward is one product in row order), divides by the two norm vectors (``F.normalize``'s ``max(‖·‖, 1e-12)``),
   applies the per-head temperature and a block-diagonal softmax (one block per head), and folds the resulting
   ``C x C`` attention into the output projection: ``W_out · A`` applied to ``v`` with one ``baddbmm`` that also adds
   the residual;
