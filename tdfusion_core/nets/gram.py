@@ -3,10 +3,12 @@
 Why: ReFusion's channel attention forms ``qᵀk`` and the squared norms of q and k from the Gram matrix of ``[q k]``,
 with N (pixels) far larger than C. Autograd's backward of ``a.transpose(1, 2) @ b`` computes ``∂a`` as ``g bᵀ``, a
 ``(C, N)`` product written through a transposed view, plus a second product for ``∂b``. Here the backward is
-``∂a = b gᵀ``, ``∂b = a g``; for the symmetric Gram ``G = aᵀa`` it is one product, ``∂a = a (g + gᵀ)``. Same maths,
-every backward product ``(B, N, C) @ (B, C, C)``; this cuts the attention Gram's forward and backward 2.0-2.4 times on the CPU
-(``docs/benchmarks.md``). Forward mode: ``dG = daᵀa + aᵀda``, ``d(aᵀb) = daᵀb + aᵀdb``. Both work under
-``torch.func`` transforms, and their backward is differentiable (double backward).
+``∂a = b gᵀ``, ``∂b = a g``; for the symmetric Gram ``G = aᵀa`` it is one product, ``∂a = a (g + gᵀ)``. Same
+maths, every backward product ``(B, N, C) @ (B, C, C)``; this cuts the attention Gram's forward and backward
+2.0-2.4 times on the CPU (``docs/benchmarks.md``). Forward mode (:func:`symmetric_gram_tangent`,
+:func:`cross_gram_tangent`, also what ReFusion's tangent map replays): ``dG = daᵀa + aᵀda``,
+``d(aᵀb) = daᵀb + aᵀdb``. Both work under ``torch.func`` transforms, and their backward is differentiable (double
+backward).
 """
 
 from __future__ import annotations
@@ -25,6 +27,24 @@ def symmetric_gram(a: torch.Tensor) -> torch.Tensor:
 def cross_gram(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """``aᵀb`` per batch item: ``(B, N, C)``, ``(B, N, D)`` -> ``(B, C, D)``."""
     out: torch.Tensor = _CrossGram.apply(a, b)
+    return out
+
+
+def symmetric_gram_tangent(a: torch.Tensor, da: torch.Tensor) -> torch.Tensor:
+    """The tangent of ``aᵀa`` along ``da``: ``daᵀa + aᵀda``, one product and its transpose."""
+    half = da.transpose(1, 2) @ a
+    return half + half.transpose(1, 2)
+
+
+def cross_gram_tangent(
+    a: torch.Tensor, da: torch.Tensor | None, b: torch.Tensor, db: torch.Tensor | None
+) -> torch.Tensor:
+    """The tangent of ``aᵀb`` along ``(da, db)``: ``daᵀb + aᵀdb``; a ``None`` tangent is zero (not both)."""
+    out = None if da is None else da.transpose(1, 2) @ b
+    if db is not None:
+        out = a.transpose(1, 2) @ db if out is None else out + a.transpose(1, 2) @ db
+    if out is None:
+        raise ValueError("cross_gram_tangent needs at least one of da, db")
     return out
 
 
@@ -54,8 +74,7 @@ class _Gram(torch.autograd.Function):
     @staticmethod
     def jvp(ctx: Any, da: torch.Tensor) -> torch.Tensor:
         (a,) = ctx.saved_tensors
-        half = da.transpose(1, 2) @ a
-        return half + half.transpose(1, 2)
+        return symmetric_gram_tangent(a, da)
 
 
 class _CrossGram(torch.autograd.Function):
@@ -80,8 +99,4 @@ class _CrossGram(torch.autograd.Function):
     @staticmethod
     def jvp(ctx: Any, da: torch.Tensor | None, db: torch.Tensor | None) -> torch.Tensor:
         a, b = ctx.saved_tensors
-        out = None if da is None else da.transpose(1, 2) @ b
-        if db is not None:
-            out = a.transpose(1, 2) @ db if out is None else out + a.transpose(1, 2) @ db
-        assert out is not None, "jvp is called with at least one tangent"
-        return out
+        return cross_gram_tangent(a, da, b, db)

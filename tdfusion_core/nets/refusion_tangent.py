@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch.func import jvp
 
 from tdfusion_core.nets.blocks import TransformerBlock
+from tdfusion_core.nets.gram import cross_gram_tangent, symmetric_gram_tangent
 from tdfusion_core.nets.refusion import AdaptiveFusion, FusionNet
 from tdfusion_core.nets.refusion_fast import Tape, _attention_matrix, _nchw, _nhwc, _split_qkv, fast_forward
 
@@ -183,8 +184,7 @@ class _Tangent:
     @staticmethod
     def gram(qk: torch.Tensor, d_qk: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Tangents of :func:`~.refusion_fast._qk_gram`: ``qᵀk``, ``‖q‖²``, ``‖k‖²``."""
-        half = d_qk.transpose(1, 2) @ qk
-        full = half + half.transpose(1, 2)
+        full = symmetric_gram_tangent(qk, d_qk)
         c = qk.shape[-1] // 2
         diag = full.diagonal(dim1=1, dim2=2)
         return full[:, :c, c:], diag[:, :c], diag[:, c:]
@@ -223,7 +223,7 @@ class _Tangent:
         for i, r in enumerate(records):
             j = 1 - i  # two sources: branch i is queried by the other branch
             query, d_query, k, d_k = q[j][0], dq[j][0], q[i][1], dq[i][1]
-            d_gram = d_query.transpose(1, 2) @ k + query.transpose(1, 2) @ d_k
+            d_gram = cross_gram_tangent(query, d_query, k, d_k)
             d_query_sq = 2 * (query * d_query).sum(dim=1)
             d_k_sq = 2 * (k * d_k).sum(dim=1)
             d_attn = self.attention(
