@@ -14,7 +14,8 @@ same function with every feature map kept channels-last (``(B, H, W, C)``, conti
   backward is one product in row order), divides by the two norm vectors (``F.normalize``'s ``max(‖·‖, 1e-12)``),
   applies the per-head temperature and a block-diagonal softmax (one block per head), and folds the resulting
   ``C x C`` attention into the output projection: ``W_out · A`` applied to ``v`` with one ``baddbmm`` that also adds
-  the residual;
+  the residual; the fusion module, which uses one branch's q against the other's k, takes that ``qᵀk`` as one
+  cross product and the norms as sums of squares;
 * inference (``inplace=True``) updates the residual stream in place and frees temporaries early.
 * a 1x1 convolution followed by a depth-wise 3x3 whose output is split (the feed-forward gate and value, the
   fusion module's gates) is computed part by part, so each part is contiguous for GELU and its backward.
@@ -150,6 +151,11 @@ def _qk_gram(qk: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor
     return full[:, :c, c:], diag[:, :c], diag[:, c:]
 
 
+def _squared_norms(a: torch.Tensor) -> torch.Tensor:
+    """``(B, C)`` squared norms over the pixels of the ``(B, N, C)`` map ``a``: one element-wise pass."""
+    return a.square().sum(dim=1)
+
+
 def _attend_project(
     residual: torch.Tensor, v: torch.Tensor, attn: torch.Tensor, conv: Any, inplace: bool
 ) -> torch.Tensor:
@@ -230,23 +236,25 @@ def adaptive_fusion(
     pre = [_pointwise(x, fm._sub("qkv", i)) for i, x in enumerate(branches)]
     qkvs = [_conv3x3(m, getattr(fm, f"qkv{i + 1}_dwconv")) for i, m in enumerate(pre)]
     splits = [_split_qkv(t) for t in qkvs]
-    grams = [_qk_gram(qk) for qk, _ in splits]  # own qᵀk (unused), ‖q‖², ‖k‖²
+    # a branch's own qᵀk is never used, so its squared norms are sums of squares, not a Gram's diagonal
+    squares = [_squared_norms(qk).chunk(2, dim=-1) for qk, _ in splits]  # (‖q‖², ‖k‖²) of each branch
     qks = [qk.chunk(2, dim=-1) for qk, _ in splits]  # (q, k) of each branch
     mixed = []
     for i, x in enumerate(branches):
         others = [j for j in range(n) if j != i]
         k = qks[i][1]
         if len(others) == 1:
-            query, query_sq = qks[others[0]][0], grams[others[0]][1]
+            query, query_sq = qks[others[0]][0], squares[others[0]][0]
         else:  # the re-normalised mean of the other branches' normalised queries
             query = torch.stack(
-                [qks[j][0] / grams[j][1].sqrt().clamp_min(_EPS_NORMALIZE)[:, None, :] for j in others]
+                [qks[j][0] / squares[j][0].sqrt().clamp_min(_EPS_NORMALIZE)[:, None, :] for j in others]
             ).mean(0)
-            query_sq = symmetric_gram(query).diagonal(dim1=1, dim2=2)
+            query_sq = _squared_norms(query)
         qk_gram = cross_gram(query, k)
-        attn = _attention_matrix(qk_gram, query_sq, grams[i][2], getattr(fm, f"temperature{i + 1}"), heads)
+        k_sq = squares[i][1]
+        attn = _attention_matrix(qk_gram, query_sq, k_sq, getattr(fm, f"temperature{i + 1}"), heads)
         qk, v = splits[i]
-        _record(tape, x=x, pre=pre[i], qk=qk, v=v, query_sq=query_sq, k_sq=grams[i][2], gram=qk_gram, attn=attn)
+        _record(tape, x=x, pre=pre[i], qk=qk, v=v, query_sq=query_sq, k_sq=k_sq, gram=qk_gram, attn=attn)
         mixed.append(_attend_project(x, v, attn, fm._sub("project_mid", i), inplace))
     del qkvs, splits, qks, pre
     out = torch.cat(mixed, dim=-1)
