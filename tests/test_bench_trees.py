@@ -8,7 +8,7 @@ from pathlib import Path
 from click.testing import CliRunner
 
 from tdfusion_core.apps.bench import step_worker
-from tdfusion_core.apps.bench.trees import format_trees, trees_command
+from tdfusion_core.apps.bench.trees import format_trees, speedup_interval, trees_command
 from tests.torch_threads import one_torch_thread  # noqa: F401
 
 REPO = Path(__file__).resolve().parents[1]
@@ -56,6 +56,8 @@ def test_two_trees_side_by_side(tmp_path):
     data = json.loads(out.read_text())
     assert list(data["trees"]) == ["a", "b"]
     assert data["trees"]["b"]["speedup_over_a"]["meta_cpu"] > 0
+    one_sample_each = data["trees"]["b"]["speedup_interval_over_a"]["meta_cpu"]  # nothing to resample: one point
+    assert one_sample_each[0] == one_sample_each[1] == data["trees"]["b"]["speedup_over_a"]["meta_cpu"]
     assert data["env"]["MALLOC_MMAP_MAX_"] == "0"
     assert "speedup_over_a" in format_trees(data)
 
@@ -63,3 +65,16 @@ def test_two_trees_side_by_side(tmp_path):
 def test_a_path_without_the_package_is_refused(tmp_path):
     result = CliRunner().invoke(trees_command, ["--tree", f"a={tmp_path}"])
     assert result.exit_code != 0 and "tdfusion_core" in result.output
+
+
+def test_the_speedup_interval_holds_the_ratio_of_medians_and_widens_with_the_spread():
+    reference = [2.0, 2.2, 1.9, 2.1, 2.4, 2.0]
+    tight = [1.0, 1.02, 0.99, 1.01, 1.0, 0.98]
+    loose = [0.7, 1.3, 0.9, 1.4, 1.0, 0.8]
+    point = 2.05 / 1.0
+    low, high = speedup_interval(reference, tight)
+    assert low <= point <= high
+    assert speedup_interval(reference, tight) == (low, high)  # seeded
+    loose_low, loose_high = speedup_interval(reference, loose)
+    assert loose_high - loose_low > high - low
+    assert speedup_interval([3.0] * 5, [1.5] * 5) == (2.0, 2.0)

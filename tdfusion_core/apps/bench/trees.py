@@ -4,13 +4,16 @@ Each tree's meta step pair and fusion step are timed by :mod:`tdfusion_core.apps
 with that tree first on ``PYTHONPATH`` (and the extra paths, e.g. plugins, after it). Processes alternate between
 the trees round by round (A, B, A, B, ...), so both see the same machine load; each reports CPU time (user +
 system: the steady figure on a shared machine) and wall time per step and its peak resident set size. The result
-has the medians per tree and, for every tree after the first, its speed-up over the first (``first / tree``).
+has the medians per tree and, for every tree after the first, its speed-up over the first (``first / tree``, the
+ratio of the medians) with a 95 % bootstrap interval: each tree's samples are resampled on their own, so the
+interval shows how far the machine's spread alone can move the ratio.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import random
 import statistics
 import subprocess
 import sys
@@ -27,6 +30,21 @@ from tdfusion_core.commands.options import key_value_option, key_value_options, 
 
 #: glibc settings equal to :func:`tdfusion_core.common.speed.keep_freed_memory`, given to every tree's process alike
 KEEP_FREED_MEMORY_ENV = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(2**31 - 1)}
+
+
+def speedup_interval(
+    reference: Sequence[float], samples: Sequence[float], level: float = 0.95, resamples: int = 4000, seed: int = 0
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of ``median(reference) / median(samples)``; each list is resampled on its own
+    (the processes of two trees are not paired). Seeded, so the same samples give the same interval."""
+    rng = random.Random(seed)
+    ratios = sorted(
+        statistics.median(rng.choices(reference, k=len(reference)))
+        / statistics.median(rng.choices(samples, k=len(samples)))
+        for _ in range(resamples)
+    )
+    tail = (1.0 - level) / 2.0
+    return ratios[int(tail * resamples)], ratios[min(resamples - 1, int((1.0 - tail) * resamples))]
 
 
 def run_worker(tree: Path, spec: dict[str, Any], extra_paths: Sequence[str], env: dict[str, str]) -> dict[str, Any]:
@@ -78,6 +96,10 @@ def compare_trees(
             "fusion_cpu": round(base["fusion_cpu_s"] / tree["fusion_cpu_s"], 3),
             "peak_rss": round(base["peak_rss_mb"] / tree["peak_rss_mb"], 3),
         }
+        tree["speedup_interval_over_" + first] = {
+            key: [round(v, 3) for v in speedup_interval(base["samples"][key], tree["samples"][key])]
+            for key in ("meta_cpu", "fusion_cpu")
+        }
     result["machine"]["load_average_end"] = load_average()
     result["env"] = env
     return result
@@ -99,7 +121,9 @@ def format_trees(result: dict[str, Any]) -> str:
         )
         for key, value in t.items():
             if key.startswith("speedup_over_"):
-                lines.append(f"  {key}: meta {value['meta_cpu']}x, fusion {value['fusion_cpu']}x (CPU time)")
+                interval = t[key.replace("speedup_", "speedup_interval_")]
+                meta, fusion = (f"{value[k]}x [{interval[k][0]}, {interval[k][1]}]" for k in ("meta_cpu", "fusion_cpu"))
+                lines.append(f"  {key}: meta {meta}, fusion {fusion} (CPU time; 95 % bootstrap interval)")
     return "\n".join(lines)
 
 
