@@ -336,6 +336,28 @@ def _gates_strips(fm: AdaptiveFusion, out: torch.Tensor, mixed: list[torch.Tenso
     return result
 
 
+def encode_sources(
+    net: nn.Module,
+    x: torch.Tensor,
+    embed: str,
+    inplace: bool,
+    rows: int | None = None,
+    tape: Tape | None = None,
+) -> list[torch.Tensor]:
+    """Source ``k`` of ``(B, K, H, W)`` through ``net``'s 3x3 layer ``{embed}{k + 1}`` and Restormer blocks
+    ``encoder{k + 1}`` (the first stage of ReFusion and of the LPN): the ``K`` NHWC branches. ``rows`` and ``tape`` as
+    :func:`transformer_block`."""
+    branches = []
+    for k in range(x.shape[1]):
+        source = _nhwc(x[:, k : k + 1])
+        _record(tape, x=source)
+        h = _conv3x3(source, getattr(net, f"{embed}{k + 1}"))
+        for block in getattr(net, f"encoder{k + 1}"):
+            h = transformer_block(block, h, inplace, rows, tape)
+        branches.append(h)
+    return branches
+
+
 def fast_forward(
     net: FusionNet,
     x: torch.Tensor,
@@ -355,14 +377,7 @@ def fast_forward(
     inplace = inplace or rows is not None
     if tape is not None and inplace:
         raise ValueError("a recording pass (tape) must be out of place")
-    branches = []
-    for k in range(net.num_sources):
-        source = _nhwc(x[:, k : k + 1])
-        _record(tape, x=source)
-        h = _conv3x3(source, getattr(net, f"project_in_{k + 1}"))
-        for block in getattr(net, f"encoder{k + 1}"):
-            h = transformer_block(block, h, inplace, rows, tape)
-        branches.append(h)
+    branches = encode_sources(net, x, "project_in_", inplace, rows, tape)
     out = adaptive_fusion(net.FM, branches, inplace, rows, tape)
     del branches
     for block in cast(list[TransformerBlock], net.decoder):

@@ -18,7 +18,7 @@ from tdfusion_core.nets import refusion_fast
 from tdfusion_core.nets.blocks import TransformerBlock, check_sources
 from tdfusion_core.nets.lpn import LossGenerator
 from tdfusion_core.nets.refusion import FusionNet
-from tdfusion_core.nets.refusion_fast import _conv3x3, _nchw, _nhwc, transformer_block
+from tdfusion_core.nets.refusion_fast import _conv3x3, _nchw, transformer_block
 from tdfusion_core.nets.refusion_tangent import linearize
 
 
@@ -28,13 +28,7 @@ def lpn_forward(net: LossGenerator, x: torch.Tensor) -> torch.Tensor:
     (differentiable), unless :func:`_may_run_in_place` (then in place, as ``fast_forward(..., inplace=True)``)."""
     check_sources(x, net.num_sources, "LossGenerator")
     inplace = _may_run_in_place(x)
-    branches = []
-    for k in range(net.num_sources):
-        h = _conv3x3(_nhwc(x[:, k : k + 1]), getattr(net, f"patch_embed{k + 1}"))
-        for block in getattr(net, f"encoder{k + 1}"):
-            h = transformer_block(block, h, inplace)
-        branches.append(h)
-    out = torch.cat(branches, dim=-1)
+    out = torch.cat(refusion_fast.encode_sources(net, x, "patch_embed", inplace), dim=-1)
     for block in cast(list[TransformerBlock], net.joint):
         out = transformer_block(block, out, inplace)
     out = F.prelu(_conv3x3(out, net.out1), net.out2.weight)
