@@ -152,7 +152,7 @@ def _qk_gram(qk: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor
 
 
 def _squared_norms(a: torch.Tensor) -> torch.Tensor:
-    """``(B, C)`` squared norms over the pixels of the ``(B, N, C)`` map ``a``: one element-wise pass."""
+    """``(B, C)`` squared norms over the pixels of the ``(B, N, C)`` map ``a``: sums of squares, no matrix product."""
     return a.square().sum(dim=1)
 
 
