@@ -145,8 +145,12 @@ def _attention_matrix(
 
 def _qk_gram(qk: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``qᵀk``, ``‖q‖²`` and ``‖k‖²`` from the ``(B, N, 2C)`` view ``[q k]``, with one batched product."""
-    c = qk.shape[-1] // 2
-    full = symmetric_gram(qk)
+    return _gram_parts(symmetric_gram(qk))
+
+
+def _gram_parts(full: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``qᵀk``, ``‖q‖²`` and ``‖k‖²`` read off the ``(B, 2C, 2C)`` Gram matrix of ``[q k]`` (or its tangent)."""
+    c = full.shape[-1] // 2
     diag = full.diagonal(dim1=1, dim2=2)
     return full[:, :c, c:], diag[:, :c], diag[:, c:]
 
@@ -306,8 +310,7 @@ def _mdta_strips(block: TransformerBlock, h: torch.Tensor, rows: int) -> torch.T
         qk = flat[..., : 2 * c]
         gram.baddbmm_(qk.transpose(1, 2), qk)
         v_all[:, r0:r1] = flat[..., 2 * c :].reshape(b, r1 - r0, width, c)
-    diag = gram.diagonal(dim1=1, dim2=2)
-    attn = _attention_matrix(gram[:, :c, c:], diag[:, :c], diag[:, c:], attn_mod.temperature, attn_mod.num_heads)
+    attn = _attention_matrix(*_gram_parts(gram), attn_mod.temperature, attn_mod.num_heads)
     return _attend_project(h, v_all, attn, attn_mod.project_out, inplace=True)
 
 

@@ -28,7 +28,15 @@ from torch.func import jvp
 from tdfusion_core.nets.blocks import TransformerBlock
 from tdfusion_core.nets.gram import cross_gram_tangent, symmetric_gram_tangent
 from tdfusion_core.nets.refusion import AdaptiveFusion, FusionNet
-from tdfusion_core.nets.refusion_fast import Tape, _attention_matrix, _nchw, _nhwc, _split_qkv, fast_forward
+from tdfusion_core.nets.refusion_fast import (
+    Tape,
+    _attention_matrix,
+    _gram_parts,
+    _nchw,
+    _nhwc,
+    _split_qkv,
+    fast_forward,
+)
 
 #: ``{parameter name: tangent}`` -> ``J_F v`` ``(B, 1, H, W)``
 TangentMap = Callable[[Mapping[str, torch.Tensor]], torch.Tensor]
@@ -184,10 +192,7 @@ class _Tangent:
     @staticmethod
     def gram(qk: torch.Tensor, d_qk: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Tangents of :func:`~.refusion_fast._qk_gram`: ``qᵀk``, ``‖q‖²``, ``‖k‖²``."""
-        full = symmetric_gram_tangent(qk, d_qk)
-        c = qk.shape[-1] // 2
-        diag = full.diagonal(dim1=1, dim2=2)
-        return full[:, :c, c:], diag[:, :c], diag[:, c:]
+        return _gram_parts(symmetric_gram_tangent(qk, d_qk))
 
     # ------------------------------------------------------------------ the network, in the forward's order
     def block(self, block: TransformerBlock, d_h: torch.Tensor, tape: Iterator[dict[str, Any]]) -> torch.Tensor:
