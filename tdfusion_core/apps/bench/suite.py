@@ -14,6 +14,11 @@ Figures (``--device cuda``; targets from the project's performance issue, measur
 
 ``quick=True`` shrinks every size and iteration count so the whole suite runs on a CPU in a minute or two (what the
 test does, so the suite cannot rot); its figures mean nothing against the targets.
+
+Nothing measured is lost: ``suite.json`` and ``suite.md`` are rewritten after every figure (``"complete": false``
+until the last), so a run stopped by a time limit keeps what it measured; a figure that raises is recorded as failed,
+with the error in its note, and the suite goes on. The compiled fusion figures come last, because compiling takes
+longest.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -38,37 +44,42 @@ TARGETS: dict[str, tuple[float, str]] = {
 }
 TASKS = {"segformer": ("SegFormer-b0", (240, 320)), "yolo": ("YOLOv8n", (192, 256))}
 
+Row = dict[str, Any]
+#: ``record(name, figure)``: measure ``figure()`` (one row, or the rows measured together), keep and save them
+Record = Callable[[str, Callable[[], Row | list[Row]]], None]
 
-def _row(name: str, value: float | None, unit: str, target_key: str | None, note: str = "") -> dict[str, Any]:
+
+def _row(name: str, value: float | None, unit: str, target_key: str | None, note: str = "") -> Row:
     target = TARGETS[target_key][0] if target_key else None
     met = None if target is None or value is None else bool(value <= target)
     return {"figure": name, "value": value, "unit": unit, "target": target, "met": met, "note": note}
 
 
-def _fuse_rows(device: str, quick: bool, log: Callable[[str], None]) -> list[dict[str, Any]]:
+def _fuse_rows(device: str, quick: bool, configs: Sequence[str], record: Record) -> None:
     from tdfusion_core.apps.bench.fuse import bench_fuse
 
-    rows = []
     sizes = [(48, 64), (64, 80)] if quick else [(480, 640), (1024, 1280)]
     labels = ["480x640", "1024x1280"]
-    for (h, w), label in zip(sizes, labels, strict=True):
-        for config in ("fp32", "bf16", "compile"):
-            if quick and config == "compile":
-                continue  # compiling on a CPU takes minutes; the GPU run covers it
-            result = bench_fuse(
-                size=(h, w),
-                device=device,
-                precision="bf16" if config == "bf16" else "fp32",
-                compile=config == "compile",
-                iters=2 if quick else 20,
-                warmup=1 if quick else 3,
-                threads=1 if device == "cpu" else None,
-            )
-            key = "fuse 480x640 fp32" if label == "480x640" and config in ("fp32", "compile") else None
-            note = f"max |diff| to fp32 eager {result['max_abs_diff']:.2g}; first call {result['first_call_s']:.1f} s"
-            rows.append(_row(f"fuse {label} {config}", result["ms_per_image"], "ms", key, note))
-            log(f"fuse {label} {config}: {result['ms_per_image']:.2f} ms/image ({note})")
-    return rows
+    for config in configs:
+        for (h, w), label in zip(sizes, labels, strict=True):
+
+            def figure(h: int = h, w: int = w, label: str = label, config: str = config) -> Row:
+                result = bench_fuse(
+                    size=(h, w),
+                    device=device,
+                    precision="bf16" if config == "bf16" else "fp32",
+                    compile=config == "compile",
+                    iters=2 if quick else 20,
+                    warmup=1 if quick else 3,
+                    threads=1 if device == "cpu" else None,
+                )
+                key = "fuse 480x640 fp32" if label == "480x640" and config in ("fp32", "compile") else None
+                note = (
+                    f"max |diff| to fp32 eager {result['max_abs_diff']:.2g}; first call {result['first_call_s']:.1f} s"
+                )
+                return _row(f"fuse {label} {config}", result["ms_per_image"], "ms", key, note)
+
+            record(f"fuse {label} {config}", figure)
 
 
 def _task_available(task: str) -> str | None:
@@ -82,62 +93,68 @@ def _task_available(task: str) -> str | None:
     return None
 
 
-def _meta_rows(device: str, quick: bool, tasks: Sequence[str], log: Callable[[str], None]) -> list[dict[str, Any]]:
+def _meta_rows(device: str, quick: bool, tasks: Sequence[str], record: Record) -> None:
     from tdfusion_core.apps.bench.meta import bench_meta
 
-    rows = []
     for task in tasks:
         name, task_size = TASKS.get(task, (task, (240, 320)))
         reason = _task_available(task)
         if reason is not None:
             line = f"SKIPPED {task} ({name}): its plugin is not usable here ({reason}); install it to measure it"
-            log(line)
-            rows.append(_row(f"meta pair fp32, {name}", None, "ms", "meta pair fp32", line))
+            record(
+                f"meta pair fp32, {name}", partial(_row, f"meta pair fp32, {name}", None, "ms", "meta pair fp32", line)
+            )
             continue
         for amp in (False, True):
-            result = bench_meta(
-                task=task,
-                device=device,
-                modes=("jvp",),
-                amp=amp,
-                iters=1 if quick else 10,
-                warmup=0 if quick else 3,
-                image_size=(48, 64) if quick else (480, 640),
-                crop_size=(32, 32) if quick else (256, 256),
-                task_size=(48, 64) if quick else task_size,
-                threads=1 if device == "cpu" else None,
-                num_classes=9,
-            )
-            r = result["modes"]["jvp"]
             precision = "bf16" if amp else "fp32"
-            rows.append(_row(f"meta pair {precision}, {name}", r["meta_pair_ms"], "ms", f"meta pair {precision}"))
-            rows.append(_row(f"fusion step {precision}, {name}", r["fusion_step_ms"], "ms", "fusion step"))
-            rows.append(
-                _row(
-                    f"peak memory {precision}, {name}", r["peak_memory_mb"], "MiB", "peak memory", r["peak_memory_kind"]
+
+            def figures(task: str = task, name: str = name, task_size: Any = task_size, amp: bool = amp,
+                        precision: str = precision) -> list[Row]:  # fmt: skip
+                result = bench_meta(
+                    task=task,
+                    device=device,
+                    modes=("jvp",),
+                    amp=amp,
+                    iters=1 if quick else 10,
+                    warmup=0 if quick else 3,
+                    image_size=(48, 64) if quick else (480, 640),
+                    crop_size=(32, 32) if quick else (256, 256),
+                    task_size=(48, 64) if quick else task_size,
+                    threads=1 if device == "cpu" else None,
+                    num_classes=9,
                 )
-            )
-            log(f"{name} {precision}: meta pair {r['meta_pair_ms']:.1f} ms, fusion step {r['fusion_step_ms']:.1f} ms")
-    return rows
+                r = result["modes"]["jvp"]
+                peak = r["peak_memory_mb"]
+                return [
+                    _row(f"meta pair {precision}, {name}", r["meta_pair_ms"], "ms", f"meta pair {precision}"),
+                    _row(f"fusion step {precision}, {name}", r["fusion_step_ms"], "ms", "fusion step"),
+                    _row(f"peak memory {precision}, {name}", peak, "MiB", "peak memory", r["peak_memory_kind"]),
+                ]
+
+            record(f"meta pair, fusion step, peak memory {precision}, {name}", figures)
 
 
-def _distributed_row(device: str, quick: bool, log: Callable[[str], None]) -> dict[str, Any]:
+def _backend(device: str) -> str:
+    return "nccl" if device.startswith("cuda") else "gloo"
+
+
+def _distributed_row(device: str, quick: bool) -> Row:
     from tdfusion_core.apps.bench.scaling import bench_scaling
 
-    backend = "nccl" if device.startswith("cuda") else "gloo"
     start = time.perf_counter()
-    try:
-        result = bench_scaling(nprocs=[1], device=device, steps=2 if quick else 4, warmup=1)
-    except Exception as exc:  # the smoke run failing is the figure
-        log(f"distributed smoke run ({backend}) FAILED: {exc}")
-        return {"figure": f"1-process {backend} trainer run", "value": None, "unit": "s", "target": None,
-                "met": False, "note": f"failed: {exc}"}  # fmt: skip
+    result = bench_scaling(nprocs=[1], device=device, steps=2 if quick else 4, warmup=1)
     seconds = time.perf_counter() - start
     row = result["rows"][0]
-    note = f"meta step {row['meta_step_ms']:.1f} ms, fusion step {row['fusion_step_ms']:.1f} ms"
-    log(f"distributed smoke run ({backend}): finished in {seconds:.1f} s ({note})")
-    return {"figure": f"1-process {backend} trainer run", "value": round(seconds, 2), "unit": "s",
+    note = f"finished; meta step {row['meta_step_ms']:.1f} ms, fusion step {row['fusion_step_ms']:.1f} ms"
+    return {"figure": f"1-process {_backend(device)} trainer run", "value": round(seconds, 2), "unit": "s",
             "target": None, "met": True, "note": note}  # fmt: skip
+
+
+def _failed_row(name: str, exc: BaseException) -> Row:
+    """The row of a figure whose measurement raised: no value, not met, the error's first line as the note."""
+    message = str(exc).splitlines()[0] if str(exc) else ""
+    return {"figure": f"{name} (failed)", "value": None, "unit": "", "target": None, "met": False,
+            "note": f"failed: {type(exc).__name__}: {message}"}  # fmt: skip
 
 
 def run_suite(
@@ -147,30 +164,55 @@ def run_suite(
     out_dir: str | Path = "bench-suite",
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    """Run every figure, write ``suite.json`` and ``suite.md`` into ``out_dir``; returns the JSON-ready result."""
+    """Run every figure, write ``suite.json`` and ``suite.md`` into ``out_dir`` after each one (module docstring);
+    returns the JSON-ready result."""
     from tdfusion_core.apps.bench.machine import machine_info
     from tdfusion_core.common.speed import keep_freed_memory
 
     keep_freed_memory()
     start = time.perf_counter()
-    info = machine_info(device)
-    rows = _fuse_rows(device, quick, log)
-    rows += _meta_rows(device, quick, tasks, log)
-    rows.append(_distributed_row(device, quick, log))
-    result = {
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    result: dict[str, Any] = {
         "suite": "gpu" if device.startswith("cuda") else device,
         "device": device,
         "quick": quick,
-        "machine": info,
-        "seconds": round(time.perf_counter() - start, 1),
-        "rows": rows,
+        "complete": False,
+        "machine": machine_info(device),
+        "seconds": 0.0,
+        "rows": [],
     }
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "suite.json").write_text(json.dumps(result, indent=1) + "\n")
-    (out / "suite.md").write_text(format_markdown(result))
+
+    def save() -> None:
+        result["seconds"] = round(time.perf_counter() - start, 1)
+        (out / "suite.json").write_text(json.dumps(result, indent=1) + "\n")
+        (out / "suite.md").write_text(format_markdown(result))
+
+    def record(name: str, figure: Callable[[], Row | list[Row]]) -> None:
+        try:
+            made = figure()
+        except Exception as exc:  # one broken figure must not cost the others
+            made = _failed_row(name, exc)
+        for row in made if isinstance(made, list) else [made]:
+            result["rows"].append(row)
+            log(f"{row['figure']}: {_value(row)}" + (f" ({row['note']})" if row["note"] else ""))
+        save()
+
+    _fuse_rows(device, quick, ("fp32", "bf16"), record)
+    _meta_rows(device, quick, tasks, record)
+    record(f"1-process {_backend(device)} trainer run", partial(_distributed_row, device, quick))
+    if not quick:  # compiling on a CPU takes minutes; the GPU run covers it
+        _fuse_rows(device, quick, ("compile",), record)
+    result["complete"] = True
+    save()
     log(f"wrote {out / 'suite.json'} and {out / 'suite.md'} ({result['seconds']} s)")
     return result
+
+
+def _value(row: Row) -> str:
+    if row["value"] is None:
+        return "failed" if row["note"].startswith("failed") else "skipped"
+    return f"{row['value']:.2f} {row['unit']}"
 
 
 def format_markdown(result: dict[str, Any]) -> str:
@@ -180,13 +222,14 @@ def format_markdown(result: dict[str, Any]) -> str:
     lines = [
         f"Benchmark suite on {where} (torch {m['torch']}, {result['device']}"
         + (", quick sizes: not comparable to the targets" if result["quick"] else "")
-        + f"), {result['seconds']} s.",
+        + f"), {result['seconds']} s"
+        + ("." if result.get("complete", True) else ", **incomplete**: the run stopped or is still running."),
         "",
         "| figure | value | target | met | note |",
         "|---|---:|---:|:---:|---|",
     ]
     for r in result["rows"]:
-        value = "skipped" if r["value"] is None else f"{r['value']:.2f} {r['unit']}"
+        value = _value(r)
         target = "" if r["target"] is None else f"<= {r['target']:g} {r['unit']}"
         met = {None: "", True: "yes", False: "no"}[r["met"]]
         lines.append(f"| {r['figure']} | {value} | {target} | {met} | {r['note']} |")
