@@ -55,31 +55,29 @@ def _row(name: str, value: float | None, unit: str, target_key: str | None, note
     return {"figure": name, "value": value, "unit": unit, "target": target, "met": met, "note": note}
 
 
-def _fuse_rows(device: str, quick: bool, configs: Sequence[str], record: Record) -> None:
+def _fuse_figure(device: str, quick: bool, size: tuple[int, int], label: str, config: str) -> Row:
     from tdfusion_core.apps.bench.fuse import bench_fuse
 
+    result = bench_fuse(
+        size=size,
+        device=device,
+        precision="bf16" if config == "bf16" else "fp32",
+        compile=config == "compile",
+        iters=2 if quick else 20,
+        warmup=1 if quick else 3,
+        threads=1 if device == "cpu" else None,
+    )
+    key = "fuse 480x640 fp32" if label == "480x640" and config in ("fp32", "compile") else None
+    note = f"max |diff| to fp32 eager {result['max_abs_diff']:.2g}; first call {result['first_call_s']:.1f} s"
+    return _row(f"fuse {label} {config}", result["ms_per_image"], "ms", key, note)
+
+
+def _fuse_rows(device: str, quick: bool, configs: Sequence[str], record: Record) -> None:
     sizes = [(48, 64), (64, 80)] if quick else [(480, 640), (1024, 1280)]
     labels = ["480x640", "1024x1280"]
     for config in configs:
-        for (h, w), label in zip(sizes, labels, strict=True):
-
-            def figure(h: int = h, w: int = w, label: str = label, config: str = config) -> Row:
-                result = bench_fuse(
-                    size=(h, w),
-                    device=device,
-                    precision="bf16" if config == "bf16" else "fp32",
-                    compile=config == "compile",
-                    iters=2 if quick else 20,
-                    warmup=1 if quick else 3,
-                    threads=1 if device == "cpu" else None,
-                )
-                key = "fuse 480x640 fp32" if label == "480x640" and config in ("fp32", "compile") else None
-                note = (
-                    f"max |diff| to fp32 eager {result['max_abs_diff']:.2g}; first call {result['first_call_s']:.1f} s"
-                )
-                return _row(f"fuse {label} {config}", result["ms_per_image"], "ms", key, note)
-
-            record(f"fuse {label} {config}", figure)
+        for size, label in zip(sizes, labels, strict=True):
+            record(f"fuse {label} {config}", partial(_fuse_figure, device, quick, size, label, config))
 
 
 def _task_available(task: str) -> str | None:
@@ -93,44 +91,44 @@ def _task_available(task: str) -> str | None:
     return None
 
 
-def _meta_rows(device: str, quick: bool, tasks: Sequence[str], record: Record) -> None:
+def _meta_figures(
+    device: str, quick: bool, task: str, name: str, task_size: tuple[int, int], precision: str
+) -> list[Row]:
+    """Meta pair, fusion step and peak memory of ``task``, measured together."""
     from tdfusion_core.apps.bench.meta import bench_meta
 
+    result = bench_meta(
+        task=task,
+        device=device,
+        modes=("jvp",),
+        amp=precision == "bf16",
+        iters=1 if quick else 10,
+        warmup=0 if quick else 3,
+        image_size=(48, 64) if quick else (480, 640),
+        crop_size=(32, 32) if quick else (256, 256),
+        task_size=(48, 64) if quick else task_size,
+        threads=1 if device == "cpu" else None,
+        num_classes=9,
+    )
+    r = result["modes"]["jvp"]
+    return [
+        _row(f"meta pair {precision}, {name}", r["meta_pair_ms"], "ms", f"meta pair {precision}"),
+        _row(f"fusion step {precision}, {name}", r["fusion_step_ms"], "ms", "fusion step"),
+        _row(f"peak memory {precision}, {name}", r["peak_memory_mb"], "MiB", "peak memory", r["peak_memory_kind"]),
+    ]
+
+
+def _meta_rows(device: str, quick: bool, tasks: Sequence[str], record: Record) -> None:
     for task in tasks:
         name, task_size = TASKS.get(task, (task, (240, 320)))
         reason = _task_available(task)
         if reason is not None:
+            figure = f"meta pair fp32, {name}"
             line = f"SKIPPED {task} ({name}): its plugin is not usable here ({reason}); install it to measure it"
-            record(
-                f"meta pair fp32, {name}", partial(_row, f"meta pair fp32, {name}", None, "ms", "meta pair fp32", line)
-            )
+            record(figure, partial(_row, figure, None, "ms", "meta pair fp32", line))
             continue
-        for amp in (False, True):
-            precision = "bf16" if amp else "fp32"
-
-            def figures(task: str = task, name: str = name, task_size: Any = task_size, amp: bool = amp,
-                        precision: str = precision) -> list[Row]:  # fmt: skip
-                result = bench_meta(
-                    task=task,
-                    device=device,
-                    modes=("jvp",),
-                    amp=amp,
-                    iters=1 if quick else 10,
-                    warmup=0 if quick else 3,
-                    image_size=(48, 64) if quick else (480, 640),
-                    crop_size=(32, 32) if quick else (256, 256),
-                    task_size=(48, 64) if quick else task_size,
-                    threads=1 if device == "cpu" else None,
-                    num_classes=9,
-                )
-                r = result["modes"]["jvp"]
-                peak = r["peak_memory_mb"]
-                return [
-                    _row(f"meta pair {precision}, {name}", r["meta_pair_ms"], "ms", f"meta pair {precision}"),
-                    _row(f"fusion step {precision}, {name}", r["fusion_step_ms"], "ms", "fusion step"),
-                    _row(f"peak memory {precision}, {name}", peak, "MiB", "peak memory", r["peak_memory_kind"]),
-                ]
-
+        for precision in ("fp32", "bf16"):
+            figures = partial(_meta_figures, device, quick, task, name, task_size, precision)
             record(f"meta pair, fusion step, peak memory {precision}, {name}", figures)
 
 
